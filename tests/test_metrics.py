@@ -1,0 +1,283 @@
+"""utils.metrics: hand-built rankings with known answers, and random cases against per-query
+references written from the definitions (torchreid's plain AP, the release's trapezoid AP)."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+
+from utils.metrics import (evaluate_rank, evaluate_rank_blocks, evaluate_rank_features, kmeans,
+                           normalized_mutual_info, recall_at_k)
+
+
+def torchreid_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+    """torchreid's eval_market1501 (plain AP), one query at a time, with a stable sort. A curve shorter
+    than max_rank after junk removal is padded with 1 (torchreid fails on those)."""
+    num_q, num_g = distmat.shape
+    max_rank = min(max_rank, num_g)
+    indices = np.argsort(distmat, axis=1, kind="stable")
+    matches = (g_pids[indices] == q_pids[:, None]).astype(np.int32)
+    all_cmc, all_ap = [], []
+    for q in range(num_q):
+        order = indices[q]
+        keep = ~((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q]))
+        raw_cmc = matches[q][keep]
+        if not raw_cmc.any():
+            continue
+        cmc = raw_cmc.cumsum()
+        cmc[cmc > 1] = 1
+        all_cmc.append(np.pad(cmc[:max_rank], (0, max(0, max_rank - len(cmc))), constant_values=1))
+        precision = raw_cmc.cumsum() / (np.arange(len(raw_cmc)) + 1.0)
+        all_ap.append((precision * raw_cmc).sum() / raw_cmc.sum())
+    return np.asarray(all_cmc, dtype=np.float32).sum(0) / len(all_cmc), float(np.mean(all_ap)), num_q - len(all_ap)
+
+
+def trapezoid_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+    """The release's rule: AP = mean_i (i / r_i + (i + 1) / (r_i + 1)) / 2, i / r_i = 1 when r_i = 0."""
+    cmcs, aps = [], []
+    for q in range(distmat.shape[0]):
+        order = np.argsort(distmat[q], kind="stable")
+        junk = (g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])
+        good = (g_pids[order] == q_pids[q])[~junk]
+        if not good.any():
+            continue
+        ranks = np.flatnonzero(good)
+        cmcs.append(np.arange(max_rank) >= ranks[0])
+        ap = 0.0
+        for i, r in enumerate(ranks):
+            ap += ((i / r if r else 1.0) + (i + 1) / (r + 1)) / 2
+        aps.append(ap / len(ranks))
+    if not aps:
+        return None
+    return np.mean(cmcs, axis=0), float(np.mean(aps)), distmat.shape[0] - len(aps)
+
+
+def random_case(rng, ties):
+    Q, G = int(rng.integers(1, 30)), int(rng.integers(1, 400))
+    ids, cams = int(rng.integers(1, 15)), int(rng.integers(1, 4))
+    ids_q, ids_g = rng.integers(0, ids, Q), rng.integers(0, ids, G)
+    if ties:  # few distinct values: many equal distances
+        dist = rng.integers(0, int(rng.integers(1, 12)), (Q, G)).astype(np.float32) - 3
+    else:
+        dist = rng.standard_normal((Q, G))
+    return dist, ids_q, ids_g, rng.integers(0, cams, Q), rng.integers(0, cams, G)
+
+
+def check(got, expected, plain_length=None):
+    cmc, mAP, left_out = got
+    n = plain_length or len(expected[0])
+    np.testing.assert_allclose(cmc[:n], expected[0][:n], rtol=0, atol=1e-6)
+    assert mAP == pytest.approx(expected[1], rel=1e-12, abs=1e-15)
+    assert left_out == expected[2]
+
+
+# ---------------------------------------------------------------- hand-built rankings
+
+def test_junk_distractor_and_both_ap_rules():
+    # query id 1, camera 0. Sorted by distance: junk (same id and camera), wrong id, correct, distractor id 0, correct
+    dist = np.array([[0.1, 0.2, 0.05, 0.4, 0.3]])
+    g_pids, g_cams = np.array([2, 1, 1, 1, 0]), np.array([1, 1, 0, 2, 1])
+    # after junk removal the correct items sit at ranks 1 and 3
+    cmc, mAP = evaluate_rank(dist, [1], g_pids, [0], g_cams, max_rank=5, ap="plain")
+    np.testing.assert_array_equal(cmc, [0, 1, 1, 1, 1])
+    assert mAP == pytest.approx((1 / 2 + 2 / 4) / 2)
+    _, mAP = evaluate_rank(dist, [1], g_pids, [0], g_cams, max_rank=5)
+    assert mAP == pytest.approx(((0 / 1 + 1 / 2) / 2 + (1 / 3 + 2 / 4) / 2) / 2)
+
+
+def test_ties_keep_gallery_order():
+    dist = np.full((1, 4), 0.5, dtype=np.float32)
+    # gallery 0 is junk, 1 wrong, 2 and 3 correct: equal distances rank them 1, 2 after junk removal
+    cmc, mAP = evaluate_rank(dist, [1], [1, 2, 1, 1], [0], [0, 1, 1, 2], max_rank=3, ap="plain")
+    np.testing.assert_array_equal(cmc, [0, 1, 1])
+    assert mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
+    _, mAP = evaluate_rank(dist, [1], [1, 2, 1, 1], [0], [0, 1, 1, 2], max_rank=3)
+    assert mAP == pytest.approx(((0 + 1 / 2) / 2 + (1 / 2 + 2 / 3) / 2) / 2)
+    # -0.0 equals 0.0: the wrong item at index 0 still comes first
+    cmc, mAP = evaluate_rank(np.array([[0.0, -0.0]]), [1], [2, 1], [0], [1, 1], max_rank=2, ap="plain")
+    np.testing.assert_array_equal(cmc, [0, 1])
+    assert mAP == 0.5
+
+
+def test_query_without_match_is_left_out_and_counted():
+    dist = np.array([[0.3, 0.1, 0.2], [0.1, 0.2, 0.3]])
+    # query 0 (id 5, camera 0) only has a same-camera item: left out; query 1 ranks its match first
+    cmc, mAP, left_out = evaluate_rank(dist, [5, 7], [5, 7, 9], [0, 0], [0, 1, 1], max_rank=3,
+                                       return_num_invalid=True)
+    np.testing.assert_array_equal(cmc, [0, 1, 1])
+    assert (mAP, left_out) == (pytest.approx((0 / 1 + 1 / 2) / 2), 1)
+    cmc2, mAP2 = evaluate_rank(dist, [5, 7], [5, 7, 9], [0, 0], [0, 1, 1], max_rank=3)
+    np.testing.assert_array_equal(cmc, cmc2)
+    assert mAP2 == mAP
+
+
+def test_single_gallery_item_and_long_cmc():
+    cmc, mAP = evaluate_rank(np.array([[1.0], [2.0]]), [3, 3], [3], [0, 1], [2], max_rank=10)
+    assert cmc.shape == (10,) and (cmc == 1).all() and mAP == 1.0
+
+
+def test_no_valid_query_is_an_error():
+    with pytest.raises(ValueError, match="none of the 2 queries has a correct gallery item"):
+        evaluate_rank(np.zeros((2, 2)), [1, 2], [1, 3], [0, 0], [0, 1])
+
+
+def test_infinite_distances():
+    # +inf rows go through the sorting fallback; the answer is the same as for large finite values
+    dist = np.array([[np.inf, 1.0, np.inf, -np.inf], [2.0, np.inf, 0.0, 1.0]])
+    finite = np.array([[9.0, 1.0, 9.0, -9.0], [2.0, 9.0, 0.0, 1.0]])
+    ids = ([1, 2], [1, 1, 2, 2], [0, 0], [1, 1, 1, 1])
+    check(evaluate_rank(dist, *ids, return_num_invalid=True), evaluate_rank(finite, *ids, return_num_invalid=True))
+    assert evaluate_rank(dist, *ids, max_rank=4, ap="plain")[1] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1) / 2)
+
+
+# ---------------------------------------------------------------- random cases against the references
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_random_against_references(ties):
+    rng = np.random.default_rng(10 + ties)
+    checked = 0
+    for _ in range(60):
+        dist, qp, gp, qc, gc = random_case(rng, ties)
+        expected = trapezoid_reference(dist, qp, gp, qc, gc, max_rank=20)
+        if expected is None:  # no valid query: checked in its own test
+            continue
+        check(evaluate_rank(dist, qp, gp, qc, gc, max_rank=20, return_num_invalid=True), expected)
+        tr = torchreid_reference(dist, qp, gp, qc, gc, max_rank=20)
+        check(evaluate_rank(dist, qp, gp, qc, gc, max_rank=20, ap="plain", return_num_invalid=True), tr,
+              plain_length=len(tr[0]))
+        checked += 1
+    assert checked > 30
+
+
+def test_large_gallery_against_reference():
+    # many bins, several ranking steps, float32 and torch input
+    rng = np.random.default_rng(2)
+    Q, G = 64, 40000
+    qp, gp = rng.integers(0, 300, Q), rng.integers(0, 300, G)
+    qc, gc = rng.integers(0, 6, Q), rng.integers(0, 6, G)
+    dist = np.round(rng.standard_normal((Q, G)), 3).astype(np.float32)  # with ties
+    expected = trapezoid_reference(dist, qp, gp, qc, gc)
+    check(evaluate_rank(torch.from_numpy(dist), torch.from_numpy(qp), gp, qc, gc, return_num_invalid=True), expected)
+
+
+# ---------------------------------------------------------------- feature path
+
+def test_features_equal_matrix_path():
+    rng = np.random.default_rng(3)
+    # small integers: every dot product is exact, so any product order gives the same distances; many ties
+    qf = rng.integers(-2, 3, (37, 6)).astype(np.float32)
+    gf = rng.integers(-2, 3, (301, 6)).astype(np.float32)
+    gf[50:60] = gf[40:50]  # duplicated gallery rows
+    qp, gp = rng.integers(0, 20, 37), rng.integers(0, 20, 301)
+    qc, gc = rng.integers(0, 3, 37), rng.integers(0, 3, 301)
+    for ap in ("trapezoid", "plain"):
+        expected = evaluate_rank(-(qf @ gf.T), qp, gp, qc, gc, ap=ap, return_num_invalid=True)
+        check(expected, (trapezoid_reference if ap == "trapezoid" else torchreid_reference)(
+            -(qf @ gf.T), qp, gp, qc, gc), plain_length=50 if ap == "trapezoid" else None)
+        for block in (1, 5, 37, None):
+            got = evaluate_rank_features(torch.from_numpy(qf), gf, qp, gp, qc, gc, ap=ap, block=block,
+                                         return_num_invalid=True)
+            np.testing.assert_array_equal(got[0], expected[0])
+            assert got[1:] == expected[1:]
+    blocks = (-(qf[s:s + 10] @ gf.T) for s in range(0, 37, 10))
+    got = evaluate_rank_blocks(blocks, qp, gp, qc, gc, return_num_invalid=True)
+    expected = evaluate_rank(-(qf @ gf.T), qp, gp, qc, gc, return_num_invalid=True)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1:] == expected[1:]
+
+
+# ---------------------------------------------------------------- errors a caller can make
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"ap": "mean"}, r"ap must be one of \('trapezoid', 'plain'\), got 'mean'"),
+    ({"max_rank": 0}, "max_rank must be a positive integer, got 0"),
+    ({"distmat": np.zeros((2, 3, 1))}, r"distmat must be 2-d \(queries x gallery\)"),
+    ({"distmat": np.zeros((3, 3))}, r"q_pids must be a 1-d array of length 3, got shape \(2,\)"),
+    ({"g_camids": [0, 1]}, r"g_camids must be a 1-d array of length 3"),
+    ({"q_pids": [0.5, 1.0]}, "q_pids must hold integers, got dtype float64"),
+    ({"distmat": np.array([[0, np.nan, 1], [0, 1, 2]])}, "distances contain NaN"),
+])
+def test_errors(kwargs, message):
+    args = dict(distmat=np.zeros((2, 3)), q_pids=[1, 2], g_pids=[1, 2, 3], q_camids=[0, 0], g_camids=[1, 1, 1])
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        evaluate_rank(**args)
+
+
+def test_feature_errors():
+    f = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="same feature length"):
+        evaluate_rank_features(f, np.eye(4, dtype=np.float32), [0] * 3, [0] * 4, [0] * 3, [1] * 4)
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        evaluate_rank_features(f, f, [0] * 3, [0] * 3, [0] * 3, [1] * 3, block=0)
+    with pytest.raises(ValueError, match=r"distance blocks must be \(B, 3\)"):
+        evaluate_rank_blocks([np.zeros((3, 4))], [0] * 3, [0] * 3, [0] * 3, [1] * 3)
+    with pytest.raises(ValueError, match="distance blocks cover 2 queries, expected 3"):
+        evaluate_rank_blocks([np.zeros((2, 3))], [0] * 3, [0] * 3, [0] * 3, [1] * 3)
+
+
+# ---------------------------------------------------------------- Recall@K
+
+def recall_reference(f, labels, ks):
+    sim = f @ f.T
+    hits = {k: 0 for k in ks}
+    for i in range(len(f)):
+        others = np.delete(np.arange(len(f)), i)
+        order = others[np.argsort(-sim[i, others], kind="stable")]
+        for k in ks:
+            hits[k] += bool((labels[order[:k]] == labels[i]).any())
+    return {k: hits[k] / len(f) for k in ks}
+
+
+def test_recall_with_duplicates():
+    # items 0 and 1 are the same image with different labels; item 2 (label 0) is a bit further.
+    # Assuming the query ranks first would drop item 1 or item 0 from the other's list.
+    f = np.array([[1, 0], [1, 0], [0.8, 0.6], [0, 1]], dtype=np.float32)
+    labels = np.array([0, 1, 0, 1])
+    # item 0: 1 (wrong), 2 (right) -> hit at 2; item 1: 0 (wrong), 2 (wrong), 3 (right) -> hit at 3;
+    # item 2: 0 (right) -> hit at 1; item 3: 2 (wrong), 0 or 1 -> tie 0.0 vs 0.0 keeps index 0 (wrong), 1 (right)
+    assert recall_at_k(f, labels, ks=(1, 2, 3, 4)) == {1: 1 / 4, 2: 2 / 4, 3: 4 / 4, 4: 4 / 4}
+
+
+def test_recall_random_against_reference():
+    rng = np.random.default_rng(4)
+    f = rng.integers(-2, 3, (120, 5)).astype(np.float32)  # exact products with ties
+    f[60:70] = f[0:10]
+    labels = rng.integers(0, 8, 120)
+    for block in (None, 7):
+        assert recall_at_k(f, labels, ks=(1, 2, 4, 8), block=block) == recall_reference(f, labels, (1, 2, 4, 8))
+    with pytest.raises(ValueError, match="ks must be positive integers"):
+        recall_at_k(f, labels, ks=(0, 1))
+
+
+# ---------------------------------------------------------------- NMI and k-means
+
+def test_nmi_equals_sklearn():
+    rng = np.random.default_rng(5)
+    cases = [(rng.integers(0, a, n), rng.integers(0, b, n)) for n, a, b in
+             [(50, 3, 4), (1000, 20, 20), (7, 7, 2), (300, 100, 5), (40, 1, 3)]]
+    labels = rng.integers(0, 10, 200)
+    cases += [(labels, labels), (labels, (labels * 7 + 3) % 10), ([0] * 5, [4] * 5), ([], []),
+              (np.arange(30), np.arange(30)), (np.arange(30), np.zeros(30, int)), (["a", "b", "b"], [1, 1, 2])]
+    for a, b in cases:
+        assert normalized_mutual_info(a, b) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-12)
+    with pytest.raises(ValueError, match="same length"):
+        normalized_mutual_info([0, 1], [0])
+
+
+def test_kmeans_deterministic_and_finds_clusters():
+    rng = np.random.default_rng(6)
+    centres = 10 * rng.standard_normal((8, 16))
+    truth = np.repeat(np.arange(8), 25)
+    x = (centres[truth] + rng.standard_normal((200, 16))).astype(np.float32)
+    a = kmeans(x, 8, seed=0)
+    assert a.dtype == np.int64 and a.shape == (200,)
+    np.testing.assert_array_equal(a, kmeans(torch.from_numpy(x), 8, seed=0))
+    assert normalized_mutual_info(truth, a) == pytest.approx(1.0)
+    # a harder case: the result depends on the seed only, and is a proper partition into k clusters
+    y = rng.standard_normal((300, 4)).astype(np.float32)
+    runs = [kmeans(y, 12, seed=s) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+    assert len(np.unique(runs[0])) == 12
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 300\]"):
+        kmeans(y, 301)
