@@ -1,20 +1,25 @@
 """Evaluation benchmark: CMC/mAP speed against the release's per-query loop and torchreid's evaluate_rank.
 
-    python -m utils.bench_eval            # 3,000 x 20,000 comparison, then the MSMT17-size run
-    python -m utils.bench_eval --quick    # the comparison only
+    python -m utils.bench_eval                # comparison at 3,000 x 20,000, then the MSMT17-size run
+    python -m utils.bench_eval --quick        # the comparison only
+    python -m utils.bench_eval --rerank ...   # also k-reciprocal re-ranking
+    python -m utils.bench --what eval         # the same, from the shared benchmark entry point
 
-Part 1 (3,000 queries x 20,000 gallery items, 750 ids over 6 cameras, identity-bearing random
-features of length 1920, distances -q.g): times, on the same distance matrix, the release's
-per-query loop (argsort of the row, junk removal, trapezoid AP in a Python loop over the correct
-items), a faithful copy of torchreid's pure-Python `evaluate_rank` (plain AP), and
-`utils.metrics.evaluate_rank` with both AP rules; checks that the numbers agree and prints the
-speed ratios (medians over --repeats runs; torchreid's loop runs once).
+Data: identity-bearing random features (id centre + noise, L2-normalised, float32) with random
+cameras; every id has gallery items, so no query is left out. Timings are wall-clock medians.
 
-Part 2 (MSMT17 size: 11,659 queries x 82,161 gallery items, --dim 1920 for LEViT-S features or
-3840 for LEViT-L): `evaluate_rank_features` end to end (matrix products included) in a fresh
-process; peak extra memory is the rise of the process's resident-set high-water mark (VmHWM,
-reset through /proc/self/clear_refs once the features are in memory) above the resident size at
-that moment, so it counts numpy and torch allocations alike (Linux only).
+Comparison (3,000 queries x 20,000 gallery items, 750 ids, 6 cameras, 1920-d features, distance
+-q.g): on the same distance matrix, the release's per-query loop (stable argsort of the row, junk
+removal, trapezoid AP in a Python loop over the correct items), a faithful copy of torchreid's
+pure-Python `evaluate_rank` (plain AP; it runs once), and `utils.metrics.evaluate_rank` with both AP
+rules; also `evaluate_rank_features` from the features (matrix products included). Checks that the
+numbers agree and prints the speed ratios.
+
+Fresh-process runs (MSMT17 size: 11,659 queries x 82,161 gallery items, 3,060 ids, 15 cameras,
+--dim 1920 for LEViT-S features or 3840 for LEViT-L): time end to end and peak extra memory,
+measured as the rise of the process's resident-set high-water mark (VmHWM, reset through
+/proc/self/clear_refs once the features are in memory) above the resident size at that moment, so
+numpy and torch allocations both count (Linux only).
 """
 import argparse
 import json
@@ -26,7 +31,8 @@ import time
 import numpy as np
 import torch
 
-from utils.metrics import evaluate_rank, evaluate_rank_features
+from utils.metrics import evaluate_rank, evaluate_rank_blocks, evaluate_rank_features
+from utils.rerank import re_ranking_blocks
 
 
 def release_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -121,9 +127,10 @@ def _median_time(fn, repeats):
     return float(np.median(times)), out
 
 
-def compare(num_query=3000, num_gallery=20000, dim=1920, repeats=3, torchreid=True, seed=0):
-    """Part 1; returns a dict of timings and agreement checks."""
-    qf, gf, q_pids, g_pids, q_camids, g_camids = make_data(num_query, num_gallery, dim, num_ids=750, seed=seed)
+def compare(dim=1920, repeats=3, torchreid=True, seed=0):
+    """Part 1 on the "small" size; returns a dict of timings and agreement checks."""
+    num_query, num_gallery, num_ids, num_cameras = SIZES["small"]
+    qf, gf, q_pids, g_pids, q_camids, g_camids = make_data(num_query, num_gallery, dim, num_ids, num_cameras, seed)
     distmat = -(torch.from_numpy(qf) @ torch.from_numpy(gf).T).numpy()
     ids = (q_pids, g_pids, q_camids, g_camids)
     print(f"[eval] {num_query} queries x {num_gallery} gallery, {dim}-d features, torch threads "
@@ -152,14 +159,15 @@ def compare(num_query=3000, num_gallery=20000, dim=1920, repeats=3, torchreid=Tr
         result.update(torchreid_s=t_tr, speedup_vs_torchreid=t_tr / t_plain)
         checks["plain == torchreid"] = _agree(ours_plain, tr)
     for name, (ok, diff) in checks.items():
-        print(f"[eval] check {name:22s} {'identical' if ok else 'DIFFERENT'} (max |diff| cmc {diff[0]:.1e}, "
-              f"mAP {diff[1]:.1e}, left out {ours[2]})", flush=True)
+        print(f"[eval] check {name:22s} {'agree' if ok else 'DIFFER'} (max |diff| cmc {diff[0]:.1e}, "
+              f"mAP {diff[1]:.1e}; left out {ours[2]})", flush=True)
     print(f"[eval] top1 {ours[0][0]:.4f}  mAP trapezoid {ours[1]:.4f}  mAP plain {ours_plain[1]:.4f}", flush=True)
-    result["identical"] = all(ok for ok, _ in checks.values())
+    result["agree"] = all(ok for ok, _ in checks.values())
     return result
 
 
 def _agree(a, b, tol=1e-6):
+    """Same left-out count, CMC within `tol` (torchreid sums in float32), mAP within 1e-12 (summation order)."""
     cmc_a, cmc_b = np.asarray(a[0], dtype=np.float64), np.asarray(b[0], dtype=np.float64)
     n = min(len(cmc_a), len(cmc_b))
     diff = (float(np.abs(cmc_a[:n] - cmc_b[:n]).max()), abs(a[1] - b[1]))
@@ -174,44 +182,65 @@ def _vm(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def msmt_worker(dim, seed=0):
-    """Part 2 body, meant for a fresh process: prints one JSON line."""
-    qf, gf, q_pids, g_pids, q_camids, g_camids = make_data(11659, 82161, dim, num_ids=3060, num_cameras=15,
-                                                           seed=seed)
+SIZES = {  # queries, gallery items, ids, cameras
+    "small": (3000, 20000, 750, 6),
+    "msmt": (11659, 82161, 3060, 15),
+}
+
+
+def worker(kind, size, dim, seed=0):
+    """One timed run, meant for a fresh process: prints one JSON line.
+
+    kind "eval": evaluate_rank_features; kind "rerank": re_ranking_blocks fed to evaluate_rank_blocks.
+    """
+    num_query, num_gallery, num_ids, num_cameras = SIZES[size]
+    qf, gf, q_pids, g_pids, q_camids, g_camids = make_data(num_query, num_gallery, dim, num_ids, num_cameras, seed)
     qf, gf = torch.from_numpy(qf), torch.from_numpy(gf)
+    ids = (q_pids, g_pids, q_camids, g_camids)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident size
     base = _vm("VmRSS")
     t0 = time.perf_counter()
-    cmc, mAP, left_out = evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, return_num_invalid=True)
+    if kind == "eval":
+        cmc, mAP, left_out = evaluate_rank_features(qf, gf, *ids, return_num_invalid=True)
+    else:
+        cmc, mAP, left_out = evaluate_rank_blocks(re_ranking_blocks(qf, gf), *ids, return_num_invalid=True)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_extra_bytes": _vm("VmHWM") - base, "features_bytes":
-                      qf.numel() * 4 + gf.numel() * 4, "top1": float(cmc[0]), "mAP": mAP, "left_out": left_out}))
+    print(json.dumps({"seconds": seconds, "peak_extra_bytes": _vm("VmHWM") - base,
+                      "features_bytes": (qf.numel() + gf.numel()) * 4, "top1": float(cmc[0]), "mAP": mAP,
+                      "left_out": left_out}))
 
 
-def msmt(dim):
-    """Part 2: runs msmt_worker in a fresh interpreter and reports its line."""
-    print(f"[eval] MSMT17 size: 11659 queries x 82161 gallery, {dim}-d features (fresh process)", flush=True)
+def run_worker(kind, size, dim):
+    """Runs `worker` in a fresh interpreter (so the memory high-water mark is its own) and reports its line."""
+    num_query, num_gallery, _, _ = SIZES[size]
+    what = "evaluate_rank_features" if kind == "eval" else "re_ranking_blocks + evaluate_rank_blocks"
+    print(f"[eval] {what}: {num_query} queries x {num_gallery} gallery, {dim}-d features (fresh process)",
+          flush=True)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-m", "utils.bench_eval", "--msmt-worker", "--dim", str(dim)],
-                         cwd=root, capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, "-m", "utils.bench_eval", "--worker", kind, "--size", size,
+                          "--dim", str(dim)], cwd=root, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"MSMT17-size run failed:\n{out.stderr}")
+        raise RuntimeError(f"benchmark worker failed:\n{out.stderr}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"[eval] evaluate_rank_features {r['seconds']:.1f} s, peak extra memory {r['peak_extra_bytes'] / 2**30:.2f} "
-          f"GiB (VmHWM rise; features themselves {r['features_bytes'] / 2**30:.2f} GiB), top1 {r['top1']:.4f} "
+    print(f"[eval]   {r['seconds']:.1f} s, peak extra memory {r['peak_extra_bytes'] / 2**30:.2f} GiB (rise of "
+          f"VmHWM; the features themselves take {r['features_bytes'] / 2**30:.2f} GiB), top1 {r['top1']:.4f} "
           f"mAP {r['mAP']:.4f}, left out {r['left_out']}", flush=True)
     return r
 
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser("evaluation benchmark", add_help=add_help)
-    parser.add_argument("--quick", action="store_true", help="skip the MSMT17-size run")
-    parser.add_argument("--repeats", default=3, type=int, help="runs per method (median reported)")
+    parser.add_argument("--quick", action="store_true", help="skip the MSMT17-size runs")
+    parser.add_argument("--repeats", default=3, type=int, help="runs per method in the comparison (median reported)")
     parser.add_argument("--no-torchreid", action="store_true", help="skip torchreid's loop (about a minute)")
-    parser.add_argument("--dim", default=1920, type=int, help="feature length of the MSMT17-size run "
+    parser.add_argument("--rerank", action="store_true",
+                        help="also time k-reciprocal re-ranking at 3,000 x 20,000 (under a minute) and, without "
+                             "--quick, at MSMT17 size (tens of minutes on 2 CPU cores)")
+    parser.add_argument("--dim", default=1920, type=int, help="feature length of the fresh-process runs "
                         "(1920: LEViT-S test feature, 3840: LEViT-L)")
-    parser.add_argument("--msmt-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("eval", "rerank"), help=argparse.SUPPRESS)
+    parser.add_argument("--size", choices=tuple(SIZES), default="msmt", help=argparse.SUPPRESS)
     return parser
 
 
@@ -219,12 +248,18 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
-    if args.msmt_worker:
-        msmt_worker(args.dim)
+    if args.worker:
+        worker(args.worker, args.size, args.dim)
         return None
     result = compare(repeats=args.repeats, torchreid=not args.no_torchreid)
+    if not result["agree"]:
+        raise SystemExit("the implementations disagree (see the check lines above)")
+    if args.rerank:
+        result["rerank_small"] = run_worker("rerank", "small", args.dim)
     if not args.quick:
-        result["msmt"] = msmt(args.dim)
+        result["msmt"] = run_worker("eval", "msmt", args.dim)
+        if args.rerank:
+            result["rerank_msmt"] = run_worker("rerank", "msmt", args.dim)
     return result
 
 

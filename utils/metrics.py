@@ -5,7 +5,9 @@ distances keep gallery order, exactly as `np.argsort(row, kind="stable")` orders
 (-0.0 and 0.0 are equal). The feature-based functions rank by descending dot product, which is
 the distance `-(q @ g)`: the negation is exact, so `evaluate_rank_features(qf, gf, ...)` gives the
 same numbers as `evaluate_rank(-(qf @ gf.T), ...)` whenever the two matrix products agree bit for
-bit (they always do when the products are exact, and in practice for BLAS products too).
+bit. They do when the products are exact (e.g. small-integer features, as in the tests); a BLAS
+may round a block's product differently from the full product in the last bit, which can only
+swap items whose similarities differ by about 1e-7.
 
 Re-identification protocol (torchreid's): a gallery item with the query's id and camera is junk
 and removed from the ranking; one with the query's id from another camera is correct; everything
@@ -20,11 +22,11 @@ CMC at k is the share of (kept) queries whose first correct item has rank < k. T
 `max_rank` entries; past the end of a short gallery it stays at 1 (torchreid shortens it instead).
 
 How it is fast without a per-query loop: only the positions of each query's own id in the ranking
-matter. For a block of queries, every distance is put into one of ~16k equal-width bins of its row
-(a monotone map), a per-row histogram counts what lies in lower bins, and the few entries sharing a
-bin with an item of the query's id are compared exactly. No row is ever sorted; the block's distances
-are read about ten times with vectorised torch operations. Rows holding +-inf fall back to a stable
-sort.
+matter. For a block of queries, every distance is put into one of G/4 (at most 16,384) equal-width
+bins of its row (a monotone map), a per-row histogram counts what lies in lower bins, and the few
+entries sharing a bin with an item of the query's id are compared exactly. No row is ever sorted;
+the block's distances are read about ten times by vectorised numpy operations (one thread, so it
+does not fight other processes for cores). Rows holding +-inf fall back to a stable sort.
 """
 import numpy as np
 import torch
@@ -112,6 +114,10 @@ def _count_before(d, rows, cols, lo, hi, num_bins):
     return count + np.bincount(pair[less], minlength=len(pair_bin))
 
 
+def _num_bins(G):
+    return int(np.clip(G // 4, 16, 1 << 14))
+
+
 def _rank_block(d, q_pids, q_camids, gallery, ap):
     """First correct rank (-1 when none) and AP (0 when none) of each query (row) of `d` (numpy, float).
 
@@ -130,10 +136,12 @@ def _rank_block(d, q_pids, q_camids, gallery, ap):
     if bad.any():
         raise ValueError(f"distances contain NaN (row {int(np.flatnonzero(bad)[0])} of a block); "
                          "use finite values or +-inf")
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(hi.astype(np.float64) - lo).all()  # no +-inf, no float64 range overflow
+    if not finite:
         position = _count_before_sorted(d, rows, cols)
     else:
-        position = _count_before(d, rows, cols, lo, hi, num_bins=int(np.clip(G // 4, 16, 1 << 14)))
+        position = _count_before(d, rows, cols, lo, hi, _num_bins(G))
 
     # walk each query's items in ranking order
     order = np.argsort(rows * G + position)
@@ -178,7 +186,10 @@ def _summarise(first_rank, ap, max_rank, return_num_invalid):
 
 def _numpy(block):
     if isinstance(block, torch.Tensor):
-        block = block.detach().cpu().numpy()
+        block = block.detach()
+        if block.dtype not in (torch.float32, torch.float64):  # float16, bfloat16, integers, bool
+            block = block.double() if block.dtype in (torch.int32, torch.int64) else block.float()
+        block = block.cpu().numpy()
     block = np.asarray(block)
     if block.dtype not in (np.float32, np.float64):
         block = block.astype(np.float64 if block.dtype.itemsize > 4 or block.dtype.kind in "iu" else np.float32)
@@ -191,7 +202,8 @@ def _rank_stats(distance_blocks, q_pids, q_camids, g_pids, g_camids, ap):
     first_rank, aps, done = [], [], 0
     for block in distance_blocks:
         block = _numpy(block)
-        step = max(1, _RANK_ELEMENTS // max(block.shape[1], 1))
+        # rows per step; B * bins stays far below 2**24, where float32 row offsets stop being exact
+        step = max(1, min(_RANK_ELEMENTS // max(block.shape[1], 1), (1 << 22) // _num_bins(block.shape[1])))
         for s in range(0, block.shape[0], step):
             d = block[s:s + step] + 0  # own copy; also turns -0.0 into 0.0
             f, a = _rank_block(d, q_pids[done:done + len(d)], q_camids[done:done + len(d)], gallery, ap)
@@ -363,13 +375,13 @@ def kmeans(features, k, seed=0, max_iter=300):
         if torch.equal(new_labels, labels):
             break
         labels = new_labels
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x.double())
+        sums = torch.zeros(k, x.shape[1]).index_add_(0, labels, x)
         counts = torch.bincount(labels, minlength=k)
         empty = (counts == 0).nonzero().flatten()
         if len(empty):  # move empty clusters onto the points farthest from their centre
             far = d.gather(1, labels[:, None])[:, 0].argsort(descending=True, stable=True)[:len(empty)]
-            sums[empty], counts[empty] = x[far].double(), 1
-        c = (sums / counts[:, None]).float()
+            sums[empty], counts[empty] = x[far], 1
+        c = sums / counts[:, None]
     return labels.numpy()
 
 

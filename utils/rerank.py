@@ -43,23 +43,32 @@ class _FeatureRows:
         if qf.dim() != 2 or gf.dim() != 2 or qf.shape[1] != gf.shape[1]:
             raise ValueError(f"qf and gf must be 2-d with the same feature length, got {tuple(qf.shape)} "
                              f"and {tuple(gf.shape)}")
-        self.f = torch.cat([qf.float(), gf.to(device=qf.device).float()])
-        self.sq = (self.f * self.f).sum(1)
-        self.num_query, self.num_items = qf.shape[0], self.f.shape[0]
+        self.qf, self.gf = qf.float(), gf.to(device=qf.device).float()  # no copy when already float32
+        self.sq = torch.cat([(self.qf * self.qf).sum(1), (self.gf * self.gf).sum(1)])
+        self.num_query, self.num_items = qf.shape[0], qf.shape[0] + gf.shape[0]
+
+    def _items(self, index):
+        """Feature rows of items `index` (a tensor on the features' device)."""
+        out = torch.empty(len(index), self.qf.shape[1], device=self.qf.device)
+        is_query = index < self.num_query
+        out[is_query] = self.qf[index[is_query]]
+        out[~is_query] = self.gf[index[~is_query] - self.num_query]
+        return out
 
     def rows(self, i0, i1):
-        # (B, N); (|a|^2 + |b|^2) - 2 a.b: each operation commutes, so the matrix is symmetric
-        d = torch.matmul(self.f[i0:i1], self.f.T).mul_(-2)
+        x = self._items(torch.arange(i0, i1, device=self.qf.device))
+        # (B, N); (|a|^2 + |b|^2) - 2 a.b
+        d = torch.cat([torch.matmul(x, self.qf.T), torch.matmul(x, self.gf.T)], 1).mul_(-2)
         d += self.sq[i0:i1, None] + self.sq[None, :]
         return d.clamp_(min=0).add_(0.0)
 
     def pairs(self, i, j):
         out = torch.empty(len(i), dtype=torch.float32)
-        step = max(1, _PAIR_ELEMENTS // (8 * self.f.shape[1]))
+        step = max(1, _PAIR_ELEMENTS // (8 * self.qf.shape[1]))
         for s in range(0, len(i), step):
-            a = torch.as_tensor(i[s:s + step], device=self.f.device)
-            b = torch.as_tensor(j[s:s + step], device=self.f.device)
-            dot = (self.f[a] * self.f[b]).sum(1)
+            a = torch.as_tensor(i[s:s + step], device=self.qf.device)
+            b = torch.as_tensor(j[s:s + step], device=self.qf.device)
+            dot = (self._items(a) * self._items(b)).sum(1)
             out[s:s + step] = ((self.sq[a] + self.sq[b]) + dot * -2).clamp_(min=0).add_(0.0).cpu()
         return out.numpy()
 
@@ -112,11 +121,13 @@ def _neighbours(source, k):
         m = torch.where(m > 0, m, torch.ones_like(m))  # a row of zeros stays zeros
         d.div_(m[:, None])
         # non-negative floats order like their bit patterns: one int64 key per entry, index in the low bits
-        key = (d.view(torch.int32).long() << 32) | torch.arange(N, device=d.device)
+        key = d.view(torch.int32).long().bitwise_left_shift_(32).bitwise_or_(torch.arange(N, device=d.device))
+        del d
         top = torch.topk(key, k, dim=1, largest=False, sorted=True).values
         index.append((top & 0xFFFFFFFF).cpu())
         value.append((top >> 32).int().view(torch.float32).cpu())
         row_max.append(m.cpu())
+        del key, top
     return torch.cat(index).numpy(), torch.cat(value).numpy(), torch.cat(row_max)
 
 
