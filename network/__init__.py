@@ -1,0 +1,9 @@
+"""LEViT backbone, DBN ReID head and checkpoint loading."""
+from .checkpoint import (CheckpointError, checkpoint_filter_fn, detect_architecture, load_reid_weights,
+                         load_weights, read_checkpoint, unwrap_state_dict)
+from .dbn import DBN, released_path
+from .levit import LEViT, RELEASED_FILES, VARIANTS, fuse_conv_bn
+
+__all__ = ["LEViT", "DBN", "VARIANTS", "RELEASED_FILES", "CheckpointError", "checkpoint_filter_fn",
+           "detect_architecture", "load_reid_weights", "load_weights", "read_checkpoint",
+           "unwrap_state_dict", "released_path", "fuse_conv_bn"]

@@ -1,0 +1,415 @@
+"""network/: state_dict layout vs the release, golden outputs, padding, fusing, checkpoint loading."""
+import hashlib
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import network.dbn
+from network import (DBN, LEViT, RELEASED_FILES, VARIANTS, CheckpointError, checkpoint_filter_fn,
+                     load_reid_weights)
+from network.levit import LocalEnhanceAttention
+
+PARAMS = {("backbone", "small"): 2_819_306, ("backbone", "large"): 9_650_300,
+          ("dbn", "small"): 5_132_290, ("dbn", "large"): 16_636_564}
+
+
+# ---------------------------------------------------------------- helpers
+
+def make_weights(spec, seed):
+    """The worked example's weight formula: entry i drawn from a generator seeded seed*100003+i."""
+    out = {}
+    for i, (key, shape, dtype) in enumerate(spec):
+        g = torch.Generator().manual_seed(seed * 100003 + i)
+        shape = tuple(shape)
+        if dtype == "int64":
+            out[key] = torch.zeros(shape, dtype=torch.long)
+            continue
+        if key.endswith("running_var"):
+            t = 0.5 + torch.rand(shape, generator=g)
+        elif key.endswith("running_mean"):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif key.endswith("logit_scale"):
+            t = math.log(10.0) + 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 4:  # conv: He scaling on the fan-in
+            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
+        elif len(shape) == 2:
+            t = 0.01 * torch.randn(shape, generator=g)
+        elif key.endswith(".weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            t = 0.05 * torch.randn(shape, generator=g)
+        out[key] = t.float()
+    return out
+
+
+def weights_digest(state_dict):
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        h.update(key.encode())
+        h.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def spec_of(model):
+    return [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
+
+
+def with_formula_weights(model, seed=3):
+    model.load_state_dict(make_weights(spec_of(model), seed))
+    return model.eval()
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def read_tsv(path):
+    with open(path) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    return [(k, [] if s == "scalar" else [int(n) for n in s.split("x")], d) for k, s, d in rows]
+
+
+def reference_attention(self, q, k, v):
+    """Plain window attention: explicit softmax over each window's real tokens only (border
+    windows are smaller), one Python loop iteration per window."""
+    B, C, H, W = q.shape
+    ws, h = self.window, self.heads
+    scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # (heads, 1, 1)
+    out = torch.zeros(B, C, H, W, dtype=q.dtype)
+    for i in range(0, H, ws):
+        for j in range(0, W, ws):
+            def tokens(t):  # (B, heads, n, d)
+                win = t[:, :, i:i + ws, j:j + ws]
+                return win.reshape(B, h, C // h, -1).transpose(-1, -2)
+            qw, kw, vw = tokens(q), tokens(k), tokens(v)
+            logits = F.normalize(qw, dim=-1) @ F.normalize(kw, dim=-1).transpose(-1, -2) * scale
+            o = torch.softmax(logits, dim=-1) @ vw
+            hh, ww = min(ws, H - i), min(ws, W - j)
+            out[:, :, i:i + hh, j:j + ww] = o.transpose(-1, -2).reshape(B, C, hh, ww)
+    return out
+
+
+@pytest.fixture(scope="module")
+def golden(data_dir):
+    return torch.load(os.path.join(data_dir, "golden_small.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def small_backbone_sd():
+    return make_weights(spec_of(LEViT(**VARIANTS["small"])), seed=11)
+
+
+# ---------------------------------------------------------------- layout and sizes
+
+@pytest.mark.parametrize("variant", ["small", "large"])
+@pytest.mark.parametrize("kind", ["backbone", "dbn"])
+def test_state_dict_matches_release(kind, variant, data_dir):
+    model = LEViT(**VARIANTS[variant]) if kind == "backbone" else DBN(751, net=variant, pretrained=None)
+    expected = read_tsv(os.path.join(data_dir, f"{kind}_{variant}_state_dict.tsv"))
+    assert spec_of(model) == expected
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[kind, variant]
+
+
+def test_dbn_outputs_and_frozen_biases():
+    model = DBN(10, pretrained=None)
+    assert model.feature_dim == 5 * 384
+    assert [bn.bias.requires_grad for bn in model.bn_list] == [True, True, False, False, False]
+    # branch_1 runs stage3 at stride 1, branch_2 starts as an exact copy of it
+    assert model.branch_1.layers[0].mlp.local_enhance[0].stride == (1, 1)
+    assert model.branch_1.layers[0].skip[0].stride == (1, 1)
+    for a, b in zip(model.branch_1.state_dict().values(), model.branch_2.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.rand(2, 3, 128, 64)
+    with torch.no_grad():
+        feats = model.eval()(x)
+        logits, emb = model.train()(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 384)] * 5
+    assert [tuple(z.shape) for z in logits] == [(2, 10)] * 5 and [tuple(e.shape) for e in emb] == [(2, 384)] * 2
+
+
+def test_dbn_bad_arguments():
+    with pytest.raises(ValueError, match=r"unknown net 'medium'.*\['large', 'small'\]"):
+        DBN(net="medium", pretrained=None)
+    with pytest.raises(ValueError, match=r"erasing .* \[0.02, 1\]; got 0.01"):
+        DBN(erasing=0.01, pretrained=None)
+
+
+def test_random_erasing_zeroes_one_rectangle_in_about_half_the_images():
+    model = DBN(10, erasing=0.45, pretrained=None)
+    x = torch.rand(200, 3, 64, 32) + 0.1  # no zeros before erasing
+    torch.manual_seed(0)
+    erased = model.random_erase(x)
+    torch.manual_seed(0)
+    assert torch.equal(erased, model.random_erase(x))  # global RNG: reproducible
+    assert (x > 0.1).all()  # the input is left alone
+    zero = (erased == 0).all(1)  # (N, H, W) erased pixels, same in every channel
+    hit = zero.flatten(1).any(1)
+    assert 60 < hit.sum() < 140
+    for z in zero[hit]:
+        rows, cols = z.any(1).nonzero(), z.any(0).nonzero()
+        box = z[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all() and z.sum() == box.numel()  # exactly one filled rectangle
+        assert 0.01 <= box.numel() / z.numel() <= 0.5
+    assert torch.equal(erased[~hit], x[~hit])
+
+
+# ---------------------------------------------------------------- equivalence with the release
+
+def test_golden_small(golden):
+    case = golden["cases"][0]
+    backbone_weights = make_weights(golden["backbone_spec"], golden["backbone_seed"])
+    assert weights_digest(backbone_weights) == golden["backbone_weights_digest"]
+    backbone = LEViT(**VARIANTS["small"])
+    backbone.load_state_dict({**backbone_weights, **golden["backbone_bn_buffers"]})
+    dbn_weights = make_weights(golden["dbn_spec"], golden["dbn_seed"])
+    assert weights_digest(dbn_weights) == golden["dbn_weights_digest"]
+    dbn = DBN(751, net="small", pretrained=None)
+    dbn.load_state_dict({**dbn_weights, **golden["dbn_bn_buffers"]})
+    with torch.no_grad():
+        features = backbone.eval().forward_features(case["x"])
+        logits = backbone(case["x"])
+        feats = dbn.eval()(case["x"])
+        train_logits, train_feats = dbn.train()(torch.rand(8, 3, 64, 32))  # shapes do not depend on H, W
+    assert rel_err(features, case["backbone_features"]) < 1e-4
+    assert rel_err(logits, case["backbone_logits"]) < 1e-4
+    assert len(feats) == len(case["dbn_feats"]) == 5
+    for ours, theirs in zip(feats, case["dbn_feats"]):
+        assert rel_err(ours, theirs) < 1e-4
+    assert [list(t.shape) for t in train_logits] == golden["train_shapes"]["logits"]
+    assert [list(t.shape) for t in train_feats] == golden["train_shapes"]["feats"]
+
+
+@pytest.mark.parametrize("model_kind,variant,size", [
+    ("backbone", "large", (256, 128)), ("dbn", "small", (250, 120)), ("dbn", "large", (90, 70))])
+def test_sdpa_path_matches_plain_attention(model_kind, variant, size, monkeypatch):
+    """The optimised path (SDPA, folded scale, padding + key mask, channels_last, fused BN)
+    against explicit softmax attention over each window's real tokens, NCHW, BN not folded."""
+    if model_kind == "backbone":
+        model = with_formula_weights(LEViT(**VARIANTS[variant]))
+    else:
+        model = with_formula_weights(DBN(751, net=variant, pretrained=None))
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        with monkeypatch.context() as m:
+            m.setattr(LocalEnhanceAttention, "forward", reference_attention)
+            plain = model.to(memory_format=torch.contiguous_format)(x)
+        fast = model.to(memory_format=torch.channels_last)(x)
+        fused = model.fuse()(x)
+    if model_kind == "dbn":
+        plain, fast, fused = torch.cat(plain, 1), torch.cat(fast, 1), torch.cat(fused, 1)
+    assert rel_err(fast, plain) < 1e-4
+    assert rel_err(fused, plain) < 1e-4
+
+
+def test_no_padding_code_runs_when_sizes_fit(monkeypatch):
+    model = with_formula_weights(LEViT(**VARIANTS["small"]))
+    x = torch.rand(1, 3, 256, 128)
+    with torch.no_grad():
+        expected = model(x)
+
+        def fail(*args, **kwargs):
+            raise AssertionError("padding code ran for a size that fits the window")
+        monkeypatch.setattr(LocalEnhanceAttention, "key_mask", fail)
+        monkeypatch.setattr(F, "pad", fail)
+        assert torch.equal(model(x), expected)
+
+
+def test_padded_attention_equals_unpadded_where_windows_are_whole():
+    """Windows are independent: on a 13x20 map the whole top-left 8x16 windows give
+    bit-for-bit what the same windows give on their own (no padding there)."""
+    torch.manual_seed(0)
+    attn = LocalEnhanceAttention(heads=2, window=8)
+    q, k, v = torch.randn(3, 2, 16, 13, 20).unbind(0)
+    with torch.no_grad():
+        padded = attn(q, k, v)
+        whole = attn(q[..., :8, :16], k[..., :8, :16], v[..., :8, :16])
+        plain = reference_attention(attn, q, k, v)
+    assert padded.shape == (2, 16, 13, 20)
+    assert torch.equal(padded[..., :8, :16], whole)
+    assert rel_err(padded, plain) < 1e-5
+
+
+@pytest.mark.parametrize("size", [(97, 61), (33, 17)])
+def test_any_input_size(size):
+    model = DBN(10, pretrained=None).eval()
+    with torch.no_grad():
+        feats = model(torch.rand(1, 3, *size))
+    assert all(f.shape == (1, 384) and torch.isfinite(f).all() for f in feats)
+
+
+def test_fuse_keeps_outputs(golden):
+    """Float64: folding BN into the conv changes nothing but rounding. Float32: the fused and
+    channels_last model still meets the release's outputs."""
+    model = with_formula_weights(LEViT(**VARIANTS["small"])).double()
+    x = torch.rand(1, 3, 64, 64, dtype=torch.float64)  # float64 convs are slow: a small input
+    with torch.no_grad():
+        before = model(x)
+        after = model.fuse()(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert rel_err(after, before) < 1e-12
+    case = golden["cases"][0]
+    backbone = LEViT(**VARIANTS["small"])
+    backbone.load_state_dict({**make_weights(golden["backbone_spec"], golden["backbone_seed"]),
+                              **golden["backbone_bn_buffers"]})
+    with torch.no_grad():
+        assert rel_err(backbone.fuse()(case["x"]), case["backbone_logits"]) < 1e-4
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_forms(sd, tmp_path):
+    forms = {"bare": sd, "state_dict": {"state_dict": sd, "epoch": 3}, "model": {"model": sd},
+             "module": {"module." + k: v for k, v in sd.items()},
+             "compiled_ddp": {"state_dict": {"module._orig_mod." + k: v for k, v in sd.items()}}}
+    paths = {}
+    for name, obj in forms.items():
+        paths[name] = tmp_path / f"{name}.pth"
+        torch.save(obj, paths[name])
+    return paths
+
+
+def test_backbone_file_forms_load_into_dbn(small_backbone_sd, tmp_path):
+    for name, path in save_forms(small_backbone_sd, tmp_path).items():
+        model = DBN(10, net="small", pretrained=str(path))
+        sd = model.state_dict()
+        for key, value in small_backbone_sd.items():
+            top, _, rest = key.partition(".")
+            targets = {"stem": ["stem"], "stage1": ["layer1"], "stage2": ["layer2"],
+                       "stage3": ["branch_1", "branch_2"], "head": []}[top]
+            for target in targets:
+                assert torch.equal(sd[f"{target}.{rest}"], value), (name, key)
+
+
+def test_filter_fn_is_pure_and_keeps_the_reid_head(small_backbone_sd):
+    model = DBN(10, net="small", pretrained=None)
+    given = {"module." + k: v for k, v in small_backbone_sd.items()}
+    keys_before = list(given)
+    out = checkpoint_filter_fn(given, model)
+    assert list(given) == keys_before
+    assert set(out) == set(model.state_dict())
+    assert out["class_list.0.weight"] is model.state_dict()["class_list.0.weight"] or \
+        torch.equal(out["class_list.0.weight"], model.class_list[0].weight)
+    assert torch.equal(out["branch_2.layers.1.mlp.proj_in.0.weight"],
+                       small_backbone_sd["stage3.layers.1.mlp.proj_in.0.weight"])
+
+
+def test_auto_pretrained_warns_once_then_loads(small_backbone_sd, tmp_path, monkeypatch):
+    monkeypatch.setattr(network.dbn, "NETWORK_DIR", str(tmp_path))
+    monkeypatch.setattr(network.dbn, "_warned_no_pretrained", False)
+    with pytest.warns(UserWarning, match=r"network/" + RELEASED_FILES["small"] + r".*far below the README"):
+        DBN(10, pretrained="auto")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DBN(10, pretrained="auto")  # second time: silent
+    torch.save({"state_dict": small_backbone_sd}, tmp_path / RELEASED_FILES["small"])
+    model = DBN(10, pretrained="auto")
+    assert torch.equal(model.layer2.layers[3].q[0].weight, small_backbone_sd["stage2.layers.3.q.0.weight"])
+
+
+def test_missing_checkpoint_names_path_and_where_files_go(tmp_path):
+    path = tmp_path / "nowhere" / "levit.pth"
+    with pytest.raises(CheckpointError) as err:
+        DBN(10, pretrained=str(path))
+    msg = str(err.value)
+    assert str(path) in msg and f"network/{RELEASED_FILES['small']}" in msg
+    assert f"network/{RELEASED_FILES['large']}" in msg
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_unsafe_pickle_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"stem.0.conv.weight": torch.zeros(1)}, "extra": RunsCode(marker)}, path)
+    for load in (lambda: DBN(10, pretrained=str(path)), lambda: load_reid_weights(DBN(10, pretrained=None), path)):
+        with pytest.raises(CheckpointError, match=r"refusing to load .*evil.pth.*would run code.*posix.system.*"
+                                                  r"nothing in it was executed"):
+            load()
+    assert not marker.exists()
+
+
+def test_unreadable_and_non_state_dict_files(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match=r"cannot read .*junk.pth as a torch checkpoint: it is corrupt"):
+        DBN(10, pretrained=str(junk))
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"cannot read .*empty.pth as a torch checkpoint"):
+        DBN(10, pretrained=str(empty))
+    listed = tmp_path / "list.pth"
+    torch.save([1, 2, 3], listed)
+    with pytest.raises(CheckpointError, match=r"not a state_dict of tensors"):
+        DBN(10, pretrained=str(listed))
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(CheckpointError, match=r"not a LEViT backbone or DBN ReID state_dict"):
+        DBN(10, pretrained=str(other))
+
+
+def test_wrong_variant_lists_mismatches_and_names_the_variant(tmp_path):
+    path = tmp_path / "large.pth"
+    torch.save(LEViT(**VARIANTS["large"]).state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        DBN(10, net="small", pretrained=str(path))
+    msg = str(err.value)
+    assert "shape mismatches" in msg
+    assert "layer1.layers.0.attns.logit_scale: file (2, 1, 1) vs model (1, 1, 1)" in msg
+    assert "LEViT-large (stem 16, embed_dim 192, mlp_ratio 1" in msg and "net='large'" in msg
+    assert "the model is a DBN ReID model like LEViT-small" in msg
+
+
+def test_large_checkpoint_with_mlp_ratio_2_builds_that(tmp_path, capsys):
+    cfg = dict(VARIANTS["large"], mlp_ratio=2.0)
+    sd = make_weights(spec_of(LEViT(**cfg)), seed=5)
+    path = tmp_path / "large_ratio2.pth"
+    torch.save({"state_dict": sd}, path)
+    model = DBN(10, net="large", pretrained=str(path))
+    assert "mlp_ratio 2 (LEViT-large default 1); building that architecture" in capsys.readouterr().out
+    assert model.mlp_ratio == 2.0
+    assert torch.equal(model.branch_2.layers[0].mlp.proj_in[0].weight, sd["stage3.layers.0.mlp.proj_in.0.weight"])
+
+
+def test_load_reid_weights_forms_and_other_class_counts(tmp_path, capsys):
+    trained = with_formula_weights(DBN(751, net="small", pretrained=None), seed=9)
+    sd = trained.state_dict()
+    for name, path in save_forms(sd, tmp_path).items():
+        model = DBN(20, net="small", pretrained=None)
+        own_classifier = model.class_list[0].weight.clone()
+        load_reid_weights(model, path)
+        loaded = model.state_dict()
+        for key, value in sd.items():
+            if not key.startswith("class_list."):
+                assert torch.equal(loaded[key], value), (name, key)
+        assert torch.equal(model.class_list[0].weight, own_classifier)
+        assert "trained on 751 classes, the model has 20" in capsys.readouterr().out
+    same = DBN(751, net="small", pretrained=None)
+    load_reid_weights(same, {"model": sd})
+    assert torch.equal(same.class_list[4].weight, sd["class_list.4.weight"])
+
+
+def test_load_reid_weights_errors(tmp_path, small_backbone_sd):
+    small = tmp_path / "small_reid.pth"
+    torch.save(DBN(751, net="small", pretrained=None).state_dict(), small)
+    with pytest.raises(CheckpointError, match=r"(?s)small_reid.pth does not fit.*like LEViT-small.*net='small'"):
+        load_reid_weights(DBN(751, net="large", pretrained=None), small)
+    backbone = tmp_path / "backbone.pth"
+    torch.save(small_backbone_sd, backbone)
+    with pytest.raises(CheckpointError, match=r"LEViT backbone .* not a trained ReID model"):
+        load_reid_weights(DBN(751, net="small", pretrained=None), backbone)
+    sd = DBN(751, net="small", pretrained=None).state_dict()
+    del sd["bn_list.3.running_var"]
+    with pytest.raises(CheckpointError, match=r"bn_list.3.running_var: missing from file"):
+        load_reid_weights(DBN(751, net="small", pretrained=None), sd)
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*absent.pth"):
+        load_reid_weights(DBN(751, net="small", pretrained=None), tmp_path / "absent.pth")
