@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .checkpoint import checkpoint_filter_fn, detect_architecture, read_checkpoint, unwrap_state_dict
-from .levit import LEViT, RELEASED_FILES, VARIANTS, fuse_conv_bn, match_memory_format
+from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
 
 NETWORK_DIR = os.path.dirname(os.path.abspath(__file__))
 _warned_no_pretrained = False
@@ -26,7 +26,7 @@ def released_path(net):
     return os.path.join(NETWORK_DIR, RELEASED_FILES[net])
 
 
-class DBN(nn.Module):
+class DBN(Fusable, nn.Module):
     def __init__(self, num_classes: int = 751, num_parts=(1, 2), std: float = 0.1, net: str = "small",
                  drop: float = 0.0, erasing: float = 0.0, pretrained: str | None = "auto",
                  mlp_ratio: float | None = None):
@@ -131,8 +131,3 @@ class DBN(nn.Module):
         logits = [fc(F.dropout(e, self.drop, True) if self.drop else e)
                   for fc, e in zip(self.class_list, embeddings)]
         return logits, embeddings[:len(branches)]
-
-    @torch.no_grad()
-    def fuse(self):
-        """Fold every conv's BN into the conv for inference (eval only; the state_dict keys change)."""
-        return fuse_conv_bn(self)

@@ -175,7 +175,26 @@ class StageModule(nn.Module):
         return self.layers(x)
 
 
-class LEViT(nn.Module):
+class Fusable:
+    """`fuse()` folds every BN into the conv before it, for inference; a fused model refuses to train."""
+
+    fused = False
+
+    @torch.no_grad()
+    def fuse(self):
+        """Fold conv+BN pairs in place (eval only; state_dict keys change). Returns the model."""
+        fuse_conv_bn(self)
+        self.fused = True
+        return self
+
+    def train(self, mode: bool = True):
+        if mode and self.fused:
+            raise RuntimeError(f"this {type(self).__name__} was fused for inference (BatchNorm folded into "
+                               "the convs) and cannot train; build a new model to train")
+        return super().train(mode)
+
+
+class LEViT(Fusable, nn.Module):
     def __init__(self, num_classes: int = 1000, stem: int = 16, embed_dim: int = 96,
                  mlp_ratio: float = 1., layers=(4, 7, 4), num_heads=(1, 2, 4),
                  split_size=(8, 8, 8), drop_path: float = 0.05, use_vit=(1, 1, 0)):
@@ -190,7 +209,8 @@ class LEViT(nn.Module):
         self.stem = nn.Sequential(ConvNormAct(3, stem, 2), ConvNormAct(stem, stem, 1),
                                   ConvNormAct(stem, 2 * stem, 2), ConvNormAct(2 * stem, 2 * stem, 1))
         # stochastic depth rises linearly from 0 to drop_path over all blocks of all stages
-        rates = torch.linspace(0, drop_path, sum(layers)).tolist()
+        num_blocks = sum(layers)
+        rates = [drop_path * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
         dims = [2 * stem, embed_dim, 2 * embed_dim, 4 * embed_dim]
         for i in range(3):
             start = sum(layers[:i])
@@ -211,11 +231,6 @@ class LEViT(nn.Module):
 
     def forward(self, x):
         return self.head(self.forward_features(x))
-
-    @torch.no_grad()
-    def fuse(self):
-        """Fold every BN into the conv before it (eval only; the state_dict keys change)."""
-        return fuse_conv_bn(self)
 
 
 def match_memory_format(x, weight):

@@ -250,6 +250,8 @@ def test_fuse_keeps_outputs(golden):
         after = model.fuse()(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert rel_err(after, before) < 1e-12
+    with pytest.raises(RuntimeError, match="fused for inference .* cannot train"):
+        model.train()
     case = golden["cases"][0]
     backbone = LEViT(**VARIANTS["small"])
     backbone.load_state_dict({**make_weights(golden["backbone_spec"], golden["backbone_seed"]),

@@ -31,10 +31,12 @@ def count_params(model):
 def count_flops(model, height, width):
     """FLOPs of one eval-mode forward of a 1-image batch (2 per multiply-add), as counted by
     torch.utils.flop_counter. Attention runs through SDPA's math backend here so that its two
-    matrix products are counted (the fused CPU kernel has no FLOP formula)."""
+    matrix products are counted (the fused CPU kernel has no FLOP formula). A model built on
+    the meta device is counted without computing anything."""
+    device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        model.eval()(torch.rand(1, 3, height, width))
+        model.eval()(torch.rand(1, 3, height, width, device=device))
     return counter.get_total_flops()
 
 
@@ -130,7 +132,8 @@ def bench_model(args):
             ("DBN-L (751 classes)", lambda: DBN(751, net="large", pretrained=None), [(256, 128), (384, 128)]),
             ("ResNet-50", lambda: torchvision.models.resnet50(), [(256, 128)])]
     for name, build, sizes in rows:
-        model = build()
+        with torch.device("meta"):  # shapes only: nothing is allocated or computed
+            model = build()
         params = f"{count_params(model):,}"
         for size in sizes:
             flops = count_flops(model, *size)
