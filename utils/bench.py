@@ -125,7 +125,8 @@ def bench_model(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible; "
           f"batch {args.batch}, {h}x{w} input")
 
-    print(f"\n{'model':28s} {'params':>12s} {'GFLOPs':>8s} {'G mult-adds':>12s}")
+    print("\nFLOPs: torch.utils.flop_counter, one image, 2 FLOPs per multiply-add, window attention included")
+    print(f"{'model':28s} {'params':>12s} {'GFLOPs':>8s} {'G mult-adds':>12s}")
     rows = [("LEViT-S backbone", lambda: LEViT(**VARIANTS["small"]), [(256, 128), (256, 256)]),
             ("LEViT-L backbone", lambda: LEViT(**VARIANTS["large"]), [(256, 128), (384, 128), (256, 256)]),
             ("DBN-S (751 classes)", lambda: DBN(751, net="small", pretrained=None), [(256, 128)]),
@@ -140,6 +141,7 @@ def bench_model(args):
             print(f"{name + f' {size[0]}x{size[1]}':28s} {params:>12s} {flops / 1e9:8.3f} {flops / 2e9:12.3f}")
             params = ""
 
+    print("\nunoptimised: BN not folded, NCHW layout; ResNet-50: torchvision, weights=None, as shipped (NCHW)")
     repeats = 3 if args.quick else args.repeats
     seconds = time_alternating(inference_runs(args.batch, h, w, 751), repeats + 2)
     print_throughput(f"inference, eval mode (median of {repeats + 2} alternating runs)", seconds, args.batch)
