@@ -1,0 +1,9 @@
+"""Evaluate a DBN checkpoint on CUHK03-NP labeled.
+
+    python test_nplabeled.py --weights params/ema.pth --net small --dataset-root data
+(see --help for every flag; the last line printed is the result in the release's format)
+"""
+from utils.evaluation import main
+
+if __name__ == "__main__":
+    main("nplabeled")

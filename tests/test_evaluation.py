@@ -1,0 +1,254 @@
+"""utils/evaluation.py and the test_<dataset>.py scripts, on generated datasets with a random DBN.
+
+Each script runs in-process through `main(dataset, argv)` at a 64x32 input; one subprocess
+checks the exit status and the absence of a traceback.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from utils import evaluation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASETS = ("market1501", "dukemtmc", "msmt17", "veri776", "vehicleid", "car196", "cub200",
+            "university1652", "npdetected", "nplabeled")
+NUM = r"(\d+\.\d{6})"
+RANK_RE = re.compile(rf"^top1:{NUM} top5:{NUM} top10:{NUM} mAP:{NUM}$")
+RECALL_RE = re.compile(rf"^Recall@1:{NUM} Recall@2:{NUM} Recall@4:{NUM} Recall@8:{NUM} NMI:{NUM}$")
+SMALL = ["--img-height", "64", "--img-width", "32", "--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
+
+
+def random_dbn(net="small", num_classes=7, seed=0):
+    from network import DBN
+    torch.manual_seed(seed)
+    return DBN(num_classes=num_classes, net=net, pretrained=None).eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("weights") / "ema.pth")
+    torch.save(random_dbn().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Every dataset generated small under one root."""
+    from datasets.synthetic import generate
+    root = str(tmp_path_factory.mktemp("data"))
+    for name in DATASETS:
+        generate(name, root, ids=6, images_per_id=4, cameras=2, seed=0)
+    return root
+
+
+def run(capsys, dataset, *argv):
+    """main(dataset, argv) -> (metrics, stdout lines, stderr)."""
+    metrics = evaluation.main(dataset, list(argv))
+    out, err = capsys.readouterr()
+    return metrics, out.strip().splitlines(), err
+
+
+def run_error(capsys, dataset, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(dataset, list(argv))
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "Traceback" not in err
+    return err
+
+
+# --- features -----------------------------------------------------------------------------------
+
+def test_extract_features_is_flip_sum_of_five_embeddings_l2_normalised():
+    model = random_dbn()
+    torch.manual_seed(1)
+    images = torch.rand(5, 3, 64, 32)
+    labels, camids = torch.tensor([3, 1, 4, 1, 5]), torch.tensor([0, 1, 0, 2, 1])
+    # batches as collate_skip gives them: (imgs, labels, camids, num_skipped)
+    loader = [(images[:3], labels[:3], camids[:3], 0), (images[3:], labels[3:], camids[3:], 1)]
+    feats, out_labels, out_camids = evaluation.extract_features(model, loader, torch.device("cpu"))
+
+    assert feats.shape == (5, 5 * 384) and feats.dtype == torch.float32
+    assert model.feature_dim == 5 * 384
+    with torch.no_grad():
+        for i in range(5):  # one image at a time, flipped by index reversal of the width axis
+            x = images[i:i + 1]
+            plain = torch.cat(model(x), dim=1)
+            flipped = torch.cat(model(x[..., torch.arange(31, -1, -1)]), dim=1)
+            manual = (plain + flipped) / (plain + flipped).norm()
+            torch.testing.assert_close(feats[i], manual[0], rtol=1e-4, atol=1e-6)
+            # the flip matters: the unflipped feature alone is another vector
+            assert (F.normalize(plain, dim=1)[0] - feats[i]).abs().max() > 1e-3
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(5))
+    assert out_labels.tolist() == labels.tolist() and out_camids.tolist() == camids.tolist()
+
+
+def test_extract_features_of_an_empty_loader():
+    feats, labels, camids = evaluation.extract_features(random_dbn(), [], torch.device("cpu"))
+    assert feats.shape == (0, 5 * 384) and len(labels) == len(camids) == 0
+
+
+def test_image_size_defaults_per_dataset():
+    args = evaluation.get_args_parser().parse_args([])
+    assert evaluation.image_size("market1501", args) == (256, 128)
+    assert evaluation.image_size("veri776", args) == (256, 256)
+    assert evaluation.image_size("university1652", args) == (384, 384)
+    args = evaluation.get_args_parser().parse_args(["--img-height", "384"])
+    assert evaluation.image_size("market1501", args) == (384, 128)
+
+
+# --- scripts on generated data -------------------------------------------------------------------
+
+def brute_force_rank(qf, gf, q, g):
+    """CMC top1/5/10 and trapezoid mAP by the definitions, one query at a time."""
+    first_hits, aps = [], []
+    for i in range(len(q)):
+        order = np.argsort(-(gf @ qf[i]), kind="stable")
+        keep = [j for j in order if not (g[j][1] == q[i][1] and g[j][2] == q[i][2])]
+        hits = [r for r, j in enumerate(keep) if g[j][1] == q[i][1]]
+        if not hits:
+            continue
+        first_hits.append(hits[0])
+        aps.append(np.mean([((n / r if r else 1.0) + (n + 1) / (r + 1)) / 2 for n, r in enumerate(hits)]))
+    first_hits = np.array(first_hits)
+    return {"top1": np.mean(first_hits < 1), "top5": np.mean(first_hits < 5),
+            "top10": np.mean(first_hits < 10), "mAP": float(np.mean(aps)), "left_out": len(q) - len(aps)}
+
+
+def test_market1501_numbers_match_a_manual_pipeline(capsys, weights, data_root):
+    from datasets import build_dataset
+    from datasets.transforms import build_transform
+
+    metrics, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL)
+    assert RANK_RE.match(lines[-1]), lines[-1]
+
+    data = build_dataset("market1501", data_root)
+    model = random_dbn()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    transform = build_transform("reid", 64, 32, train=False)
+
+    def features(items):
+        x = torch.stack([transform(Image.open(item[0]).convert("RGB")) for item in items])
+        with torch.no_grad():
+            f = torch.cat(model(x), 1) + torch.cat(model(x.flip(3)), 1)
+        return F.normalize(f, dim=1).numpy()
+
+    expected = brute_force_rank(features(data.query), features(data.gallery), data.query, data.gallery)
+    for key in ("top1", "top5", "top10", "mAP"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert metrics["left_out"] == expected["left_out"]
+    assert metrics["num_query"] == len(data.query) and metrics["num_gallery"] == len(data.gallery)
+    assert lines[-1] == "top1:%f top5:%f top10:%f mAP:%f" % tuple(expected[k] for k in ("top1", "top5", "top10", "mAP"))
+    assert f"{expected['left_out']} of {len(data.query)}" in lines[-2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_script_prints_its_line(capsys, weights, data_root, dataset):
+    extra = {"vehicleid": ["--trials", "2"], "university1652": ["--direction", "drone2satellite"]}.get(dataset, [])
+    metrics, lines, _ = run(capsys, dataset, "--weights", weights, "--dataset-root", data_root, *SMALL, *extra)
+    if dataset in ("car196", "cub200"):
+        values = [float(v) for v in RECALL_RE.match(lines[-1]).groups()]
+        assert values[:4] == sorted(values[:4])  # Recall@K grows with K
+    else:
+        values = [float(v) for v in RANK_RE.match(lines[-1]).groups()]
+        assert values[:3] == sorted(values[:3])  # CMC grows with rank
+        assert re.search(r"left out of CMC and mAP\): \d+ of \d+$", lines[-2])
+    assert all(0.0 <= v <= 1.0 for v in values)
+    if dataset == "vehicleid":
+        assert len(metrics["trials"]) == 2
+        assert re.match(r"vehicleid test_list_800, 2 trials \(seeds 0\.\.1\): top1 std:", lines[-3])
+        assert metrics["top1"] == pytest.approx(np.mean([m["top1"] for m in metrics["trials"]]))
+
+
+def test_rerank_and_plain_ap_change_only_the_numbers(capsys, weights, data_root):
+    common = ["--weights", weights, "--dataset-root", data_root, *SMALL]
+    base, _, _ = run(capsys, "market1501", *common)
+    plain, lines, _ = run(capsys, "market1501", *common, "--ap", "plain")
+    assert RANK_RE.match(lines[-1])
+    assert plain["top1"] == base["top1"] and plain["mAP"] <= base["mAP"]  # trapezoid AP >= plain AP
+    reranked, lines, _ = run(capsys, "market1501", *common, "--rerank")
+    assert RANK_RE.match(lines[-1])
+    assert reranked.keys() == base.keys() and reranked["left_out"] == base["left_out"]
+
+
+def test_vis_writes_rank_list_pictures(capsys, weights, data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL, "--vis", "2")
+    pictures = sorted(os.listdir(tmp_path / "figs"))
+    assert len(pictures) == 2 and all(re.match(r"market1501_rank_\d+\.png$", p) for p in pictures)
+    with Image.open(tmp_path / "figs" / pictures[0]) as picture:
+        from utils import vis
+        assert picture.size[1] == 2 * vis.MARGIN + vis.CAPTION + 128 + 2 * vis.BORDER  # 64x32 input -> 64x128 cells
+    assert RANK_RE.match(lines[-1])
+
+
+def test_evaluate_accepts_other_args_and_restores_train_mode(capsys, data_root):
+    from datasets import build_dataset
+    model = random_dbn().train()
+    args = argparse.Namespace(img_height=64, img_width=32, batch_size=16, num_workers=0)  # as train.py has them
+    metrics, line = evaluation.evaluate(model, build_dataset("cub200", data_root), args)
+    assert model.training
+    assert RECALL_RE.match(line) and 0.0 <= metrics["NMI"] <= 1.0
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+def test_missing_weights_file(capsys, data_root, tmp_path):
+    missing = str(tmp_path / "nothing.pth")
+    err = run_error(capsys, "market1501", "--weights", missing, "--dataset-root", data_root, *SMALL)
+    assert f"weights file not found: {missing}" in err and "--weights" in err
+
+
+def test_wrong_variant(capsys, data_root, tmp_path):
+    path = str(tmp_path / "large.pth")
+    torch.save(random_dbn("large").state_dict(), path)
+    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    assert "LEViT-large" in err and "--net small was given; pass --net large" in err
+
+
+def test_input_size_differs_from_training_checkpoint(capsys, weights, data_root, tmp_path):
+    path = str(tmp_path / "ema_last.pth")
+    state_dict = torch.load(weights, weights_only=True)
+    torch.save({"model": state_dict, "args": {"img_height": 128, "img_width": 64, "net": "small"}}, path)
+    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    assert "trained at 128x64" in err and "--img-height 128 --img-width 64" in err
+    _, lines, _ = run(capsys, "market1501", "--weights", path, "--dataset-root", data_root,
+                      *SMALL[4:], "--img-height", "128", "--img-width", "64")
+    assert RANK_RE.match(lines[-1])
+
+
+def test_missing_dataset_folder(capsys, weights, tmp_path):
+    err = run_error(capsys, "dukemtmc", "--weights", weights, "--dataset-root", str(tmp_path), *SMALL)
+    assert str(tmp_path) in err and "DukeMTMC-reID" in err
+
+
+def test_flag_errors(capsys, weights, data_root):
+    err = run_error(capsys, "car196", "--weights", weights, "--dataset-root", data_root, "--rerank")
+    assert "--rerank applies to query/gallery rankings" in err
+    err = run_error(capsys, "market1501", "--batch-size", "0")
+    assert "--batch-size must be at least 1, got 0" in err
+    err = run_error(capsys, "vehicleid", "--test-size", "900")
+    assert "invalid choice: 900" in err
+
+
+@pytest.mark.slow
+def test_script_exit_status_and_help(tmp_path):
+    missing = str(tmp_path / "nothing.pth")
+    result = subprocess.run([sys.executable, "test_market1501.py", "--weights", missing], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: weights file not found: {missing} (pass --weights PATH: the file " \
+                                    "train.py wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)"
+    result = subprocess.run([sys.executable, "test_market1501.py", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "default input 256x128" in result.stdout and "(default: params/ema.pth)" in result.stdout

@@ -1,0 +1,376 @@
+"""Test-time evaluation shared by the `test_<dataset>.py` scripts and by train.py.
+
+Test-time feature (as the release): the five eval-mode BN embeddings of DBN concatenated (5F),
+summed with those of the horizontally flipped image, L2-normalised; similarity is the dot product.
+
+Protocols (see the dataset table in the README):
+- ReID (market1501, dukemtmc, msmt17, veri776, npdetected, nplabeled): query vs gallery, same id
+  and same camera removed as junk; CMC top1/top5/top10 and mAP (trapezoid AP by default, the
+  release's; `--ap plain` for torchreid's). Queries with no correct gallery item are left out
+  and counted.
+- vehicleid: one random image per id is the gallery, the rest are queries, for `--trials`
+  seeded splits (seeds 0..trials-1) of test_list_<--test-size>; the mean is reported, the
+  spread (std, min, max) on the line above.
+- car196, cub200: Recall@1,2,4,8 over the test set (each image's own entry excluded) and NMI
+  of a seeded k-means (seed 0) with one cluster per test class.
+- university1652: `--direction` satellite2drone (default; the release's numbers) or
+  drone2satellite; Recall@1 (= top1), top5, top10 and AP.
+
+The result line in the release's format is the last line printed.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+# Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
+# release's training commands for each dataset.
+IMAGE_SIZE = {
+    "market1501": (256, 128),
+    "dukemtmc": (256, 128),
+    "msmt17": (256, 128),
+    "npdetected": (256, 128),
+    "nplabeled": (256, 128),
+    "veri776": (256, 256),
+    "vehicleid": (256, 256),
+    "car196": (256, 256),
+    "cub200": (256, 256),
+    "university1652": (384, 384),
+}
+RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
+RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
+
+
+def _size_table():
+    rows = {}
+    for name, size in IMAGE_SIZE.items():
+        rows.setdefault(size, []).append(name)
+    return "; ".join(f"{h}x{w}: {', '.join(names)}" for (h, w), names in rows.items())
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" except for flags whose default is None or off."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def get_args_parser(add_help=False):
+    parser = argparse.ArgumentParser("DBN evaluation", add_help=add_help)
+    parser.add_argument("--net", default="small", choices=["small", "large"],
+                        help="model variant: small (LEViT-S) or large (LEViT-L); must match --weights")
+    parser.add_argument("--img-height", default=None, type=int,
+                        help=f"input height (default per dataset: {_size_table()})")
+    parser.add_argument("--img-width", default=None, type=int, help="input width (default per dataset, as above)")
+    parser.add_argument("--weights", default="params/ema.pth",
+                        help="DBN checkpoint: the file train.py writes to --save-path (or its _last.pth "
+                             "checkpoint) or the release's params/ema.pth")
+    parser.add_argument("--dataset-root", default="data",
+                        help="folder holding the dataset folders (market1501/, DukeMTMC-reID/, MSMT17/, "
+                             "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/)")
+    parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
+    parser.add_argument("--num-workers", default=4, type=int, help="data loading processes")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: cuda when available, otherwise cpu")
+    parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
+                        help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
+    parser.add_argument("--rerank", action="store_true",
+                        help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring (ranking datasets)")
+    parser.add_argument("--vis", default=0, type=int, metavar="N",
+                        help="write rank-list pictures of N queries to figs/<dataset>_rank_<query>.png")
+    parser.add_argument("--test-size", default=800, type=int, choices=[800, 1600, 2400],
+                        help="vehicleid: test list (test_list_<N>.txt)")
+    parser.add_argument("--trials", default=10, type=int, help="vehicleid: number of seeded gallery draws")
+    parser.add_argument("--direction", default="satellite2drone", choices=["satellite2drone", "drone2satellite"],
+                        help="university1652: query view -> gallery view")
+    return parser
+
+
+def _option(args, name):
+    """args.<name>, or the parser's default when `args` comes from another parser (train.py)."""
+    if hasattr(args, name):
+        return getattr(args, name)
+    return get_args_parser().get_default(name)
+
+
+def image_size(dataset_name, args):
+    """(height, width): --img-height/--img-width, else the dataset's default from IMAGE_SIZE."""
+    height, width = IMAGE_SIZE.get(dataset_name, (256, 128))
+    height = _option(args, "img_height") or height
+    width = _option(args, "img_width") or width
+    return height, width
+
+
+@torch.no_grad()
+def extract_features(model, loader, device, desc="features"):
+    """Test-time features of every image the loader yields (the model must be in eval mode).
+
+    Batches are `(imgs, labels, camids, ...)` as `datasets.image_dataset.collate_skip` makes them.
+    Returns (features (N, 5F) float32 L2-normalised, labels (N,) int64, camids (N,) int64), on the CPU.
+    """
+    feats, labels, camids = [], [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stderr):
+        imgs = batch[0].to(device, non_blocking=True)
+        f = torch.cat(model(imgs), dim=1) + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1)
+        feats.append(F.normalize(f.float(), dim=1).cpu())
+        labels.append(torch.as_tensor(batch[1], dtype=torch.int64))
+        camids.append(torch.as_tensor(batch[2], dtype=torch.int64))
+    if not feats:
+        dim = getattr(model, "feature_dim", 0)
+        empty = torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, dim), empty, empty.clone()
+    return torch.cat(feats), torch.cat(labels), torch.cat(camids)
+
+
+def _item_features(model, items, dataset, args, device, view=None, desc="features"):
+    """Features of `items` ((path, label[, camid]) tuples) and the index of the item behind each row.
+
+    The loader carries the item's index as its label, so an unreadable image (dropped by
+    collate_skip with a warning) cannot shift the rows against the item list.
+    """
+    from datasets.image_dataset import ImageDataset, collate_skip
+    from datasets.transforms import build_transform
+
+    height, width = image_size(dataset.name, args)
+    transform = build_transform(dataset.family, height, width, train=False, view=view)
+    tagged = [(item[0], i, item[2] if len(item) > 2 else 0) for i, item in enumerate(items)]
+    loader = DataLoader(ImageDataset(tagged, transform), batch_size=_option(args, "batch_size"),
+                        shuffle=False, num_workers=_option(args, "num_workers"),
+                        collate_fn=collate_skip, pin_memory=device.type == "cuda")
+    feats, index, _ = extract_features(model, loader, device, desc=desc)
+    if len(index) < len(items):
+        print(f"{desc}: {len(items) - len(index)} of {len(items)} images unreadable, left out")
+    return feats, index.numpy()
+
+
+def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=()):
+    """top1/top5/top10/mAP of L2-normalised query and gallery features, query block by query block.
+
+    With `--rerank`, the k-reciprocal distances are streamed block by block from utils.rerank into
+    utils.metrics (never the full query x gallery matrix). Returns (metrics, distance rows of the
+    queries in `keep_rows` as a (len(keep_rows), G) array, for the pictures). metrics["left_out"]
+    counts the queries without a correct gallery item (left out of CMC and mAP).
+    """
+    from utils.metrics import evaluate_rank_blocks, evaluate_rank_features
+
+    ap = _option(args, "ap")
+    keep_rows = np.asarray(keep_rows, dtype=np.int64)
+    if _option(args, "rerank"):
+        from utils.rerank import re_ranking_blocks
+        kept = {}
+
+        def blocks():  # the re-ranked rows, keeping those of the pictured queries on the way
+            start = 0
+            for block in re_ranking_blocks(qf, gf):
+                for r in keep_rows[(keep_rows >= start) & (keep_rows < start + len(block))].tolist():
+                    kept[r] = np.array(block[r - start], dtype=np.float64)
+                start += len(block)
+                yield block
+
+        cmc, mAP, left_out = evaluate_rank_blocks(blocks(), q_pids, g_pids, q_camids, g_camids, ap=ap,
+                                                  return_num_invalid=True)
+        rows = np.stack([kept[r] for r in keep_rows.tolist()]) if len(keep_rows) else None
+    else:
+        cmc, mAP, left_out = evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, ap=ap,
+                                                    return_num_invalid=True)
+        rows = -(qf[torch.from_numpy(keep_rows)] @ gf.T).double().numpy() if len(keep_rows) else None
+    metrics = {"top1": float(cmc[0]), "top5": float(cmc[4]), "top10": float(cmc[9]),
+               "mAP": float(mAP), "num_query": len(q_pids), "num_gallery": len(g_pids), "left_out": int(left_out)}
+    return metrics, rows
+
+
+def _vis_rows(args, num_query):
+    """Indices of the --vis N pictured queries, spread evenly over the query list."""
+    n = min(_option(args, "vis"), num_query)
+    return np.unique(np.linspace(0, num_query - 1, n).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
+
+
+def _pictures(dataset, prefix, rows, dist, query, gallery, args, junk_same_camera=True):
+    """Rank-list pictures of the queries `rows` (distance rows `dist`), as figs/<prefix>_rank_<query>.png."""
+    from utils.vis import cell_size, save_rank_lists
+
+    if not len(rows):
+        return
+    written = save_rank_lists(dist, [query[i] for i in rows], gallery, "figs", prefix, query_ids=rows,
+                              junk_same_camera=junk_same_camera, cell=cell_size(*image_size(dataset.name, args)))
+    print(f"rank-list pictures: {len(written)} written to figs/{prefix}_rank_*.png")
+
+
+def _evaluate_split(model, dataset, query, gallery, args, device, views=(None, None), prefix=None):
+    qf, qi = _item_features(model, query, dataset, args, device, view=views[0], desc="query")
+    gf, gi = _item_features(model, gallery, dataset, args, device, view=views[1], desc="gallery")
+    query, gallery = [query[i] for i in qi], [gallery[i] for i in gi]
+    ids = [np.array([item[k] for item in items], dtype=np.int64) for items in (query, gallery) for k in (1, 2)]
+    rows = _vis_rows(args, len(query))
+    metrics, dist = rank_metrics(qf, gf, *ids, args, keep_rows=rows)
+    _pictures(dataset, prefix or dataset.name, rows, dist, query, gallery, args)
+    return metrics
+
+
+def _evaluate_vehicleid(model, dataset, args, device):
+    size, n = _option(args, "test_size"), _option(args, "trials")
+    trials = [dataset.make_trial(size, seed) for seed in range(n)]
+    paths = sorted({item[0] for query, gallery in trials for item in query + gallery})
+    feats, index = _item_features(model, [(p, 0, 0) for p in paths], dataset, args, device,
+                                  desc=f"test_list_{size}")
+    row = {paths[i]: r for r, i in enumerate(index.tolist())}
+    results = []
+    for seed, (query, gallery) in enumerate(trials):
+        query = [item for item in query if item[0] in row]
+        gallery = [item for item in gallery if item[0] in row]
+        qf = feats[[row[item[0]] for item in query]]
+        gf = feats[[row[item[0]] for item in gallery]]
+        ids = [np.array([item[k] for item in items], dtype=np.int64) for items in (query, gallery) for k in (1, 2)]
+        rows = _vis_rows(args, len(query)) if seed == 0 else ()
+        metrics, dist = rank_metrics(qf, gf, *ids, args, keep_rows=rows)
+        results.append(metrics)
+        _pictures(dataset, f"{dataset.name}{size}", rows, dist, query, gallery, args)
+    keys = ("top1", "top5", "top10", "mAP")
+    table = np.array([[m[k] for k in keys] for m in results])
+    print(f"vehicleid test_list_{size}, {n} trials (seeds 0..{n - 1}): " + " ".join(
+        f"{k} std:{s:f} min:{lo:f} max:{hi:f}"
+        for k, s, lo, hi in zip(keys, table.std(0), table.min(0), table.max(0))))
+    mean = dict(zip(keys, table.mean(0).tolist()))
+    mean.update(num_query=results[0]["num_query"], num_gallery=results[0]["num_gallery"],
+                left_out=results[0]["left_out"], trials=results)
+    return mean
+
+
+def _evaluate_retrieval(model, dataset, args, device):
+    from utils.metrics import kmeans, normalized_mutual_info, recall_at_k
+
+    feats, index = _item_features(model, dataset.test, dataset, args, device, desc="test")
+    items = [(dataset.test[i][0], dataset.test[i][1], 0) for i in index]
+    labels = np.array([item[1] for item in items], dtype=np.int64)
+    recall = recall_at_k(feats, labels, ks=(1, 2, 4, 8))
+    clusters = kmeans(feats, len(np.unique(labels)), seed=0)
+    metrics = {f"R{k}": float(recall[k]) for k in (1, 2, 4, 8)}
+    metrics.update(NMI=float(normalized_mutual_info(labels, np.asarray(clusters))), num_images=len(items))
+    rows = _vis_rows(args, len(items))
+    if len(rows):
+        dist = -(feats[torch.from_numpy(rows)] @ feats.T).double().numpy()
+        dist[np.arange(len(rows)), rows] = np.inf  # an image is not its own neighbour
+        _pictures(dataset, dataset.name, rows, dist, items, items, args, junk_same_camera=False)
+    return metrics
+
+
+def evaluate(model, dataset, args):
+    """Evaluate `model` (a DBN) on the test split of `dataset` (from datasets.build_dataset).
+
+    `args` needs the flags of get_args_parser() that matter for the dataset; missing ones take
+    the parser's defaults (so train.py can pass its own args). The model runs where its
+    parameters are, in eval mode; its train/eval mode is restored afterwards.
+    Returns (metrics dict, result line in the release's format).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        if dataset.family == "metric":
+            metrics = _evaluate_retrieval(model, dataset, args, device)
+            return metrics, RECALL_LINE.format(**metrics)
+        if dataset.family == "university":
+            direction = _option(args, "direction")
+            views = tuple(direction.split("2"))
+            query, gallery = dataset.make_split(direction)
+            metrics = _evaluate_split(model, dataset, query, gallery, args, device, views=views,
+                                      prefix=f"{dataset.name}_{direction}")
+        elif dataset.query is None:
+            metrics = _evaluate_vehicleid(model, dataset, args, device)
+        else:
+            metrics = _evaluate_split(model, dataset, dataset.query, dataset.gallery, args, device)
+    finally:
+        model.train(was_training)
+    print(f"queries without a correct gallery item (left out of CMC and mAP): "
+          f"{metrics['left_out']} of {metrics['num_query']}")
+    return metrics, RANK_LINE.format(**metrics)
+
+
+def load_model(args, device):
+    """DBN of variant --net with the --weights checkpoint, in eval mode on `device`.
+
+    Raises network.CheckpointError (missing or unreadable file, another variant than --net,
+    a training checkpoint whose stored args give another input size than the one evaluated).
+    """
+    from network import (DBN, VARIANTS, CheckpointError, detect_architecture, load_reid_weights,
+                         read_checkpoint, unwrap_state_dict)
+
+    path = args.weights
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file not found: {path} (pass --weights PATH: the file train.py "
+                              "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
+    checkpoint = read_checkpoint(path)
+    state_dict = unwrap_state_dict(checkpoint)
+    arch = detect_architecture(state_dict)
+    if arch["kind"] == "dbn" and arch["variant"] not in (None, args.net):
+        raise CheckpointError(f"{path} holds a LEViT-{arch['variant']} DBN (embed_dim {arch['embed_dim']}) "
+                              f"but --net {args.net} was given; pass --net {arch['variant']}")
+    trained = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    trained = vars(trained) if isinstance(trained, argparse.Namespace) else trained
+    if isinstance(trained, dict):
+        size = (trained.get("img_height"), trained.get("img_width"))
+        if None not in size and tuple(size) != (args.img_height, args.img_width):
+            raise CheckpointError(
+                f"{path} was trained at {size[0]}x{size[1]} (height x width) but the evaluation input is "
+                f"{args.img_height}x{args.img_width}; pass --img-height {size[0]} --img-width {size[1]}")
+    mlp_ratio = arch["mlp_ratio"] if arch["mlp_ratio"] not in (None, VARIANTS[args.net]["mlp_ratio"]) else None
+    model = DBN(num_classes=arch["num_classes"] or 1, net=args.net, pretrained=None, mlp_ratio=mlp_ratio)
+    load_reid_weights(model, state_dict)
+    model.eval()
+    if hasattr(model, "fuse"):
+        model = model.fuse() or model  # conv+BN folded: same features, faster
+    return model.to(device)
+
+
+def _device(name, parser):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def main(dataset, argv=None):
+    """Entry point of test_<dataset>.py: parse argv, load --weights, evaluate, print the result line last.
+
+    A missing or malformed dataset or checkpoint prints the reason to stderr and exits with status 2.
+    Returns the metrics dict.
+    """
+    if dataset not in IMAGE_SIZE:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(IMAGE_SIZE)}")
+    height, width = IMAGE_SIZE[dataset]
+    parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
+                                     description=f"Evaluate a DBN checkpoint on {dataset} (default input "
+                                                 f"{height}x{width}); the last line printed is the result "
+                                                 "in the release's format.")
+    args = parser.parse_args(argv)
+    args.img_height, args.img_width = image_size(dataset, args)
+    for name in ("img_height", "img_width", "batch_size", "trials"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.num_workers < 0 or args.vis < 0:
+        parser.error("--num-workers and --vis must be 0 or more")
+    if args.rerank and dataset in ("car196", "cub200"):
+        parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
+    device = _device(args.device, parser)
+    from datasets import DatasetError, build_dataset
+    from network import CheckpointError
+
+    print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    try:
+        model = load_model(args, device)
+        data = build_dataset(dataset, args.dataset_root)
+    except (DatasetError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(data.summary())
+    metrics, line = evaluate(model, data, args)
+    print(line)
+    return metrics
