@@ -153,8 +153,8 @@ def bench_model(args):
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
     parser.add_argument("--what", choices=("model", "eval", "all"), default="all")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller batch")
-    parser.add_argument("--batch", type=int, default=None, help="images per batch (default 32, --quick 16)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (3)")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (training; inference +2)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     return parser
@@ -165,8 +165,6 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     if rest and args.what == "model":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.batch is None:
-        args.batch = 16 if args.quick else 32
     if args.what in ("model", "all"):
         bench_model(args)
     if args.what in ("eval", "all"):
