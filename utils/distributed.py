@@ -1,0 +1,114 @@
+"""Distributed training helpers: set up from torchrun's environment, ranks, rank-0 duties.
+
+Under `torchrun` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), train.py
+joins the process group (NCCL on GPUs, gloo on CPUs) and wraps the model in
+DistributedDataParallel. Without those variables everything here degrades to one process:
+rank 0 of a world of 1, and the collectives do nothing.
+"""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    distributed: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(use_cuda, timeout_s=600):
+    """Join the process group torchrun describes; returns DistInfo (not distributed otherwise).
+
+    `use_cuda`: NCCL with one GPU per process (cuda:LOCAL_RANK), else gloo on the CPU.
+    `timeout_s`: how long a collective waits for a missing rank before raising, so a rank that
+    dies makes the others fail instead of hanging.
+    """
+    if not launched_by_torchrun():
+        return DistInfo()
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    kwargs = {"device_id": torch.device("cuda", local_rank)} if use_cuda else {}
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return DistInfo(True, rank, world_size, local_rank, backend)
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main():
+    """True on rank 0 (and in a single process): the one that prints, logs and saves."""
+    return get_rank() == 0
+
+
+def barrier():
+    if is_dist():
+        dist.barrier()
+
+
+def all_gather_object(obj):
+    """[obj of rank 0, obj of rank 1, ...]; [obj] in a single process."""
+    if not is_dist():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src=0):
+    """`obj` of rank `src` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_mean(tensor):
+    """In-place mean of `tensor` over the ranks (a no-op in a single process)."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(get_world_size())
+    return tensor
+
+
+@torch.no_grad()
+def average_bn_statistics(module):
+    """Mean of every BatchNorm running_mean / running_var over the ranks.
+
+    After `torch.optim.swa_utils.update_bn` on each rank's share of the data (equal numbers of
+    equal-size batches per rank), the running statistics are cumulative means over batches, so
+    their mean over ranks is the mean over all batches: identical on every rank afterwards.
+    """
+    if not is_dist():
+        return
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            all_reduce_mean(m.running_mean)
+            all_reduce_mean(m.running_var)
+
+
+def cleanup():
+    if is_dist():
+        dist.destroy_process_group()
