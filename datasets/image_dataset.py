@@ -1,0 +1,75 @@
+"""Images of a list of `(path, label, camid)` items, decoded with Pillow, and a collate that skips
+the unreadable ones.
+
+An image that cannot be decoded (missing, truncated, not an image) does not stop training: its item
+comes back as `(None, label, camid)` with an `UnreadableImageWarning` naming the path, and
+`collate_skip` drops it from the batch and counts it, so the caller can report (and bound) how many
+were skipped.
+"""
+import warnings
+
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+
+# what Pillow raises for files it cannot decode (OSError covers missing files, unknown formats and
+# truncated data; the others come from damaged headers)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class UnreadableImageWarning(UserWarning):
+    """An image file could not be decoded; its item was skipped."""
+
+
+def read_image(path):
+    """The image at `path` as an RGB PIL image, fully decoded (corrupt data raises here, not later)."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """`items` (path, label, camid) -> `(transform(image) or None, label, camid)`.
+
+    `transform` is a callable (PIL image -> tensor), or a dict {camid: callable} choosing the
+    transform by the item's camid (University-1652: one per view, see datasets.transforms).
+    """
+
+    def __init__(self, items, transform):
+        self.items = list(items)
+        if isinstance(transform, dict):
+            missing = sorted({item[2] for item in self.items} - set(transform))
+            if missing:
+                raise ValueError(f"no transform for camid {missing[0]}: the transform dict has camids "
+                                 f"{sorted(transform)}, the items use {sorted({item[2] for item in self.items})}")
+            if not all(callable(t) for t in transform.values()):
+                raise TypeError("every value of the transform dict must be callable (PIL image -> tensor)")
+        elif not callable(transform):
+            raise TypeError(f"transform must be a callable or a dict {{camid: callable}}, "
+                            f"got {type(transform).__name__}")
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        path, label, camid = self.items[index]
+        try:
+            img = read_image(path)
+        except DECODE_ERRORS as err:
+            warnings.warn(f"skipping unreadable image {path}: {err}", UnreadableImageWarning, stacklevel=2)
+            return None, label, camid
+        transform = self.transform[camid] if isinstance(self.transform, dict) else self.transform
+        return transform(img), label, camid
+
+
+def collate_skip(batch):
+    """[(img or None, label, camid), ...] -> (imgs (B, 3, H, W) float, labels (B,) int64, camids (B,) int64,
+    num_skipped), B = the items whose image was read. When none was, imgs is an empty (0, 3, 0, 0) tensor."""
+    kept = [item for item in batch if item[0] is not None]
+    if kept:
+        imgs = default_collate([item[0] for item in kept])  # shared memory inside loader workers
+    else:
+        imgs = torch.zeros(0, 3, 0, 0)
+    labels = torch.tensor([int(item[1]) for item in kept], dtype=torch.int64)
+    camids = torch.tensor([int(item[2]) for item in kept], dtype=torch.int64)
+    return imgs, labels, camids, len(batch) - len(kept)
