@@ -372,6 +372,13 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
             raise TrainingError(f"epoch {epoch + 1}: {meter['skipped']} images could not be read (more than "
                                 f"{MAX_SKIPPED:.0%} of the epoch's {planned_images}); the warnings above name "
                                 "them; fix or remove them and resume")
+        if imgs.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
+            if du.get_world_size() > 1:  # the other processes would wait for this one's gradients
+                raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch "
+                                    "could be read (see the warnings above)")
+            step += 1
+            bar.update(1)
+            continue
         imgs = imgs.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast:
@@ -559,7 +566,7 @@ def _run(args, device, info, dp_ids):
     # BatchNorm statistics of the averaged weights: one pass over the training data (as the release)
     loader = build_loader(train_set, sampler, args, epochs_total, info, device)
     with autocast:
-        update_bn(loader, averaged.module, device=device)
+        update_bn((batch for batch in loader if batch[0].shape[0]), averaged.module, device=device)
     du.average_bn_statistics(averaged.module)
     if main_rank:
         atomic_save(averaged.module.state_dict(), args.save_path)

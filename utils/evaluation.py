@@ -117,6 +117,8 @@ def extract_features(model, loader, device, desc="features"):
     """
     feats, labels, camids = [], [], []
     for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stderr):
+        if batch[0].shape[0] == 0:  # every image of the batch was unreadable (collate_skip)
+            continue
         imgs = batch[0].to(device, non_blocking=True)
         f = torch.cat(model(imgs), dim=1) + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1)
         feats.append(F.normalize(f.float(), dim=1).cpu())
