@@ -1,0 +1,30 @@
+"""Dataset parsers, one module per dataset; `build_dataset(name, root)` returns the parsed dataset.
+
+Every dataset object has `name`, `family` ("reid", "metric" or "university"), `root` (its folder),
+`train` [(path, label 0..C-1, camid)], `num_classes`, `query` / `gallery` [(path, raw id, camid)] or
+None, `test` (metric family) and `summary()`. Bad layouts raise DatasetError with a message naming
+the path (and, for a missing one, the expected tree).
+"""
+from datasets.base import DatasetError
+from datasets.car196 import Cars196
+from datasets.cub200 import CUB200
+from datasets.cuhk03_np import NPDetected, NPLabeled
+from datasets.dukemtmc import DukeMTMC
+from datasets.market1501 import Market1501
+from datasets.msmt17 import MSMT17
+from datasets.university1652 import University1652
+from datasets.vehicleid import VehicleID
+from datasets.veri776 import VeRi776
+
+_DATASETS = {cls.name: cls for cls in (Market1501, DukeMTMC, MSMT17, VeRi776, VehicleID, Cars196, CUB200,
+                                       University1652, NPDetected, NPLabeled)}
+DATASET_NAMES = tuple(_DATASETS)
+
+__all__ = ["DATASET_NAMES", "DatasetError", "build_dataset"]
+
+
+def build_dataset(name, root):
+    """Parse dataset `name` (one of DATASET_NAMES) from its folder under `root` (--dataset-root)."""
+    if name not in _DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    return _DATASETS[name](root)
