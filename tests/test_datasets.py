@@ -349,9 +349,8 @@ def test_malformed_name_and_empty_split(tmp_path):
     assert str(err.value) == f"empty split: no images (.jpg/.jpeg/.png) in {os.path.join(folder, 'query')}"
 
 
-def test_many_files_parse_quickly(tmp_path):
-    """A Market-style folder of 20,000 names and a list of 20,000 lines parse well within a second each."""
-    import time
+def test_many_files_parse_without_a_check_per_file(tmp_path, monkeypatch):
+    """A Market-style folder of 20,000 names parses from one listing, not one file check per name."""
     folder = tmp_path / "MSMT17"
     names = [f"{i // 20:04d}_c{i % 15 + 1:02d}_{i:05d}.jpg" for i in range(20000)]
     for split in ("bounding_box_train", "query", "bounding_box_test"):
@@ -359,7 +358,10 @@ def test_many_files_parse_quickly(tmp_path):
     for name in names:
         (folder / "bounding_box_train" / name).touch()
     touch(str(folder), "query/0000_c01_0.jpg", "bounding_box_test/0000_c02_0.jpg")
-    start = time.perf_counter()
+    calls = []
+    for fn in ("exists", "isfile", "getsize"):
+        real = getattr(os.path, fn)
+        monkeypatch.setattr(os.path, fn, lambda *a, _real=real, **k: calls.append(a) or _real(*a, **k))
     data = build_dataset("msmt17", str(tmp_path))
-    assert time.perf_counter() - start < 1.0
+    assert len(calls) < 50
     assert len(data.train) == 20000 and data.num_classes == 1000 and data.train[-1][1:] == (999, 14)
