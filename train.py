@@ -186,7 +186,8 @@ def parse_args(argv=None):
             stored = load_training_checkpoint(args.resume)["args"]
         except CheckpointError as err:
             parser.error(str(err))
-        parser.set_defaults(**{k: v for k, v in stored.items() if k not in RUN_FLAGS and k in vars(args)})
+        # the run continues with its own settings; flags given now override the run-only ones (RUN_FLAGS)
+        parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "dry_run") and k in vars(args)})
     if args.demo or args.resume:
         args = parser.parse_args(argv)
     check_args(args, parser)
