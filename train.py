@@ -309,8 +309,12 @@ def build_sampler(dataset, args, info):
         raise UsageError(f"--batch-size {args.batch_size} must split into whole identities over "
                          f"{info.world_size} processes: a multiple of --instance-num x processes = "
                          f"{args.instance_num * info.world_size}")
-    return PKSampler(labels, args.batch_size, args.instance_num, seed=args.seed, rank=info.rank,
-                     world_size=info.world_size, views=views)
+    try:
+        return PKSampler(labels, args.batch_size, args.instance_num, seed=args.seed, rank=info.rank,
+                         world_size=info.world_size, views=views)
+    except ValueError as err:  # too few identities per process or in the dataset: a usage error, not a crash
+        raise UsageError(f"--batch-size {args.batch_size} --instance-num {args.instance_num} on {info.world_size} "
+                         f"process(es): {err}") from None
 
 
 def build_loader(train_set, sampler, args, epoch, info, device, skip=0):
@@ -478,6 +482,10 @@ def main(args):
 
 def _run(args, device, info, dp_ids):
     main_rank = info.rank == 0
+    if args.sync_bn and info.distributed and device.type != "cuda":
+        raise UsageError("--sync-bn synchronises BatchNorm statistics over GPUs (NCCL); PyTorch's SyncBatchNorm "
+                         "does not run on the CPU. Drop --sync-bn (each process then normalises its own share "
+                         "of the batch) or train on GPUs")
     if main_rank:
         print("args: " + " ".join(f"{k}={_plain(v)}" for k, v in vars(args).items()), flush=True)
     if args.demo:
@@ -490,8 +498,9 @@ def _run(args, device, info, dp_ids):
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
         print(model_summary(model, args))
     if args.dry_run:
-        print(f"dry run: {len(sampler)} batches of {args.batch_size} per epoch, "
-              f"{args.epochs[1] + args.ema_extra} epochs; nothing trained")
+        if main_rank:
+            print(f"dry run: {len(sampler)} batches of {args.batch_size} per epoch, "
+                  f"{args.epochs[1] + args.ema_extra} epochs; nothing trained")
         return None
 
     checkpoint = load_training_checkpoint(args.resume) if args.resume else None
@@ -598,10 +607,9 @@ def copy_for_demo(model):
 
 def ensure_demo_data(root):
     folder = os.path.join(root, "market1501")
-    if os.path.isdir(folder):
-        return
-    from datasets.synthetic import generate
-    if du.is_main():
+    # only rank 0 looks and writes; every rank waits at the barrier, whatever it would have seen
+    if du.is_main() and not os.path.isdir(folder):
+        from datasets.synthetic import generate
         print(f"demo: generating a synthetic Market-1501 ({DEMO_DATA['ids']} training identities) under {folder}")
         generate("market1501", root, **DEMO_DATA)
     du.barrier()

@@ -1,0 +1,324 @@
+"""train.py under torchrun on the CPU (gloo, 2 processes): a run with weight averaging that the test
+script evaluates, rank-0-only output, Ctrl-C and an exact resume, the first step's gradient against
+a single process's, and a killed rank ending the run instead of hanging. (utils/distributed.py)"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ddp_first_step
+from conftest import ROOT
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+# LEViT-S from scratch at 32x16 on 8 ids x 16 images; global batch 4 ids x 4 images = 2 ids per
+# process; 4 passes x 2 batches = 8 steps per epoch; epochs 1 and 2 both averaged
+TINY = ["--dataset", "market1501", "--net", "small", "--pretrained", "none", "--img-height", "32",
+        "--img-width", "16", "--batch-size", "16", "--instance-num", "4", "--lr", "0.05", "--epochs", "1,2",
+        "--ema-ratio", "0.5", "--ema-extra", "0", "--erasing", "0.3", "--device", "cpu", "--num-workers", "0",
+        "--seed", "3"]
+STEPS = 8
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from datasets.synthetic import generate
+    root = str(tmp_path_factory.mktemp("data"))
+    generate("market1501", root, ids=8, images_per_id=16, cameras=2, seed=0)
+    return root
+
+
+def tiny(root, save_path, *extra):
+    return [*TINY, "--dataset-root", root, "--save-path", str(save_path), *extra]
+
+
+def torchrun(argv, script="train.py"):
+    """torchrun with 2 processes, in its own session so that a failed test can end the whole group."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([*TORCHRUN, os.path.join(ROOT, script), *argv], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def finish(proc, timeout=TIMEOUT):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
+def wait_for(path, proc, timeout=TIMEOUT):
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    return os.path.exists(path) and proc.poll() is None
+
+
+def workers(proc):
+    """{rank: pid} of the processes torchrun started (its children whose environment has RANK)."""
+    found = {}
+    for task in os.listdir(f"/proc/{proc.pid}/task"):
+        with open(f"/proc/{proc.pid}/task/{task}/children") as f:
+            for pid in map(int, f.read().split()):
+                with open(f"/proc/{pid}/environ", "rb") as env:
+                    variables = dict(v.split(b"=", 1) for v in env.read().split(b"\0") if b"=" in v)
+                if b"RANK" in variables:
+                    found[int(variables[b"RANK"])] = pid
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def bars_started(err, desc):
+    """How many progress bars `desc` were drawn (each draws its empty state once)."""
+    return len(re.findall(re.escape(desc) + r":\s+0%\|[^|]*\| 0/\d+ \[00:00<\?, \?batch/s\](?=[\r\n])", err))
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# --- a run with two processes ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ddp_run(data_root, tmp_path_factory):
+    """An uninterrupted 2-process run with the final evaluation: (folder, stdout, stderr)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    code, out, err = finish(torchrun(tiny(data_root, folder / "ema.pth")))
+    assert code == 0, err
+    return folder, out, err
+
+
+@pytest.mark.slow
+def test_torchrun_trains_averages_and_writes_an_evaluable_checkpoint(ddp_run, data_root):
+    folder, out, _ = ddp_run
+    assert "saved the average of 2 epochs' weights (1..2)" in out
+    last = load(folder / "ema_last.pth")
+    assert last["epoch"] == 2 and last["n_averaged"] == 2 and last["world_size"] == 2
+    assert len(last["rng"]) == 2  # both processes' random states, for an exact resume
+    assert last["sampler"] == {"seed": 3, "epoch": 2, "batches_done": 0, "world_size": 2}
+    records = [json.loads(line) for line in open(folder / "ema_log.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert len(r["terms"]) == 7 and r["skipped"] == 0 and 0 < r["loss"] < 10
+
+    # the test script evaluates the checkpoint to the numbers rank 0 printed at the end of training
+    script = subprocess.run([sys.executable, os.path.join(ROOT, "test_market1501.py"), "--weights",
+                             str(folder / "ema.pth"), "--net", "small", "--img-height", "32", "--img-width", "16",
+                             "--dataset-root", data_root, "--device", "cpu", "--num-workers", "0"],
+                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert script.returncode == 0, script.stderr
+    assert "queries without a correct gallery item (left out of CMC and mAP): 0 of 16" in script.stdout
+    result = script.stdout.strip().splitlines()[-1]
+    metrics = dict((k, float(v)) for k, v in re.findall(r"(\w+):([\d.]+)", result))
+    assert set(metrics) == {"top1", "top5", "top10", "mAP"}
+    assert 0 < metrics["mAP"] <= 1 and metrics["top1"] <= metrics["top5"] <= metrics["top10"] <= 1
+    line = re.search(r"top1:(\S+) top5:(\S+) top10:(\S+) mAP:(\S+)", out)
+    assert float(line.group(4)) == pytest.approx(metrics["mAP"], abs=1e-6)
+    assert float(line.group(1)) == pytest.approx(metrics["top1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_only_rank_0_prints(ddp_run):
+    _, out, err = ddp_run
+    for start in ("args: ", "train: 8 identities, 128 images", "model: DBN LEViT-small", "saved the average",
+                  "top1:"):
+        assert sum(line.startswith(start) for line in out.splitlines()) == 1, start
+    assert bars_started(err, "epoch 1/2") == 1 and bars_started(err, "epoch 2/2") == 1
+    assert bars_started(err, "query") == 1  # the final evaluation runs on rank 0 only
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_checkpoints_and_resumes_exactly(ddp_run, data_root, tmp_path):
+    folder, _, _ = ddp_run
+    proc = torchrun(tiny(data_root, tmp_path / "ema.pth", "--no-eval"))
+    last = tmp_path / "ema_last.pth"
+    assert wait_for(last, proc), "the run ended before its first checkpoint"
+    proc.send_signal(signal.SIGINT)  # torchrun passes it on to both processes
+    code, _, err = finish(proc)
+    assert code != 0 and not (tmp_path / "ema.pth").exists()
+    assert "interrupted in epoch 2 after batch" in err and f"--resume {last}" in err
+    checkpoint = load(last)
+    assert checkpoint["epoch"] == 1 and 1 <= checkpoint["step"] < STEPS and len(checkpoint["rng"]) == 2
+
+    code, out, err = finish(torchrun(["--resume", str(last), "--no-eval", "--dataset-root", data_root,
+                                      "--save-path", str(tmp_path / "ema.pth")]))
+    assert code == 0, err
+    assert sum(line.startswith("resume: ") for line in out.splitlines()) == 1
+    assert f"resume: {last}, 1 epochs done, epoch 2 from batch {checkpoint['step'] + 1}" in out
+    assert_same_state(load(folder / "ema.pth"), load(tmp_path / "ema.pth"))
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "ema_log.jsonl")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_two_machines_with_c10d_rendezvous_match_one_machine(ddp_run, data_root, tmp_path):
+    """Two torchrun agents ("machines", one process each) meeting at a c10d rendezvous on this host."""
+    folder, _, _ = ddp_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                "--rdzv-id", "test-run", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    argv = [os.path.join(ROOT, "train.py"), *tiny(data_root, tmp_path / "ema.pth", "--no-eval")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    nodes = [subprocess.Popen([*launcher, *argv], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True) for _ in range(2)]
+    results = [finish(node) for node in nodes]
+    for code, _, err in results:
+        assert code == 0, err
+    outs = [out for _, out, _ in results]
+    assert sum(out.count("saved the average of 2 epochs' weights (1..2)") for out in outs) == 1  # global rank 0
+    assert_same_state(load(folder / "ema.pth"), load(tmp_path / "ema.pth"))  # the same run as 2 local processes
+
+
+@pytest.mark.slow
+def test_demo_data_is_generated_once_and_every_rank_waits_for_it(tmp_path):
+    code, out, err = finish(torchrun(["--demo", "--dry-run", "--dataset-root", str(tmp_path)]))
+    assert code == 0, err
+    assert out.count("demo: generating a synthetic Market-1501") == 1
+    assert out.count("train: 48 identities, 384 images") == 1
+    # 384 images // (48 ids x K 4) = 2 passes x 48 // 8 identities per global batch = 12 batches per rank
+    assert out.count("dry run: 12 batches of 32 per epoch, 34 epochs; nothing trained") == 1
+    assert len(os.listdir(tmp_path / "market1501" / "bounding_box_train")) == 384
+
+
+@pytest.mark.slow
+def test_sync_bn_on_the_cpu_is_refused_with_the_reason(data_root, tmp_path):
+    code, out, err = finish(torchrun(tiny(data_root, tmp_path / "ema.pth", "--sync-bn")))
+    assert code != 0
+    codes = reported_exit_codes(err)  # the usage error's status; torchrun stops the other rank if it is slower
+    assert 2 in codes.values() and set(codes.values()) <= {2, -signal.SIGTERM}, codes
+    assert "train.py: error: --sync-bn synchronises BatchNorm statistics over GPUs (NCCL)" in err
+    assert "Drop --sync-bn" in err and not re.search(r"\[rank\d\]: Traceback", err)
+    assert "args: " not in out and not (tmp_path / "ema_last.pth").exists()
+
+
+# --- sharding and reduction -------------------------------------------------------------------------
+
+def test_a_batch_too_small_for_the_processes_is_a_usage_error(data_root):
+    import train
+    from datasets import build_dataset
+    from utils.distributed import DistInfo
+    args = train.parse_args(tiny(data_root, "unused.pth", "--batch-size", "8"))  # 2 ids x 4: valid in one process
+    dataset = build_dataset("market1501", data_root)
+    assert len(train.build_sampler(dataset, args, DistInfo())) == 16
+    with pytest.raises(train.UsageError, match=r"--batch-size 8 --instance-num 4 on 2 process\(es\): a batch "
+                                               r"needs at least 2 identities per process.*batch_size >= 16"):
+        train.build_sampler(dataset, args, DistInfo(True, 0, 2, 0, "gloo"))
+
+def test_ranks_split_the_global_batch():
+    whole = ddp_first_step.first_batch(0, 1)
+    halves = [ddp_first_step.first_batch(r, 2) for r in (0, 1)]
+    assert halves[0] + halves[1] == whole and len(whole) == ddp_first_step.BATCH
+    labels = [set(ddp_first_step.LABELS[h].tolist()) for h in halves]
+    assert len(labels[0]) == len(labels[1]) == 2 and not labels[0] & labels[1]
+
+
+@pytest.mark.slow
+def test_ddp_gradient_is_the_mean_of_the_half_batch_gradients(tmp_path):
+    code, _, err = finish(torchrun([str(tmp_path)], script=os.path.join("tests", "ddp_first_step.py")))
+    assert code == 0, err
+    ranks = [load(tmp_path / f"grad_rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+
+    single = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "ddp_first_step.py"), str(tmp_path),
+                             "--reference"], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr
+    halves = load(tmp_path / "halves.pt")
+    assert halves[0].keys() == ranks[0]["grads"].keys() == ranks[1]["grads"].keys()
+    with torch.device("meta"):
+        assert len(halves[0]) == sum(p.requires_grad for p in ddp_first_step.build_model().parameters())
+    spread = 0.0
+    for name, g0 in halves[0].items():
+        expected = (g0 + halves[1][name]) / 2
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name  # one all-reduce result
+        torch.testing.assert_close(ranks[0]["grads"][name], expected, rtol=1e-9, atol=1e-12, msg=name)
+        spread = max(spread, float((g0 - expected).abs().max()))
+    assert spread > 1e-3  # the halves' gradients differ: a missing or wrong reduction would fail above
+
+    # BatchNorm statistics after update_bn: the mean over the ranks, on every rank
+    for r in ranks:
+        assert torch.equal(r["bn_mean"], torch.full((3,), 0.5)) and torch.equal(r["bn_var"], torch.full((3,), 2.0))
+
+
+# --- failure ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_instead_of_hanging(data_root, tmp_path):
+    argv = tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--dist-timeout", "20")
+    argv[argv.index("--epochs") + 1] = "1,20"  # long enough to be killed in the middle
+    proc = torchrun(argv)
+    try:
+        assert wait_for(tmp_path / "ema_last.pth", proc), "the run ended before its first checkpoint"
+        pids = workers(proc)
+        assert sorted(pids) == [0, 1]
+        killed = time.time()
+        os.kill(pids[1], signal.SIGKILL)
+        code, _, err = finish(proc, timeout=90)
+        elapsed = time.time() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code != 0
+    assert elapsed < 40, f"torchrun took {elapsed:.0f} s to end after a rank was killed"
+    assert not alive(pids[0]), "rank 0 outlived torchrun"
+    codes = reported_exit_codes(err)  # torchrun's report: rank 1 killed; rank 0 failed, then was stopped
+    assert codes[1] == -signal.SIGKILL and codes[0] in (1, -signal.SIGTERM), codes
+    # rank 0 saw the lost peer in its next collective (with SIGTERM from torchrun close behind)
+    assert re.search(r"\[rank0\]: RuntimeError: .*gloo.*Connection (reset|closed) by peer", err)
+    assert not (tmp_path / "ema.pth").exists()
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_makes_the_others_fail_after_dist_timeout(data_root, tmp_path):
+    argv = tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--dist-timeout", "5")
+    argv[argv.index("--epochs") + 1] = "1,20"
+    proc = torchrun(argv)
+    pids = {}
+    try:
+        assert wait_for(tmp_path / "ema_last.pth", proc), "the run ended before its first checkpoint"
+        pids = workers(proc)
+        stalled = time.time()
+        os.kill(pids[1], signal.SIGSTOP)  # alive but silent: torchrun sees nothing wrong, only the timeout can
+        while alive(pids[0]) and time.time() - stalled < 60:
+            time.sleep(0.05)
+        elapsed = time.time() - stalled
+        os.kill(pids[1], signal.SIGCONT)  # let it receive torchrun's SIGTERM
+        code, _, err = finish(proc, timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert 5 <= elapsed < 20, f"rank 0 failed {elapsed:.1f} s after rank 1 stalled (--dist-timeout 5)"
+    assert code != 0
+    assert "Timed out waiting 5000ms" in err
+    assert reported_exit_codes(err)[0] == 1
+
+
+def reported_exit_codes(err):
+    """{rank: exit code} from torchrun's failure report."""
+    return {int(rank): int(code) for rank, code in
+            re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*: (-?\d+)", err)}
