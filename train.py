@@ -569,6 +569,9 @@ def _run(args, device, info, dp_ids):
                 averaged.update_parameters(model_without_ddp)
             if main_rank:
                 append_log(log_file, epoch_record(epoch, meter, lr, info.world_size))
+                if meter["skipped"]:
+                    print(f"epoch {epoch + 1}: {meter['skipped']} unreadable images skipped (named in the warnings "
+                          "above)", file=sys.stderr, flush=True)
             start_step, meter = 0, new_meter()
             save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged, epoch + 1, 0,
                                 meter, args, sampler)

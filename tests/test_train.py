@@ -247,3 +247,25 @@ def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, re
         train.main(args)
     warned = " ".join(str(w.message) for w in recwarn)
     assert "skipping unreadable image" in warned and any(name in warned for name in names)
+
+
+def test_a_few_unreadable_images_are_skipped_counted_and_training_goes_on(data_root, tmp_path, monkeypatch,
+                                                                          capsys, recwarn):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    train_dir = root / "market1501" / "bounding_box_train"
+    bad = sorted(os.listdir(train_dir))[5]
+    (train_dir / bad).write_bytes(b"\xff\xd8\xff truncated")
+    monkeypatch.setattr(train, "MAX_SKIPPED", 0.5)  # this tiny epoch has 64 images: 1% would be 0.64
+    args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
+                                 "--ema-ratio", "0.5", "--ema-extra", "0"))
+    train.main(args)
+    records = [json.loads(line) for line in open(tmp_path / "ema_log.jsonl")]
+    skipped = [r["skipped"] for r in records]
+    assert sum(skipped) >= 1 and (tmp_path / "ema.pth").exists()
+    err = capsys.readouterr().err
+    for record in records:
+        if record["skipped"]:
+            assert f"epoch {record['epoch']}: {record['skipped']} unreadable images skipped" in err
+    assert any(bad in str(w.message) for w in recwarn)
