@@ -305,14 +305,10 @@ def build_sampler(dataset, args, info):
     from datasets.sampler import PKSampler
     labels = [item[1] for item in dataset.train]
     views = [item[2] for item in dataset.train] if dataset.family == "university" else None
-    if args.batch_size % (args.instance_num * info.world_size):
-        raise UsageError(f"--batch-size {args.batch_size} must split into whole identities over "
-                         f"{info.world_size} processes: a multiple of --instance-num x processes = "
-                         f"{args.instance_num * info.world_size}")
     try:
         return PKSampler(labels, args.batch_size, args.instance_num, seed=args.seed, rank=info.rank,
                          world_size=info.world_size, views=views)
-    except ValueError as err:  # too few identities per process or in the dataset: a usage error, not a crash
+    except ValueError as err:  # a batch that does not split over the processes, too few identities: usage
         raise UsageError(f"--batch-size {args.batch_size} --instance-num {args.instance_num} on {info.world_size} "
                          f"process(es): {err}") from None
 

@@ -228,6 +228,10 @@ def test_a_batch_too_small_for_the_processes_is_a_usage_error(data_root):
     with pytest.raises(train.UsageError, match=r"--batch-size 8 --instance-num 4 on 2 process\(es\): a batch "
                                                r"needs at least 2 identities per process.*batch_size >= 16"):
         train.build_sampler(dataset, args, DistInfo(True, 0, 2, 0, "gloo"))
+    args = train.parse_args(tiny(data_root, "unused.pth", "--batch-size", "12"))  # 3 ids x 4: not 2 x whole ids
+    with pytest.raises(train.UsageError, match=r"--batch-size 12 --instance-num 4 on 2 process\(es\): batch_size 12 "
+                                               r"must be a multiple of num_instances \(K\) x world_size = 4 x 2 = 8"):
+        train.build_sampler(dataset, args, DistInfo(True, 0, 2, 0, "gloo"))
 
 def test_ranks_split_the_global_batch():
     whole = ddp_first_step.first_batch(0, 1)
