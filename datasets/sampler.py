@@ -16,7 +16,9 @@ import numbers
 import numpy as np
 import torch
 
-SATELLITE, DRONE = 0, 1  # University-1652 camids of the views
+from datasets.university1652 import VIEWS
+
+SATELLITE, DRONE = VIEWS["satellite"], VIEWS["drone"]  # University-1652 camids of the views
 
 
 def _positive_int(name, value):

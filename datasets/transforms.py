@@ -22,8 +22,9 @@ import numbers
 import torch
 from torchvision.transforms import v2
 
+from datasets.university1652 import VIEWS  # University-1652 view name -> camid
+
 FAMILIES = ("reid", "metric", "university")
-VIEWS = {"satellite": 0, "drone": 1, "street": 2, "google": 3}  # University-1652 view name -> camid
 METRIC_MARGIN = 32  # fine-grained: resize to (H+32)x(W+32) before cropping HxW
 REID_PAD = 8
 UNIVERSITY_PAD = 10
