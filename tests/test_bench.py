@@ -1,4 +1,8 @@
-"""utils/bench.py (model part): parameter and FLOP counting, alternating timing."""
+"""utils/bench.py (model part): parameter and FLOP counting, alternating timing, malloc settings."""
+import subprocess
+import sys
+
+import pytest
 import torch
 from torch import nn
 
@@ -70,3 +74,46 @@ def test_time_alternating_alternates_and_takes_the_median(monkeypatch):
     seconds = bench.time_alternating({"a": run("a", [9, 1, 5, 2]), "b": run("b", [9, 3, 3, 30])}, repeats=3)
     assert order == ["a", "b", "a", "b", "a", "b", "a", "b"]
     assert seconds == {"a": 2, "b": 3}
+
+
+def test_time_alternating_reports_page_faults_per_call(monkeypatch):
+    counter = [0]
+    monkeypatch.setattr(bench, "minor_faults", lambda: counter[0])
+
+    def run(n):
+        def fn():
+            counter[0] += n
+        return fn
+    faults = {}
+    bench.time_alternating({"a": run(5), "b": run(0)}, repeats=3, faults=faults)
+    assert faults == {"a": 5, "b": 0}
+
+
+FAULTS_SCRIPT = """
+import sys
+import torch
+import utils.bench as bench
+print(bench.configure_malloc(sys.argv[1]))
+faults = []
+for _ in range(4):
+    before = bench.minor_faults()
+    torch.ones(64 << 18)  # 64 MiB, allocated, filled and freed: above glibc's mmap threshold
+    faults.append(bench.minor_faults() - before)
+print(min(faults[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or bench.resource is None, reason="glibc and getrusage")
+def test_tuned_malloc_stops_the_page_faults_of_big_blocks(repo_root):
+    """A 64 MiB block faults in its 16,384 pages every time under glibc's defaults; tuned, the
+    freed block is reused and faults in nothing."""
+    out = {}
+    for mode in ("default", "tuned"):
+        proc = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True,
+                              cwd=repo_root, check=True)
+        line, faults = proc.stdout.strip().splitlines()[-2:]
+        out[mode] = (line, int(faults))
+    assert out["default"] == ("malloc: the C library's defaults", out["default"][1])
+    assert out["default"][1] > 10_000
+    assert out["tuned"][0].startswith("malloc: glibc tuned")
+    assert out["tuned"][1] < 1_000

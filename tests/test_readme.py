@@ -149,3 +149,14 @@ def test_demo_runs_as_documented_and_learns(tmp_path):
     assert trained > untrained + 0.3 and trained > 0.5  # measured: 0.13 -> 0.76
     assert (tmp_path / "data" / "demo" / "market1501" / "bounding_box_train").is_dir()
     torch.load(tmp_path / "params" / "demo.pth", weights_only=True)
+
+
+def test_benchmark_commands_parse():
+    """The Speed section's commands are accepted as written by their modules' parsers."""
+    from utils import bench, bench_eval
+    commands = re.findall(r"`python -m (utils\.bench(?:_eval)?)([^`]*)`", section("Speed"))
+    assert {module for module, _ in commands} == {"utils.bench", "utils.bench_eval"}
+    assert any("--malloc default" in args for _, args in commands)
+    for module, args in commands:
+        parser = bench.get_args_parser() if module == "utils.bench" else bench_eval.get_args_parser()
+        parser.parse_args(shlex.split(args))
