@@ -34,6 +34,7 @@ from network import DBN, VARIANTS, CheckpointError
 from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
+from utils.malloc import keep_freed_memory
 from utils.schedule import averaging_start, build_scheduler
 
 # --demo: the values of the flags a user did not give (explicit flags win)
@@ -470,6 +471,8 @@ def _plain(value):
 
 def main(args):
     device, info, dp_ids = resolve_device(args)
+    if device.type == "cpu":
+        keep_freed_memory()  # reuse freed activations instead of faulting fresh pages in every step
     try:
         return _run(args, device, info, dp_ids)
     finally:

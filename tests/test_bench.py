@@ -1,4 +1,5 @@
 """utils/bench.py (model part): parameter and FLOP counting, alternating timing, malloc settings."""
+import json
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 import utils.bench as bench
+import utils.malloc
 from network import DBN, LEViT, VARIANTS
 from network.levit import LocalEnhanceAttention
 
@@ -93,6 +95,7 @@ FAULTS_SCRIPT = """
 import sys
 import torch
 import utils.bench as bench
+import utils.malloc
 print(bench.configure_malloc(sys.argv[1]))
 faults = []
 for _ in range(4):
@@ -103,7 +106,8 @@ print(min(faults[1:]))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or bench.resource is None, reason="glibc and getrusage")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or utils.malloc.resource is None,
+                    reason="glibc and getrusage")
 def test_tuned_malloc_stops_the_page_faults_of_big_blocks(repo_root):
     """A 64 MiB block faults in its 16,384 pages every time under glibc's defaults; tuned, the
     freed block is reused and faults in nothing."""
@@ -117,3 +121,12 @@ def test_tuned_malloc_stops_the_page_faults_of_big_blocks(repo_root):
     assert out["default"][1] > 10_000
     assert out["tuned"][0].startswith("malloc: glibc tuned")
     assert out["tuned"][1] < 1_000
+
+
+def test_extract_worker_prints_one_json_line(repo_root):
+    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--worker", "extract", "--malloc", "default",
+                           "--size", "64x32", "--batch", "2", "--repeats", "1", "--threads", "1"],
+                          capture_output=True, text=True, cwd=repo_root, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["malloc"] == "malloc: the C library's defaults"
+    assert result["seconds"] > 0 and result["faults"] >= 0

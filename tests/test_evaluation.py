@@ -208,6 +208,14 @@ def test_missing_weights_file(capsys, data_root, tmp_path):
     assert f"weights file not found: {missing}" in err and "--weights" in err
 
 
+def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(evaluation, "keep_freed_memory", lambda: calls.append("cpu") or True)
+    run_error(capsys, "market1501", "--weights", str(tmp_path / "nothing.pth"), "--dataset-root", data_root,
+              *SMALL)
+    assert calls == ["cpu"]
+
+
 def test_wrong_variant(capsys, data_root, tmp_path):
     path = str(tmp_path / "large.pth")
     torch.save(random_dbn("large").state_dict(), path)

@@ -121,6 +121,13 @@ def test_gpus_without_cuda_warn_once_and_use_the_cpu(capsys, data_root, tmp_path
     assert not os.path.exists(tmp_path / "ema.pth")
 
 
+
+def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("cpu") or True)
+    train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+    assert calls == ["cpu"]
+
 # --- a real run ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

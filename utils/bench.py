@@ -1,6 +1,8 @@
 """Benchmarks. `--what model`: parameters, FLOPs and CPU throughput of LEViT / DBN next to
 torchvision's ResNet-50; `--what eval`: the evaluation benchmark (utils/bench_eval.py);
-`--what all` (default): both.
+`--what extract`: DBN-S test-time feature extraction (image + flipped copy, the evaluation's
+default batch of 64) under glibc's default malloc settings and tuned, each in a fresh process;
+`--what all` (default): model and eval.
 
     python -m utils.bench --what model [--quick] [--batch 32] [--threads 2] [--malloc tuned|default]
 
@@ -15,17 +17,12 @@ activations are above it, ours are not) faults its memory in again on every run,
 of its speed here. The page faults of each run are printed.
 """
 import argparse
-import ctypes
-import ctypes.util
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from network import DBN, LEViT, VARIANTS
+from utils.malloc import keep_freed_memory, minor_faults
 
 
 def count_params(model):
@@ -58,28 +56,15 @@ def plain(model):
     return model.to(memory_format=torch.contiguous_format)
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-
-
 def configure_malloc(mode):
-    """'tuned': glibc keeps freed memory for reuse (mmap threshold 1 GiB, no trimming), so no
-    model faults in fresh pages on every step; 'default': glibc's own settings. Returns a line
+    """'tuned': glibc keeps freed memory for reuse (utils.malloc.keep_freed_memory), so no model
+    faults in fresh pages on every run; 'default': the C library's own settings. Returns a line
     saying what is in effect."""
     if mode == "default":
         return "malloc: the C library's defaults"
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
-        return "malloc: not glibc, left at its defaults"
-    ok = (libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(1 << 30))
-          and libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2 ** 31 - 1)))
-    if not ok:
-        return "malloc: glibc refused the settings, left at its defaults"
+    if not keep_freed_memory():
+        return "malloc: not glibc (or it refused the settings), left at its defaults"
     return "malloc: glibc tuned (mmap threshold 1 GiB, no trimming): no model pays page faults for fresh memory"
-
-
-def minor_faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 def time_alternating(runs, repeats, warmup=1, faults=None):
@@ -197,9 +182,53 @@ def bench_model(args):
                      seconds, args.batch, faults)
 
 
+def extract_worker(args):
+    """In a fresh process: seconds per batch of DBN-S feature extraction (fused, eval, image plus
+    its flip) and page faults per batch, medians of --repeats, printed as one JSON line."""
+    torch.set_num_threads(args.threads)
+    malloc = configure_malloc(args.malloc)
+    height, width = args.size
+    model = DBN(751, net="small", pretrained=None).eval().fuse()
+    x = torch.rand(args.batch, 3, height, width)
+
+    def batch():
+        with torch.no_grad():
+            return torch.cat(model(x), 1) + torch.cat(model(torch.flip(x, dims=[3])), 1)
+    faults = {}
+    seconds = time_alternating({"extract": batch}, args.repeats, faults=faults)["extract"]
+    print(json.dumps({"malloc": malloc, "seconds": seconds, "faults": faults["extract"]}))
+
+
+def bench_extract(args, batch=64, rounds=2):
+    """Feature extraction with glibc's default malloc settings and tuned (as train.py and the test
+    scripts run on the CPU), one fresh process per run, the two alternating; medians of `rounds`."""
+    print(f"\nDBN-S feature extraction (fused, image + flip), batch {batch}, {args.threads} threads; "
+          f"a fresh process per run, {rounds} runs each, medians")
+    print(f"{'input':8s} {'default s/batch':>16s} {'faults':>9s} {'tuned s/batch':>14s} {'faults':>7s} {'speed-up':>9s}")
+    for height, width in ((256, 128), (256, 256)):
+        runs = {"default": [], "tuned": []}
+        for _ in range(rounds):
+            for mode in runs:
+                cmd = [sys.executable, "-m", "utils.bench", "--worker", "extract", "--malloc", mode,
+                       "--size", f"{height}x{width}", "--batch", str(batch), "--threads", str(args.threads),
+                       "--repeats", "3"]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+                runs[mode].append(json.loads(out.strip().splitlines()[-1]))
+        d, t = ({key: statistics.median(r[key] for r in runs[mode]) for key in ("seconds", "faults")}
+                for mode in ("default", "tuned"))
+        print(f"{height}x{width:<5d} {d['seconds']:16.3f} {d['faults']:9,.0f} {t['seconds']:14.3f} "
+              f"{t['faults']:7,.0f} {d['seconds'] / t['seconds']:8.2f}x")
+
+
+def image_size(text):
+    height, _, width = text.partition("x")
+    return int(height), int(width)
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
-    parser.add_argument("--what", choices=("model", "eval", "all"), default="all")
+    parser.add_argument("--what", choices=("model", "eval", "extract", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (3)")
     parser.add_argument("--batch", type=int, default=32, help="images per batch")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (training; inference +2)")
@@ -207,16 +236,22 @@ def get_args_parser():
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                         help="tuned: glibc keeps freed memory, no model pays page faults on every step "
                              "(a fair comparison); default: glibc's settings, under which ResNet-50 does")
+    parser.add_argument("--worker", choices=("extract",), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=image_size, default=(256, 128), help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv=None):
     parser = get_args_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.what == "model":
+    if rest and args.what in ("model", "extract"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.worker == "extract":
+        return extract_worker(args)
     if args.what in ("model", "all"):
         bench_model(args)
+    if args.what == "extract":
+        bench_extract(args)
     if args.what in ("eval", "all"):
         from utils import bench_eval
         bench_eval.main((["--quick"] if args.quick else []) + rest)

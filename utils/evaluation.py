@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.malloc import keep_freed_memory
+
 # Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
 # release's training commands for each dataset.
 IMAGE_SIZE = {
@@ -362,6 +364,8 @@ def main(dataset, argv=None):
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args.device, parser)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for each batch's activations (utils/malloc.py)
     from datasets import DatasetError, build_dataset
     from network import CheckpointError
 
