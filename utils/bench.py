@@ -205,6 +205,7 @@ def bench_extract(args, batch=64, rounds=2):
     print(f"\nDBN-S feature extraction (fused, image + flip), batch {batch}, {args.threads} threads; "
           f"a fresh process per run, {rounds} runs each, medians")
     print(f"{'input':8s} {'default s/batch':>16s} {'faults':>9s} {'tuned s/batch':>14s} {'faults':>7s} {'speed-up':>9s}")
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for height, width in ((256, 128), (256, 256)):
         runs = {"default": [], "tuned": []}
         for _ in range(rounds):
@@ -212,8 +213,7 @@ def bench_extract(args, batch=64, rounds=2):
                 cmd = [sys.executable, "-m", "utils.bench", "--worker", "extract", "--malloc", mode,
                        "--size", f"{height}x{width}", "--batch", str(batch), "--threads", str(args.threads),
                        "--repeats", "3"]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=repo_root).stdout
                 runs[mode].append(json.loads(out.strip().splitlines()[-1]))
         d, t = ({key: statistics.median(r[key] for r in runs[mode]) for key in ("seconds", "faults")}
                 for mode in ("default", "tuned"))
@@ -221,7 +221,8 @@ def bench_extract(args, batch=64, rounds=2):
               f"{t['faults']:7,.0f} {d['seconds'] / t['seconds']:8.2f}x")
 
 
-def image_size(text):
+def height_by_width(text):
+    """Parse "256x128" as (256, 128); utils.evaluation.image_size is the per-dataset default, not this."""
     height, _, width = text.partition("x")
     return int(height), int(width)
 
@@ -237,7 +238,7 @@ def get_args_parser():
                         help="tuned: glibc keeps freed memory, no model pays page faults on every step "
                              "(a fair comparison); default: glibc's settings, under which ResNet-50 does")
     parser.add_argument("--worker", choices=("extract",), help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=image_size, default=(256, 128), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=height_by_width, default=(256, 128), help=argparse.SUPPRESS)
     return parser
 
 
