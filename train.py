@@ -147,8 +147,10 @@ def get_args_parser(add_help=True):
     g.add_argument("--norm", default=True, type=bool_type, metavar="{true,false}",
                    help="L2-normalise the embeddings inside the triplet loss")
     g.add_argument("--amp", default=None, type=bool_type, nargs="?", const=True, metavar="{true,false}",
-                   help="mixed precision: float16 + GradScaler on CUDA, bfloat16 autocast on the CPU "
+                   help="mixed precision: autocast in --amp-dtype, with a GradScaler for float16 "
                         "(default: on with CUDA, off on the CPU)")
+    g.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16"],
+                   help="dtype of --amp; auto: float16 on CUDA (the release's), bfloat16 on the CPU")
     g.add_argument("--seed", default=613, type=int, help="seeds weights, data order, augmentation, erasing")
 
     g = parser.add_argument_group("hardware")
@@ -272,6 +274,14 @@ def resolve_device(args):
         return torch.device("cpu"), info, None
     gpus = args.gpus or [0]
     return torch.device("cuda", gpus[0]), info, (gpus if len(gpus) > 1 else None)
+
+
+def amp_settings(args, device):
+    """(autocast on?, its dtype): --amp defaults to on with CUDA; --amp-dtype auto is float16 on
+    CUDA (the release's mixed precision) and bfloat16 on the CPU."""
+    use_amp = args.amp if args.amp is not None else device.type == "cuda"
+    name = args.amp_dtype if args.amp_dtype != "auto" else ("float16" if device.type == "cuda" else "bfloat16")
+    return use_amp, getattr(torch, name)
 
 
 def build_model(args, num_classes):
@@ -521,9 +531,9 @@ def _run(args, device, info, dp_ids):
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     warmup, total = args.epochs
     scheduler = build_scheduler(optimizer, warmup, total, args.ema_ratio)
-    use_amp = args.amp if args.amp is not None else device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    use_amp, amp_dtype = amp_settings(args, device)
+    # float16 needs loss scaling (its gradients underflow), bfloat16 has float32's range
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
     criterion = ReIDLoss(normalize=args.norm)
     train_set = SeededDataset(build_train_set(dataset, args))

@@ -66,23 +66,30 @@ class ScaledNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale):
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-        inv = norm.reciprocal() if scale is None else scale / norm
+        # Under autocast q and k arrive in float16/bfloat16 while the scale is a float32 parameter:
+        # the norm and the products are computed in (at least) float32 and the result is cast back
+        # to x's dtype, so SDPA sees one dtype and the backward's inputs match.
+        compute = torch.promote_types(x.dtype, torch.float32)
+        xc = x.to(compute)
+        norm = torch.linalg.vector_norm(xc, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+        inv = norm.reciprocal() if scale is None else scale.to(compute) / norm
         ctx.save_for_backward(x, norm, inv)
+        ctx.scale_dtype = None if scale is None else scale.dtype
         ctx.scale_shape = None if scale is None else scale.shape
-        return x * inv
+        return (xc * inv).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, norm, inv = ctx.saved_tensors
-        dot = torch.linalg.vecdot(grad, x, dim=-1).unsqueeze(-1)  # <g, x>
+        xc, grad = x.to(norm.dtype), grad.to(norm.dtype)  # no copies in float32
+        dot = torch.linalg.vecdot(grad, xc, dim=-1).unsqueeze(-1)  # <g, x>
         grad_x = grad_scale = None
         if ctx.needs_input_grad[0]:
             # where |x| was clamped to eps the factor is a constant: no second term
             coef = torch.where(norm > NORM_EPS, dot / (norm * norm), 0.0)
-            grad_x = torch.addcmul(grad, x, coef, value=-1).mul_(inv)
+            grad_x = torch.addcmul(grad, xc, coef, value=-1).mul_(inv).to(x.dtype)
         if ctx.scale_shape is not None and ctx.needs_input_grad[1]:
-            grad_scale = (dot / norm).sum_to_size(ctx.scale_shape)
+            grad_scale = (dot / norm).sum_to_size(ctx.scale_shape).to(ctx.scale_dtype)
         return grad_x, grad_scale
 
 
