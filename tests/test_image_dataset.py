@@ -38,7 +38,8 @@ def files(tmp_path):
 
 
 def to_tensor(image):
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    assert image.dtype == torch.uint8 and image.shape[0] == 3  # read_image's decoded RGB
+    return image.float() / 255
 
 
 def test_good_image_decoded_exactly(files):
@@ -52,11 +53,23 @@ def test_good_image_decoded_exactly(files):
 
 
 def test_grey_and_rgba_images_become_rgb(tmp_path):
-    grey, rgba = tmp_path / "grey.png", tmp_path / "rgba.png"
+    grey, rgba, grey_jpeg = tmp_path / "grey.png", tmp_path / "rgba.png", tmp_path / "grey.jpg"
     Image.new("L", (5, 4), 77).save(grey)
     Image.new("RGBA", (5, 4), (1, 2, 3, 100)).save(rgba)
-    assert read_image(grey).mode == "RGB" and read_image(grey).getpixel((0, 0)) == (77, 77, 77)
-    assert read_image(rgba).getpixel((2, 2)) == (1, 2, 3)
+    Image.new("L", (16, 8), 200).save(grey_jpeg)
+    for path, colour in ((grey, 77), (rgba, (1, 2, 3)), (grey_jpeg, 200)):
+        img = read_image(path)
+        assert img.dtype == torch.uint8 and img.shape == (3, *Image.open(path).size[::-1])
+        assert (img == torch.tensor(colour, dtype=torch.uint8).view(-1, 1, 1)).all(), path
+
+
+def test_jpeg_decoded_as_pillow_decodes_it(tmp_path):
+    """torchvision.io and Pillow decode a JPEG to the same pixels (both libjpeg-turbo, the same IDCT)."""
+    from sklearn.datasets import load_sample_images
+    for i, photo in enumerate(load_sample_images().images):
+        path = tmp_path / f"photo{i}.jpg"
+        Image.fromarray(photo).save(path, quality=90)
+        np.testing.assert_array_equal(read_image(path).permute(1, 2, 0).numpy(), np.asarray(Image.open(path).convert("RGB")))
 
 
 @pytest.mark.parametrize("kind", ["truncated", "text", "missing"])
@@ -65,7 +78,11 @@ def test_unreadable_image_warns_with_its_path_and_returns_none(files, kind):
     with pytest.warns(UnreadableImageWarning, match="skipping unreadable image") as record:
         img, label, camid = dataset[0]
     assert img is None and (label, camid) == (5, 1)
-    assert files[kind] in str(record[0].message)
+    (message,) = [str(w.message) for w in record if w.category is UnreadableImageWarning]
+    assert files[kind] in message
+    assert ".cpp" not in message  # the reason, without torchvision's source location
+    reason = {"truncated": "truncated", "text": "Unsupported image file", "missing": "No such file or directory"}[kind]
+    assert reason in message
 
 
 def test_collate_skip_drops_and_counts(files):
@@ -74,7 +91,8 @@ def test_collate_skip_drops_and_counts(files):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         imgs, labels, camids, skipped = collate_skip([dataset[i] for i in range(len(items))])
-    assert sorted(str(w.message).split()[3].rstrip(":") for w in caught) == sorted([files["truncated"], files["text"]])
+    assert sorted(str(w.message).split()[3].rstrip(":") for w in caught
+                  if w.category is UnreadableImageWarning) == sorted([files["truncated"], files["text"]])
     assert imgs.shape == (2, 3, 16, 8) and imgs.dtype == torch.float32
     assert labels.tolist() == [4, 6] and labels.dtype == torch.int64
     assert camids.tolist() == [0, 2] and camids.dtype == torch.int64
