@@ -118,9 +118,12 @@ def get_args_parser(add_help=True):
                    help="ImageNet backbone: auto = network/<released file> if present (else random weights, "
                         "with a warning), none = random weights, or a path")
     g.add_argument("--std", default=0.1, type=float, help="std of the normal init of the BN layers of the head")
-    g.add_argument("--drop", default=0.0, type=float, help="dropout before each classifier")
+    g.add_argument("--drop", default=0.0, type=float,
+                   help="BatchDrop: zero a square of this fraction of every training image's area around a "
+                        "random centre (the release's; replaces --erasing when > 0)")
     g.add_argument("--erasing", default=0.45, type=float,
-                   help="batch-level random erasing: largest erased area fraction (0 = off)")
+                   help="batch-level random erasing: with probability 0.5 per training image, zero a rectangle "
+                        "of up to this fraction of its area (0 = off)")
     g.add_argument("--freeze", default="", metavar="WORDS",
                    help="comma-separated words; parameters whose names contain one are not trained (e.g. stem,layer1)")
     g.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes (torchrun)")

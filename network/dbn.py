@@ -4,15 +4,18 @@
 with the first block's stride set to 1 (output stride 16); `branch_2` is an independent copy.
 Embeddings, in order: avg(branch_1), avg(branch_2), max(branch_1), max(top half of branch_2),
 max(bottom half of branch_2); each has its own BatchNorm1d (`bn_list`) and classifier (`class_list`).
+
+In training mode the input batch is first augmented as the release does it, image by image, with
+draws from torch's global generator (seeded by train.py, restored on resume): BatchDrop when
+`drop` > 0, else random erasing when `erasing` > 0 (see `erasing_boxes` and `batch_drop_boxes`).
 """
 import copy
+import math
 import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from .checkpoint import checkpoint_filter_fn, detect_architecture, read_checkpoint, unwrap_state_dict
 from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
@@ -24,6 +27,60 @@ _warned_no_pretrained = False
 def released_path(net):
     """Where the released backbone file of variant `net` is looked for: network/<file name>."""
     return os.path.join(NETWORK_DIR, RELEASED_FILES[net])
+
+
+def _uniform(low, high):
+    """One draw of U(low, high) from torch's global generator, as a Python float."""
+    return low + (high - low) * torch.rand(()).item()
+
+
+def _randint(low, high):
+    """One integer drawn uniformly from low..high, both ends included."""
+    return int(torch.randint(low, high + 1, ()))
+
+
+def erasing_boxes(batch, height, width, scale):
+    """The release's random erasing draw for `batch` images of height x width, largest area fraction
+    `scale`: per image, in this order, u ~ U[0, 1) and, when u <= 0.5, area A = U(0.02, scale) * H * W,
+    aspect a = U(0.3, 1/0.3), w = min(round(sqrt(A * a)), W), h = min(round(A / w), H), top in
+    0..H-h, left in 0..W-w. The rectangle is always placed, never re-drawn. Returns (top, bottom,
+    left, right) per image, end exclusive; (0, 0, 0, 0) for an image left alone."""
+    boxes = []
+    for _ in range(batch):
+        if torch.rand(()).item() > 0.5:
+            boxes.append((0, 0, 0, 0))
+            continue
+        area = _uniform(0.02, scale) * height * width
+        aspect = _uniform(0.3, 1 / 0.3)
+        w = min(max(round(math.sqrt(area * aspect)), 1), width)  # max(., 1): only images under 42 pixels need it
+        h = min(round(area / w), height)
+        top, left = _randint(0, height - h), _randint(0, width - w)
+        boxes.append((top, top + h, left, left + w))
+    return boxes
+
+
+def batch_drop_boxes(batch, height, width, drop):
+    """The release's BatchDrop draw: per image a centre y in 0..H, then x in 0..W (ends included);
+    side L = round(sqrt(round(drop * H * W))); rows max(0, y - L // 2) .. min(H, y + L // 2) and the
+    same for the columns (end exclusive). Every image gets one. Returns (top, bottom, left, right)."""
+    half = round(math.sqrt(round(drop * height * width))) // 2
+    boxes = []
+    for _ in range(batch):
+        y = _randint(0, height)
+        x = _randint(0, width)
+        boxes.append((max(0, y - half), min(height, y + half), max(0, x - half), min(width, x + half)))
+    return boxes
+
+
+def zero_boxes(x, boxes):
+    """x (B, C, H, W) with the rectangle boxes[i] = (top, bottom, left, right) of image i set to 0 in
+    every channel; a new tensor (x is left alone)."""
+    b = torch.tensor(boxes, dtype=torch.int64).to(x.device)  # (B, 4)
+    rows = torch.arange(x.shape[-2], device=x.device)
+    cols = torch.arange(x.shape[-1], device=x.device)
+    in_rows = (rows >= b[:, :1]) & (rows < b[:, 1:2])  # (B, H)
+    in_cols = (cols >= b[:, 2:3]) & (cols < b[:, 3:4])  # (B, W)
+    return x.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)
 
 
 class DBN(Fusable, nn.Module):
@@ -44,9 +101,8 @@ class DBN(Fusable, nn.Module):
             raise ValueError(f"DBN: erasing is the largest erased area fraction, 0 (off) or in [0.02, 1]; got {erasing}")
         self.num_classes = num_classes
         self.num_parts = tuple(int(p) for p in num_parts)
-        self.drop = drop
-        self.erasing = erasing
-        self.eraser = v2.RandomErasing(p=0.5, scale=(0.02, erasing), ratio=(0.3, 1 / 0.3), value=0) if erasing else None
+        self.drop = drop  # BatchDrop area fraction (replaces erasing when > 0)
+        self.erasing = erasing  # random erasing: largest area fraction
 
         cfg = dict(VARIANTS[net])
         if mlp_ratio is not None:
@@ -112,11 +168,17 @@ class DBN(Fusable, nn.Module):
         return unwrap_state_dict(read_checkpoint(pretrained)), pretrained
 
     def random_erase(self, x):
-        # per image: with probability 0.5 zero a rectangle of area [0.02, erasing] of the image
-        return torch.stack([self.eraser(img) for img in x])
+        """The release's batch-level random erasing of x (B, C, H, W): see `erasing_boxes`."""
+        return zero_boxes(x, erasing_boxes(x.shape[0], x.shape[-2], x.shape[-1], self.erasing))
+
+    def batch_drop(self, x):
+        """The release's BatchDrop of x (B, C, H, W): see `batch_drop_boxes`."""
+        return zero_boxes(x, batch_drop_boxes(x.shape[0], x.shape[-2], x.shape[-1], self.drop))
 
     def forward(self, x):
-        if self.training and self.eraser is not None:
+        if self.training and self.drop > 0:
+            x = self.batch_drop(x)
+        elif self.training and self.erasing > 0:
             x = self.random_erase(x)
         x = match_memory_format(x, self.stem[0].conv.weight)
         x = self.layer2(self.layer1(self.stem(x)))
@@ -128,6 +190,5 @@ class DBN(Fusable, nn.Module):
         embeddings = [bn(torch.flatten(p, 1)) for bn, p in zip(self.bn_list, pooled)]  # (B, F) each
         if not self.training:
             return embeddings
-        logits = [fc(F.dropout(e, self.drop, True) if self.drop else e)
-                  for fc, e in zip(self.class_list, embeddings)]
+        logits = [fc(e) for fc, e in zip(self.class_list, embeddings)]
         return logits, embeddings[:len(branches)]

@@ -4,6 +4,7 @@ import math
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,6 +156,114 @@ def test_random_erasing_zeroes_one_rectangle_in_about_half_the_images():
         assert box.all() and z.sum() == box.numel()  # exactly one filled rectangle
         assert 0.01 <= box.numel() / z.numel() <= 0.5
     assert torch.equal(erased[~hit], x[~hit])
+
+
+def spec_erasing(x, s):
+    """The spec's random erasing written out line by line, drawing from torch's global generator in
+    the spec's order: u; if u <= 0.5: U(0.02, s), U(0.3, 1/0.3), top, left."""
+    out = x.clone()
+    _, _, H, W = x.shape
+    for i in range(x.shape[0]):
+        u = torch.rand(()).item()
+        if u <= 0.5:
+            A = (0.02 + (s - 0.02) * torch.rand(()).item()) * H * W
+            a = 0.3 + (1 / 0.3 - 0.3) * torch.rand(()).item()
+            w = min(round(math.sqrt(A * a)), W)
+            h = min(round(A / w), H)
+            top = int(torch.randint(0, H - h + 1, ()))
+            left = int(torch.randint(0, W - w + 1, ()))
+            out[i, :, top:top + h, left:left + w] = 0
+    return out
+
+
+def spec_batch_drop(x, d):
+    """The spec's BatchDrop written out: centre y in 0..H then x in 0..W, L = round(sqrt(round(d*H*W)))."""
+    out = x.clone()
+    _, _, H, W = x.shape
+    L = round(math.sqrt(round(d * H * W)))
+    for i in range(x.shape[0]):
+        cy = int(torch.randint(0, H + 1, ()))
+        cx = int(torch.randint(0, W + 1, ()))
+        out[i, :, max(0, cy - L // 2):min(H, cy + L // 2), max(0, cx - L // 2):min(W, cx + L // 2)] = 0
+    return out
+
+
+@pytest.mark.parametrize("size,s", [((256, 128), 0.45), ((64, 32), 0.2), ((33, 17), 1.0), ((16, 16), 0.02)])
+def test_random_erasing_is_the_spec_draw(size, s):
+    model = DBN(10, erasing=s, pretrained=None)
+    x = torch.rand(40, 3, *size) + 0.1
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = model.random_erase(x)
+        after = torch.rand(())  # the generator is left where the spec's draws leave it
+        torch.manual_seed(seed)
+        assert torch.equal(ours, spec_erasing(x, s))
+        assert torch.equal(after, torch.rand(()))
+
+
+def test_random_erasing_draw_distribution():
+    """At 256x128 and s = 0.45 half the images are erased and about a third of the rectangles span
+    the full width (0.349 for the uniform aspect; torchvision's log-uniform aspect with re-draws
+    gives about 0.19, and never the full width)."""
+    torch.manual_seed(0)
+    boxes = network.dbn.erasing_boxes(8000, 256, 128, 0.45)
+    erased = [b for b in boxes if b != (0, 0, 0, 0)]
+    assert 0.48 < len(erased) / len(boxes) < 0.52
+    full_width = sum(right - left == 128 for _, _, left, right in erased) / len(erased)
+    assert 0.32 < full_width < 0.38, full_width
+    areas = np.array([(bottom - top) * (right - left) for top, bottom, left, right in erased]) / (256 * 128)
+    assert areas.min() >= 0.015 and areas.max() <= 0.46
+    assert all(0 <= top < bottom <= 256 and 0 <= left < right <= 128 for top, bottom, left, right in erased)
+
+
+@pytest.mark.parametrize("size,d", [((256, 128), 0.3), ((64, 32), 0.1), ((33, 17), 0.5)])
+def test_batch_drop_is_the_spec_draw(size, d):
+    model = DBN(10, drop=d, erasing=0.45, pretrained=None)
+    x = torch.rand(30, 3, *size) + 0.1
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = model.batch_drop(x)
+        torch.manual_seed(seed)
+        assert torch.equal(ours, spec_batch_drop(x, d))
+    zero = (ours == 0).all(1).flatten(1)
+    assert zero.any(1).float().mean() > 0.8  # every image (but those whose square fell off its corner)
+    side = round(math.sqrt(round(d * size[0] * size[1]))) // 2 * 2
+    assert zero.sum(1).max() == side * side  # a centre well inside: the whole square
+
+
+def test_training_forward_applies_batch_drop_instead_of_erasing_and_no_dropout():
+    """drop > 0: the training forward is the plain model on the BatchDropped batch (no erasing, no
+    dropout before the classifiers); eval mode leaves the input alone."""
+    torch.manual_seed(0)
+    model = DBN(10, drop=0.25, erasing=0.45, pretrained=None)
+    plain = DBN(10, drop=0.0, erasing=0.0, pretrained=None)
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(4, 3, 64, 32)
+    torch.manual_seed(1)
+    logits, emb = model.train()(x)
+    torch.manual_seed(1)
+    dropped = spec_batch_drop(x, 0.25)  # the same draws, then stochastic depth draws the same too
+    plain_logits, plain_emb = plain.train()(dropped)
+    for a, b in zip(logits + emb, plain_logits + plain_emb):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        for a, b in zip(model(x), plain(x)):
+            assert torch.equal(a, b)
+
+
+def test_training_forward_applies_erasing():
+    torch.manual_seed(0)
+    model = DBN(10, erasing=0.45, pretrained=None)
+    plain = DBN(10, erasing=0.0, pretrained=None)
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(6, 3, 64, 32)
+    torch.manual_seed(2)
+    logits, _ = model.train()(x)
+    torch.manual_seed(2)
+    plain_logits, _ = plain.train()(spec_erasing(x, 0.45))
+    for a, b in zip(logits, plain_logits):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------- equivalence with the release
