@@ -511,7 +511,9 @@ def _run(args, device, info, dp_ids):
         print(model_summary(model, args))
     if args.dry_run:
         if main_rank:
-            print(f"dry run: {len(sampler)} batches of {args.batch_size} per epoch, "
+            last = sampler.last_batch_size()  # the release's partial last batch
+            print(f"dry run: {len(sampler)} batches of {args.batch_size} per epoch"
+                  f"{f' (the last of {last})' if last != args.batch_size else ''}, "
                   f"{args.epochs[1] + args.ema_extra} epochs; nothing trained")
         return None
 

@@ -1,16 +1,27 @@
 """P x K identity batches for the triplet and cross-entropy losses (the release's sampler).
 
-A batch is P identities x K images: the indices of K images of the first identity, then K of
-the second, and so on. An epoch makes max(1, images // (identities * K)) passes over the
-identities, as the release; each pass shuffles the identities and cuts them into groups of P
-(an incomplete last group is dropped), one group per batch. Everything is drawn from (seed, epoch)
-only, so an epoch's batches are the same in every process and on every resume.
+An epoch is drawn as the release draws it: passes = images // (identities * K) (at least 1); in each
+pass the identities are shuffled and each contributes K of its images, drawn without replacement
+when it has at least K, with replacement otherwise, afresh in every pass (University-1652: 1
+satellite and K - 1 drone images, the drones likewise). The passes are concatenated into one list
+of passes * identities * K indices, cut in order into batches of `batch_size`; the last batch is
+partial, and a batch may straddle two passes (so it can hold an identity twice). Everything is
+drawn from (seed, epoch) only, so an epoch's batches are the same in every process and on every
+resume.
 
-Distributed training: the global batch of P = batch_size // K identities is split over the
-processes, rank r taking identities r*P_local .. (r+1)*P_local - 1 of each group, so the ranks
-see different identities and the same number of batches, and the ranks' batches put together
-are the batch one process would see.
+With the release's commands: Market-1501 (12,936 images, 751 ids, K 4, batch 64) 4 passes, 12,016
+items, 188 batches; DukeMTMC-reID 220; MSMT17 456; VeRi-776 576; VehicleID (batch 256) 412; CARS
+(K 6, batch 48) 160; CUB 113; University-1652 (K 6, batch 48) 789.
+
+Distributed training: every rank draws the same list and takes its equal, contiguous share of each
+batch (rank r: items r*B/W .. (r+1)*B/W - 1 of a batch of B on W processes), so the ranks' shares
+put together are the batch one process would see, and every rank runs the same number of steps.
+A partial last batch of r items is split the same way when it divides into W shares of at least 2
+whole identities (r a multiple of W*K, r >= 2*W*K); otherwise it is completed, with the first
+items of the epoch's list, to the next size that does, W*K*max(2, ceil(r / (W*K))) (at most a full
+batch). One process keeps the partial batch as it is.
 """
+import math
 import numbers
 
 import numpy as np
@@ -27,39 +38,22 @@ def _positive_int(name, value):
     return int(value)
 
 
-class _Pool:
-    """One identity's indices, handed out without replacement: K at a time from a shuffled copy,
-    reshuffled when fewer than K are left (so passes go through all of its images). With fewer
-    than K images, all of them plus K - n drawn with replacement."""
-
-    def __init__(self, indices):
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.order, self.pos = None, 0
-
-    def take(self, k, rng):
-        n = len(self.indices)
-        if k == 0:
-            return []
-        if n < k:
-            return np.concatenate([rng.permutation(self.indices), rng.choice(self.indices, k - n)]).tolist()
-        if self.order is None or self.pos + k > n:
-            self.order, self.pos = rng.permutation(self.indices), 0
-        self.pos += k
-        return self.order[self.pos - k:self.pos].tolist()
+def _draw(indices, k, rng):
+    """k of an identity's indices: without replacement when it has at least k, else with."""
+    return rng.choice(indices, k, replace=len(indices) < k).tolist() if k else []
 
 
 class PKSampler(torch.utils.data.Sampler):
     """Batch sampler (pass it as DataLoader(batch_sampler=...)) yielding lists of dataset indices.
 
-    Each list is this rank's share of a global batch of `batch_size` images: P_local =
-    batch_size // (num_instances * world_size) identities, num_instances (K) images each, all
-    P_local identities different; K different images of an identity when it has K or more.
+    Each list is this rank's share of a batch of `batch_size` images made of K (num_instances)
+    images of an identity, K of the next one, and so on (see the module docstring).
 
     labels: the identity label of every dataset item (any integers).
     views: University-1652 only, the camid of every item (0 satellite, 1 drone; others are never
         drawn): each identity then contributes one satellite image and K - 1 drone images.
-    Call `set_epoch(epoch)` before iterating; `len()` is the number of batches of an epoch, the
-    same on every rank.
+    Call `set_epoch(epoch)` before iterating; `len()` is the number of batches of an epoch,
+    ceil(passes * identities * K / batch_size), the same on every rank.
     """
 
     def __init__(self, labels, batch_size, num_instances, seed=0, rank=0, world_size=1, views=None):
@@ -90,9 +84,10 @@ class PKSampler(torch.utils.data.Sampler):
                              f"{len(identities) // world_size * world_size * k}")
 
         self.batch_size, self.num_instances, self.seed = batch_size, k, int(seed)
-        self.rank, self.world_size, self.p_local, self.p_global = int(rank), world_size, p_local, p_global
+        self.rank, self.world_size = int(rank), world_size
         self.num_identities = len(identities)
         self.passes = max(1, len(labels) // (self.num_identities * k))
+        self.num_items = self.passes * self.num_identities * k  # the epoch's list, before any completion
         self.epoch = 0
         order = np.argsort(inverse, kind="stable")
         groups = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(identities)))[:-1])
@@ -118,26 +113,37 @@ class PKSampler(torch.utils.data.Sampler):
         self.epoch = int(epoch)
 
     def __len__(self):
-        return self.passes * (self.num_identities // self.p_global)
+        return math.ceil(self.num_items / self.batch_size)
+
+    def last_batch_size(self):
+        """Images of the epoch's last batch over all processes (after any completion, see above)."""
+        rest = self.num_items - (len(self) - 1) * self.batch_size
+        if self.world_size == 1:
+            return rest
+        unit = self.world_size * self.num_instances
+        return min(self.batch_size, unit * max(2, math.ceil(rest / unit)))
+
+    def epoch_items(self):
+        """The epoch's list of dataset indices, passes concatenated (drawn from seed and epoch)."""
+        rng = np.random.default_rng([self.seed % 2**64, self.epoch])
+        k = self.num_instances
+        items = []
+        for _ in range(self.passes):
+            for identity in rng.permutation(self.num_identities).tolist():
+                if self.views is None:
+                    items += _draw(self.groups[identity], k, rng)
+                else:
+                    satellite, drone = self.views[identity]
+                    items += _draw(satellite, 1, rng) + _draw(drone, k - 1, rng)
+        return items
 
     def __iter__(self):
-        # every rank draws the whole global batch (cheap: indices only) so the random stream, and with
-        # it every batch, does not depend on the number of processes; it keeps its own slice
-        rng = np.random.default_rng([self.seed % 2**64, self.epoch])
-        if self.views is None:
-            pools = [(_Pool(g),) for g in self.groups]
-            counts = (self.num_instances,)
-        else:
-            pools = [(_Pool(s), _Pool(d)) for s, d in self.views]
-            counts = (1, self.num_instances - 1)
-        start, stop = self.rank * self.p_local, (self.rank + 1) * self.p_local
-        per_pass = self.num_identities // self.p_global
-        for _ in range(self.passes):
-            order = rng.permutation(self.num_identities)[:per_pass * self.p_global]
-            for group in order.reshape(per_pass, self.p_global):
-                batch = []
-                for position, identity in enumerate(group.tolist()):
-                    drawn = [i for pool, count in zip(pools[identity], counts) for i in pool.take(count, rng)]
-                    if start <= position < stop:
-                        batch += drawn
-                yield batch
+        # every rank draws the whole list (cheap: indices only), so the batches do not depend on
+        # the number of processes; it keeps its own share of each
+        items = self.epoch_items()
+        last = (len(self) - 1) * self.batch_size + self.last_batch_size()
+        items += items[:last - len(items)]  # completes the last batch under torchrun (see above)
+        for start in range(0, last, self.batch_size):
+            batch = items[start:min(start + self.batch_size, last)]
+            share = len(batch) // self.world_size
+            yield batch[self.rank * share:(self.rank + 1) * share]

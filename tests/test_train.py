@@ -123,6 +123,23 @@ def test_gpus_without_cuda_warn_once_and_use_the_cpu(capsys, data_root, tmp_path
 
 
 
+def test_dry_run_names_the_partial_last_batch(capsys, data_root, tmp_path):
+    # 8 ids x 8 images, K 4: 2 passes, 64 items; batches of 12: 5 full and the release's partial one of 4
+    train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run", "--batch-size", "12")))
+    assert f"dry run: 6 batches of 12 per epoch (the last of 4), {EPOCHS} epochs; nothing trained" in \
+        capsys.readouterr().out
+
+
+def test_a_partial_last_batch_trains(capsys, data_root, tmp_path):
+    train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--batch-size", "12",
+                                     "--epochs", "1,2", "--ema-ratio", "0.5", "--ema-extra", "0")))
+    records = [json.loads(line) for line in open(tmp_path / "ema_log.jsonl")]
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
+    last = load(tmp_path / "ema_last.pth")
+    assert last["epoch"] == 2 and last["meter"]["steps"] == 0  # both epochs ran to their end
+    assert "saved the average of 2 epochs' weights" in capsys.readouterr().out
+
+
 def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("cpu") or True)
