@@ -130,3 +130,52 @@ def test_extract_worker_prints_one_json_line(repo_root):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["malloc"] == "malloc: the C library's defaults"
     assert result["seconds"] > 0 and result["faults"] >= 0
+
+
+# --- loader ------------------------------------------------------------------------------------
+
+def test_loader_pipelines_are_the_training_transform_and_its_pillow_twin(tmp_path):
+    """The tensor route is exactly build_transform(read_image(path)); the Pillow route runs the same
+    steps on a Pillow image (so its resize is antialiased: close, not equal, when shrinking)."""
+    from datasets.image_dataset import read_image
+    from datasets.transforms import build_transform
+    for name, family, view, (height, width), sizes in bench.LOADER_SETTINGS:
+        (path,) = bench.write_loader_jpegs(str(tmp_path), family, sizes, 1)
+        h, w = read_image(path).shape[1:]
+        assert sizes[0][0] <= h <= sizes[0][1] and sizes[1][0] <= w <= sizes[1][1], (name, h, w)
+        routes = bench.loader_pipelines(family, view, height, width)
+        assert list(routes) == ["decode_image + uint8 tensor", "Pillow"]
+        outs = {}
+        for route, fn in routes.items():
+            torch.manual_seed(0)
+            outs[route] = fn(path)
+            assert outs[route].shape == (3, height, width) and outs[route].dtype == torch.float32, (name, route)
+        torch.manual_seed(0)
+        assert torch.equal(outs["decode_image + uint8 tensor"],
+                           build_transform(family, height, width, train=True, view=view)(read_image(path)))
+        if name == "University-1652 drone":  # 512 -> 448: only Pillow antialiases
+            assert not torch.equal(outs["Pillow"], outs["decode_image + uint8 tensor"])
+
+
+def test_loader_bench_prints_both_routes_and_their_ratio(repo_root):
+    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--what", "loader", "--images", "2", "--repeats", "1"],
+                          capture_output=True, text=True, cwd=repo_root, check=True)
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("loader: training transforms") and "1 thread" in line for line in lines)
+    header = next(line for line in lines if line.startswith("setting"))
+    assert "decode_image + uint8 tensor img/s" in header and "Pillow img/s" in header and "ratio" in header
+    import re
+    for name, _, _, (height, width), _ in bench.LOADER_SETTINGS:
+        (line,) = [line for line in lines if line.startswith(name + " ")]
+        found = re.fullmatch(re.escape(name) + r"\s+(~?\d+x\d+)\s+(\d+)x(\d+)\s+(\d+)\s+(\d+)\s+(\d+\.\d\d)x", line)
+        assert found, line
+        assert (int(found[2]), int(found[3])) == (height, width)
+        ours, pil, ratio = int(found[4]), int(found[5]), float(found[6])
+        assert ours > 0 and pil > 0 and ratio == pytest.approx(ours / pil, rel=0.3, abs=0.02)
+    assert "Anti-alias" not in proc.stderr  # the Pillow route's resize warning is silenced
+
+
+def test_loader_bench_rejects_unknown_flags(repo_root):
+    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--what", "loader", "--nope"],
+                          capture_output=True, text=True, cwd=repo_root)
+    assert proc.returncode == 2 and "unrecognized arguments: --nope" in proc.stderr

@@ -113,6 +113,20 @@ def test_padding_is_opencv_border_reflect(photos, family, view, pad):
     assert not np.array_equal(out, reflect_101)
 
 
+@pytest.mark.parametrize("pad", [1, 8, 12])
+def test_symmetric_pad_is_torchvisions(photos, pad):
+    """SymmetricPad (flips and concatenation) gives torchvision's symmetric padding exactly, on plain
+    tensors, on tv_tensors.Image (whose type it keeps) and, through torchvision's kernel, on PIL."""
+    from datasets.transforms import SymmetricPad
+    photo = photos[1][50:90, 300:333]
+    for image in (as_tensor(photo), v2.ToImage()(as_tensor(photo)), as_tensor(photo).float() / 255):
+        out = SymmetricPad(pad)(image)
+        assert type(out) is type(image)
+        assert torch.equal(out, v2.functional.pad(image.as_subclass(torch.Tensor), [pad], padding_mode="symmetric"))
+    pil = SymmetricPad(pad)(Image.fromarray(photo))
+    np.testing.assert_array_equal(np.asarray(pil), cv2_pad(photo, pad))
+
+
 @pytest.mark.parametrize("angle", [-180.0, -137.5, -30.0, 7.3, 45.0, 90.0, 179.0])
 def test_satellite_rotation_step_is_opencv_warp_affine(photos, angle):
     """Bilinear about the image centre ((W-1)/2, (H-1)/2 in pixel coordinates), counter-clockwise for
