@@ -60,14 +60,15 @@ class SymmetricPad(v2.Pad):
 
     The same values as torchvision's kernel; on a tensor they are made by flipping the border strips
     and concatenating, where torchvision's kernel gathers every pixel through a 2-D index (which
-    takes half of a Market-1501 image's transform time). PIL images go to torchvision's kernel."""
+    took about half of a Market-1501 image's transform time in a profile). PIL images go to
+    torchvision's kernel."""
 
     def __init__(self, padding: int):
         super().__init__(padding, padding_mode="symmetric")
 
     def transform(self, inpt, params):
         p = self.padding
-        if not isinstance(inpt, torch.Tensor) or p > min(inpt.shape[-2:]):
+        if not isinstance(inpt, torch.Tensor) or not 0 < p <= min(inpt.shape[-2:]):
             return super().transform(inpt, params)
         x = torch.cat([inpt[..., :p].flip(-1), inpt, inpt[..., -p:].flip(-1)], dim=-1)  # (C, H, W + 2p)
         x = torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)  # (C, H + 2p, W + 2p)

@@ -113,7 +113,7 @@ def test_padding_is_opencv_border_reflect(photos, family, view, pad):
     assert not np.array_equal(out, reflect_101)
 
 
-@pytest.mark.parametrize("pad", [1, 8, 12])
+@pytest.mark.parametrize("pad", [0, 1, 8, 12])
 def test_symmetric_pad_is_torchvisions(photos, pad):
     """SymmetricPad (flips and concatenation) gives torchvision's symmetric padding exactly, on plain
     tensors, on tv_tensors.Image (whose type it keeps) and, through torchvision's kernel, on PIL."""
