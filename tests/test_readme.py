@@ -146,7 +146,7 @@ def test_demo_runs_as_documented_and_learns(tmp_path):
     assert re.fullmatch(r"top1:\d\.\d{6} top5:\d\.\d{6} top10:\d\.\d{6} mAP:\d\.\d{6}", lines[-1])
     found = re.search(r"untrained \(random init\) mAP:(\S+) top1:\S+ \| trained mAP:(\S+) top1:\S+", proc.stdout)
     untrained, trained = float(found.group(1)), float(found.group(2))
-    assert trained > untrained + 0.3 and trained > 0.5  # measured: 0.13 -> 0.70
+    assert trained > untrained + 0.3 and trained > 0.5  # measured: 0.13 -> 0.71
     assert (tmp_path / "data" / "demo" / "market1501" / "bounding_box_train").is_dir()
     torch.load(tmp_path / "params" / "demo.pth", weights_only=True)
 
