@@ -129,7 +129,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--dataset", default="market1501", choices=DATASET_NAMES, help="training dataset")
     g.add_argument("--dataset-root", default="data",
                    help="folder holding the dataset folders (market1501/, MSMT17/, DukeMTMC-reID/, VeRi/, "
-                        "VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/)")
+                        "VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
+                        "--dataset custom: the dataset folder itself")
     g.add_argument("--img-height", default=256, type=int, help="input height")
     g.add_argument("--img-width", default=128, type=int, help="input width")
     g.add_argument("--instance-num", default=4, type=int, help="K: images per identity in a batch")
@@ -500,6 +501,8 @@ def _run(args, device, info, dp_ids):
     if args.demo:
         ensure_demo_data(args.dataset_root)
     dataset = build_dataset(args.dataset, args.dataset_root)
+    if not dataset.train:  # --dataset custom may hold query and gallery only
+        raise DatasetError(f"{dataset.root} has no train split (train/ or train.txt) to train on")
     seed_everything(args.seed)  # the same initial weights in every process
     model = build_model(args, dataset.num_classes)
     sampler = build_sampler(dataset, args, info)

@@ -43,6 +43,7 @@ IMAGE_SIZE = {
     "car196": (256, 256),
     "cub200": (256, 256),
     "university1652": (384, 384),
+    "custom": (256, 128),
 }
 RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
@@ -76,7 +77,8 @@ def get_args_parser(add_help=False):
                              "checkpoint) or the release's params/ema.pth")
     parser.add_argument("--dataset-root", default="data",
                         help="folder holding the dataset folders (market1501/, DukeMTMC-reID/, MSMT17/, "
-                             "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/)")
+                             "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
+                             "test_custom.py: the dataset folder itself")
     parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
     parser.add_argument("--num-workers", default=4, type=int, help="data loading processes")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
