@@ -24,10 +24,10 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.features import dbn_features
 from utils.malloc import keep_freed_memory
 
 # Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
@@ -125,8 +125,7 @@ def extract_features(model, loader, device, desc="features"):
         if batch[0].shape[0] == 0:  # every image of the batch was unreadable (collate_skip)
             continue
         imgs = batch[0].to(device, non_blocking=True)
-        f = torch.cat(model(imgs), dim=1) + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1)
-        feats.append(F.normalize(f.float(), dim=1).cpu())
+        feats.append(dbn_features(model, imgs).cpu())  # flip-summed, L2-normalised (utils/features.py)
         labels.append(torch.as_tensor(batch[1], dtype=torch.int64))
         camids.append(torch.as_tensor(batch[2], dtype=torch.int64))
     if not feats:
