@@ -205,8 +205,9 @@ class FeatureExtractor:
 
 # --- command line (extract.py, search.py, export.py) ---------------------------------------------
 
-def get_args_parser():
-    """The model flags of extract.py, search.py and export.py (a parent parser)."""
+def get_args_parser(running=True):
+    """The model flags of extract.py, search.py and export.py (a parent parser); `running` adds
+    --device, --batch-size and --num-workers (the tools that compute features)."""
     import argparse
 
     from datasets.transforms import FAMILIES
@@ -226,6 +227,8 @@ def get_args_parser():
                         "bicubic resize); only needed for a bare state_dict (then reid)")
     g.add_argument("--no-flip", dest="flip", action="store_false",
                    help="features of the image alone, without adding those of its horizontal flip")
+    if not running:
+        return parser
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     g.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
     g.add_argument("--num-workers", default=4, type=int, help="image decoding processes (0: in the main process)")
@@ -238,7 +241,7 @@ def check_args(args, parser):
         value = getattr(args, name)
         if value is not None and value < 16:
             parser.error(f"--{name.replace('_', '-')} must be at least 16 (output stride 16), got {value}")
-    if args.batch_size < 1:
+    if getattr(args, "batch_size", 1) < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if getattr(args, "num_workers", 0) < 0:
         parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
@@ -246,7 +249,7 @@ def check_args(args, parser):
         parser.error(f"--weights {args.weights}: file not found (the file train.py wrote to --save-path, "
                      "or the release's params/ema.pth)")
     try:
-        resolve_device(args.device)
+        resolve_device(getattr(args, "device", "cpu"))
     except (ValueError, RuntimeError) as err:
         parser.error(f"--device {args.device}: {err}")
 
