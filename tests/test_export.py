@@ -126,3 +126,17 @@ def test_parity_failure_sets_the_exit_status(capsys, weights, tmp_path, monkeypa
     monkeypatch.setattr(export, "run_exported", lambda fmt, out, x: torch.ones(3, 1920))
     assert export.main(["--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 1
     assert ": FAILED (tolerance 0.001)" in capsys.readouterr().out
+
+
+def test_bare_state_dict_takes_the_size_flags(capsys, tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "release_ema.pth")
+    torch.save(DBN(num_classes=751, net="large", pretrained=None).state_dict(), path)
+    argv = ["--weights", path, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--dry-run"]
+    if export.missing_onnx_packages():
+        pytest.skip("onnx / onnxscript not installed")
+    assert export.main([*argv, "--img-height", "384", "--img-width", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "DBN LEViT-large" in out and "input (B, 3, 384, 128)" in out and "output (B, 3840) features" in out
+    assert export.main(argv) == 0
+    assert "input (B, 3, 256, 128)" in capsys.readouterr().out  # the default for a bare state_dict

@@ -161,3 +161,18 @@ def test_contradicting_flag_is_an_error(setup, capsys, tmp_path):
     code, _, err = run(capsys, "--weights", weights, "--images", os.path.join(root, "market1501", "query"),
                        "--out", str(tmp_path / "q.npz"), *SMALL, "--net", "large")
     assert code == 2 and "holds a LEViT-small DBN (embed_dim 96) but --net large was given" in err
+
+
+@pytest.mark.parametrize("tool,words", [
+    ("extract", ["--images DIR|GLOB|LIST", "--out", "--weights", "--no-flip", "--dry-run", "--transform"]),
+    ("search", ["--query IMG", "--gallery DIR|GLOB|LIST|NPZ", "--topk", "--vis DIR", "--dry-run"]),
+    ("export", ["--format {torchscript,exported,onnx}", "--no-normalize", "--no-flip", "--dry-run"]),
+])
+def test_help(capsys, tool, words):
+    import importlib
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(tool).main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith(f"usage: {tool}.py")
+    for word in words:
+        assert word in out, word
