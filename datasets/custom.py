@@ -153,8 +153,10 @@ query/ ..., gallery/ ...            (the same three choices; train is optional)"
 
     # -- report -----------------------------------------------------------------------------------
     def summary_rows(self):
-        rows = [("train", self.train, True)] if self.train else []
-        return rows + [("query", self.query, True), ("gallery", self.gallery, True)]
+        """Cameras are counted for a split whose images all have one ("-" otherwise)."""
+        splits = [("train", self.train)] if self.train else []
+        splits += [("query", self.query), ("gallery", self.gallery)]
+        return [(split, items, all(item[2] >= 0 for item in items)) for split, items in splits]
 
     def summary(self):
         lines = [super().summary()]

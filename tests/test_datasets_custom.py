@@ -78,7 +78,7 @@ def test_evaluation_only(tmp_path):
     summary = data.summary()
     assert "no train split: evaluation only" in summary
     assert summary.count("count as seen by different cameras") == 1
-    assert [line.split()[0] for line in summary.splitlines()[2:4]] == ["query", "gallery"]
+    assert [line.split() for line in summary.splitlines()[2:4]] == [["query", "1", "1", "-"], ["gallery", "1", "1", "-"]]
 
 
 def error(root):
