@@ -130,8 +130,10 @@ class FeatureExtractor:
         return self.model.feature_dim
 
     # -- inputs -----------------------------------------------------------------------------------
-    def _pil(self, image, bgr):
-        """One image as an RGB PIL image, decoded as the test scripts decode files."""
+    def decode(self, image, bgr=False):
+        """One image in the form datasets.image_dataset.read_image gives for a file (an RGB PIL image),
+        so the test transform treats every input kind as it treats the test scripts' files. Where
+        read_image's output type changes, the in-memory branches below must follow it."""
         from datasets.image_dataset import read_image
         if _is_path(image):
             return read_image(image)
@@ -153,11 +155,11 @@ class FeatureExtractor:
             if image.ndim != 3 or image.shape[0] != 3:
                 raise TypeError(f"float tensors must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
             return self.transform(image.float().cpu())
-        return self.transform(self._pil(image, bgr))
+        return self.transform(self.decode(image, bgr))
 
     def _images(self, images, boxes, bgr):
         if boxes is not None:
-            frame = self._pil(images, bgr)
+            frame = self.decode(images, bgr)
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else []
             return [frame.crop(_box(tuple(b), frame.size, k)) for k, b in enumerate(boxes)]
         if torch.is_tensor(images) and images.ndim == 4:
