@@ -21,7 +21,7 @@ from utils.image_list import ImageListError, collect_images
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "extract.py", parents=[features.get_args_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "extract.py", parents=[features.get_args_parser()], formatter_class=features.HelpFormatter,
         description="Write the test-time features (the test scripts' preprocessing, flip-averaged, L2-normalised) "
                     "of a folder, glob or list of images to an .npz file.")
     parser.add_argument("--images", required=True, metavar="DIR|GLOB|LIST",

@@ -22,7 +22,7 @@ from utils.image_list import ImageListError, collect_images
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "search.py", parents=[features.get_args_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "search.py", parents=[features.get_args_parser()], formatter_class=features.HelpFormatter,
         description="Print the gallery images most similar to each query image, with their scores.")
     parser.add_argument("--query", required=True, nargs="+", metavar="IMG",
                         help="query images (or folders, globs, .txt lists of them)")

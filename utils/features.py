@@ -10,6 +10,7 @@ with no mean/std normalisation.
     feats = extract(["a.jpg", "b.jpg"])              # (2, 5F) float32, L2-normalised
     feats = extract(frame, boxes=[(10, 20, 74, 148)], bgr=True)   # crops of an OpenCV frame
 """
+import argparse
 import numbers
 import os
 import sys
@@ -207,11 +208,18 @@ class FeatureExtractor:
 
 # --- command line (extract.py, search.py, export.py) ---------------------------------------------
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only for flags that take a value and have a meaningful default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_args_parser(running=True):
     """The model flags of extract.py, search.py and export.py (a parent parser); `running` adds
     --device, --batch-size and --num-workers (the tools that compute features)."""
-    import argparse
-
     from datasets.transforms import FAMILIES
     parser = argparse.ArgumentParser(add_help=False)
     g = parser.add_argument_group("model")
