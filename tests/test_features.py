@@ -65,6 +65,7 @@ def test_every_input_kind_gives_the_same_features(extractor, image_file):
         "uint8 tensor": extractor(torch.from_numpy(rgb.copy()).permute(2, 0, 1)),
         "float tensor": extractor(extractor.preprocess(pil)),  # already at the model's size: used as it is
         "frame + whole-frame box": extractor(rgb, boxes=[(0, 0, 64, 128)]),
+        "file frame + whole-frame box": extractor(image_file, boxes=[(0, 0, 64, 128)]),
     }
     for kind, feats in same.items():
         assert np.array_equal(feats, reference), kind
@@ -104,8 +105,12 @@ def test_bad_boxes_and_arguments(extractor, model, image_file, tmp_path):
         extractor(image_file, boxes=[(0, 0, 10, 10), (70, 0, 80, 10)])
     with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 0"):
         FeatureExtractor(model, 64, 32, batch_size=0)
-    with pytest.raises(OSError):
-        extractor(str(tmp_path / "missing.jpg"))
+    missing = str(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match=f"cannot read image {missing}: "):
+        extractor(missing)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"cannot read image {tmp_path / 'bad.jpg'}: "):
+        extractor([image_file, str(tmp_path / "bad.jpg")])
 
 
 def test_transform_flag_that_contradicts_the_checkpoint(weights):

@@ -135,9 +135,12 @@ class FeatureExtractor:
         """One image in the form datasets.image_dataset.read_image gives for a file (an RGB PIL image),
         so the test transform treats every input kind as it treats the test scripts' files. Where
         read_image's output type changes, the in-memory branches below must follow it."""
-        from datasets.image_dataset import read_image
+        from datasets.image_dataset import DECODE_ERRORS, read_image
         if _is_path(image):
-            return read_image(image)
+            try:
+                return read_image(image)
+            except DECODE_ERRORS as err:
+                raise ValueError(f"cannot read image {os.fspath(image)}: {err}") from None
         if isinstance(image, Image.Image):
             return image.convert("RGB")
         if torch.is_tensor(image) and image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3:
@@ -160,9 +163,15 @@ class FeatureExtractor:
 
     def _images(self, images, boxes, bgr):
         if boxes is not None:
-            frame = self.decode(images, bgr)
+            frame = self.decode(images, bgr)  # a PIL image, or read_image's (3, H, W) tensor for a file
+            size = frame.size if isinstance(frame, Image.Image) else (frame.shape[2], frame.shape[1])
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else []
-            return [frame.crop(_box(tuple(b), frame.size, k)) for k, b in enumerate(boxes)]
+            crops = []
+            for k, box in enumerate(boxes):
+                x1, y1, x2, y2 = _box(tuple(box), size, k)
+                crops.append(frame.crop((x1, y1, x2, y2)) if isinstance(frame, Image.Image)
+                             else frame[:, y1:y2, x1:x2])
+            return crops
         if torch.is_tensor(images) and images.ndim == 4:
             return list(images.unbind(0))
         if isinstance(images, np.ndarray) and images.ndim == 4:
