@@ -114,6 +114,7 @@ class FeatureExtractor:
         self.img_height, self.img_width, self.family = int(img_height), int(img_width), transform
         self.transform = build_transform(transform, self.img_height, self.img_width, train=False)
         self.batch_size, self.flip = int(batch_size), bool(flip)
+        self.info = {}  # what the checkpoint said (from_checkpoint fills it in)
 
     @classmethod
     def from_checkpoint(cls, weights, net=None, img_height=None, img_width=None, transform=None, device="auto",
@@ -282,7 +283,7 @@ def extractor_from_args(args):
 
 def describe(extractor):
     """One line: what the features are and how the images are preprocessed."""
-    info = extractor.info
-    return (f"model: DBN LEViT-{info['variant']} from {info['source']}, input {extractor.img_height}x"
+    source = extractor.info.get("source", "memory")
+    return (f"model: DBN LEViT-{extractor.model.net} from {source}, input {extractor.img_height}x"
             f"{extractor.img_width} ({extractor.family} test transform), {extractor.feature_dim}-d features"
             f"{', flip-averaged' if extractor.flip else ''}, L2-normalised, on {extractor.device}")
