@@ -9,9 +9,10 @@
 Recipe: P x K batches (PKSampler), loss = mean of 5 cross-entropy and 2 batch-hard soft-margin
 triplet terms (losses/), SGD with Nesterov momentum, the release's warm-up / cosine / hold schedule
 (utils/schedule.py), uniform weight averaging of the epochs floor(T * ema_ratio) .. T + ema_extra
-(torch.optim.swa_utils) and a BatchNorm pass over the training data; the averaged DBN's
-state_dict goes to --save-path. Files beside --save-path (utils/checkpoint.py): <stem>_last.pth,
-the resumable checkpoint rewritten after every epoch, and <stem>_log.jsonl, one JSON line per epoch.
+(torch.optim.swa_utils) and a BatchNorm pass over the training data; the averaged DBN goes to
+--save-path with its variant, input size, dataset, args and final metrics (network.make_checkpoint).
+Files beside --save-path (utils/checkpoint.py): <stem>_last.pth, the resumable checkpoint
+rewritten after every epoch, and <stem>_log.jsonl, one JSON line per epoch.
 """
 import argparse
 import json
@@ -132,7 +133,8 @@ def get_args_parser(add_help=True):
     g.add_argument("--dataset", default="market1501", choices=DATASET_NAMES, help="training dataset")
     g.add_argument("--dataset-root", default="data",
                    help="folder holding the dataset folders (market1501/, MSMT17/, DukeMTMC-reID/, VeRi/, "
-                        "VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/)")
+                        "VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
+                        "--dataset custom: the dataset folder itself")
     g.add_argument("--img-height", default=256, type=int, help="input height")
     g.add_argument("--img-width", default=128, type=int, help="input width")
     g.add_argument("--instance-num", default=4, type=int, help="K: images per identity in a batch")
@@ -503,6 +505,8 @@ def _run(args, device, info, dp_ids):
     if args.demo:
         ensure_demo_data(args.dataset_root)
     dataset = build_dataset(args.dataset, args.dataset_root)
+    if not dataset.train:  # --dataset custom may hold query and gallery only
+        raise DatasetError(f"{dataset.root} has no train split (train/ or train.txt) to train on")
     seed_everything(args.seed)  # the same initial weights in every process
     model = build_model(args, dataset.num_classes)
     sampler = build_sampler(dataset, args, info)
@@ -596,13 +600,23 @@ def _run(args, device, info, dp_ids):
         update_bn((batch for batch in loader if batch[0].shape[0]), averaged.module, device=device)
     du.average_bn_statistics(averaged.module)
     if main_rank:
-        atomic_save(averaged.module.state_dict(), args.save_path)
+        save_model(averaged.module, dataset, args)
         print(f"saved the average of {int(averaged.n_averaged)} epochs' weights ({start_avg}..{epochs_total}) "
               f"to {args.save_path}")
     du.cleanup()
     if not (main_rank and args.eval):
         return None
-    return final_evaluation(averaged.module, untrained, dataset, args, device)
+    metrics = final_evaluation(averaged.module, untrained, dataset, args, device)
+    save_model(averaged.module, dataset, args, metrics)  # the same weights, now with their test metrics
+    return metrics
+
+
+def save_model(model, dataset, args, metrics=None):
+    """--save-path: the DBN's state_dict with its variant, input size, dataset, args and metrics
+    (network.checkpoint.make_checkpoint), written atomically."""
+    from network import make_checkpoint
+    atomic_save(make_checkpoint(model, args.img_height, args.img_width, dataset=args.dataset,
+                                transform=dataset.family, args=args, metrics=metrics), args.save_path)
 
 
 def final_evaluation(model, untrained, dataset, args, device):

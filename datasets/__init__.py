@@ -9,6 +9,7 @@ from datasets.base import DatasetError
 from datasets.car196 import Cars196
 from datasets.cub200 import CUB200
 from datasets.cuhk03_np import NPDetected, NPLabeled
+from datasets.custom import Custom
 from datasets.dukemtmc import DukeMTMC
 from datasets.market1501 import Market1501
 from datasets.msmt17 import MSMT17
@@ -17,14 +18,15 @@ from datasets.vehicleid import VehicleID
 from datasets.veri776 import VeRi776
 
 _DATASETS = {cls.name: cls for cls in (Market1501, DukeMTMC, MSMT17, VeRi776, VehicleID, Cars196, CUB200,
-                                       University1652, NPDetected, NPLabeled)}
+                                       University1652, NPDetected, NPLabeled, Custom)}
 DATASET_NAMES = tuple(_DATASETS)
 
 __all__ = ["DATASET_NAMES", "DatasetError", "build_dataset"]
 
 
 def build_dataset(name, root):
-    """Parse dataset `name` (one of DATASET_NAMES) from its folder under `root` (--dataset-root)."""
+    """Parse dataset `name` (one of DATASET_NAMES) from its folder under `root` (--dataset-root; for
+    "custom", `root` is the dataset folder itself)."""
     if name not in _DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
     return _DATASETS[name](root)

@@ -81,12 +81,13 @@ class Dataset:
 
     name = None
     family = "reid"
-    folder = None  # the dataset folder under --dataset-root
+    folder = None  # the dataset folder under --dataset-root ("": --dataset-root itself)
     layout = ""  # the tree under the dataset folder, shown when a path is missing
 
     def __init__(self, dataset_root):
         self.dataset_root = dataset_root
-        self.root = os.path.join(dataset_root, self.folder)
+        # folder "" (custom): --dataset-root is the dataset folder itself
+        self.root = os.path.join(dataset_root, self.folder) if self.folder else os.path.normpath(dataset_root)
         self.train, self.num_classes = [], 0
         self.query = self.gallery = self.test = None
         self.require_dir(self.root)

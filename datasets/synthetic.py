@@ -2,6 +2,7 @@
 
     python -m datasets.synthetic --dataset market1501 --root data/demo --ids 48 --images-per-id 8 --cameras 3
     python -m datasets.synthetic --dataset all --root /tmp/synth
+    python -m datasets.synthetic --dataset custom --layout folders --root data   # --dataset-root data/custom
 
 `generate(name, root, ids, images_per_id, cameras, seed)` writes `root/<dataset folder>` with the
 folder tree, file names, list files and `.mat` file of the real release (see the docstrings of the
@@ -34,10 +35,14 @@ from datasets.drawing import (CAR_SIZE, Camera, bird_identity, draw_bird, draw_p
 FOLDERS = {"market1501": "market1501", "dukemtmc": "DukeMTMC-reID", "msmt17": "MSMT17", "veri776": "VeRi",
            "vehicleid": "VehicleID_V1.0", "car196": "CARS", "cub200": "CUB_200_2011",
            "university1652": "University-Release", "npdetected": "cuhk03-np/detected",
-           "nplabeled": "cuhk03-np/labeled"}
+           "nplabeled": "cuhk03-np/labeled", "custom": "custom"}
 NAMES = tuple(FOLDERS)
 # cameras of the real data sets (names like c1..c6 or c001..c020 cannot hold more)
-MAX_CAMERAS = {"market1501": 6, "dukemtmc": 8, "msmt17": 15, "veri776": 20, "npdetected": 2, "nplabeled": 2}
+MAX_CAMERAS = {"market1501": 6, "dukemtmc": 8, "msmt17": 15, "veri776": 20, "npdetected": 2, "nplabeled": 2,
+               "custom": 99}
+# --layout: msmt17 "market" or "official"; custom "market" (Market-1501 file names), "folders" (one
+# sub-folder per identity) or "lists" (train.txt / query.txt / gallery.txt); every other data set "market"
+LAYOUTS = {"msmt17": ("market", "official"), "custom": ("market", "folders", "lists")}
 # largest raw id of the real data sets: raw ids are drawn sparsely from 1..this, as in the releases
 MAX_ID = {"market1501": 1501, "dukemtmc": 7140, "msmt17": 4100, "veri776": 776, "vehicleid": 26267,
           "npdetected": 1467, "nplabeled": 1467, "university1652": 1652}
@@ -262,16 +267,39 @@ def _write_university(folder, rng, ids, images_per_id, cameras):
                 _save(sat, os.path.join(folder, "test", "gallery_satellite", sid, f"{sid}.jpg"))
 
 
+def _write_custom(folder, rng, ids, images_per_id, cameras, layout):
+    """The `--dataset custom` layouts (datasets/custom.py): train / query / gallery as Market-1501 file
+    names, as one sub-folder per identity (camera as c<N> in the name), or as list files over images/."""
+    records, train, test = _reid_split(rng, "custom", ids, images_per_id, cameras)
+    cams = [Camera(rng, c) for c in range(cameras)]
+    idents = {p: person_identity(rng) for p in train + test}
+    lists = {split: [] for split in MARKET_FOLDERS}
+    for k, (split, pid, cam) in enumerate(records, 1):
+        if layout == "market":
+            rel = f"{split}/{pid:04d}_c{cam + 1}s1_{k:06d}_01.jpg"
+        elif layout == "folders":
+            rel = f"{split}/{pid:04d}/c{cam + 1}_{k:06d}.jpg"
+        else:
+            rel = f"images/{pid:04d}/{k:06d}.jpg"
+            lists[split].append(f"{rel} {pid} {cam + 1}")
+        _save(draw_person(idents[pid], cams[cam], rng), os.path.join(folder, rel))
+    if layout == "lists":
+        for split, lines in lists.items():
+            _write_lines(os.path.join(folder, f"{split}.txt"), lines)
+
+
 def generate(name, root, ids=8, images_per_id=4, cameras=2, seed=0, layout="market"):
     """Write a synthetic `name` data set under `root/<dataset folder>` and return that folder.
 
-    `layout` matters for msmt17 only: "market" (bounding_box_train / query / bounding_box_test, as
-    the release trains on) or "official" (train/, test/ and the list_*.txt files of MSMT17_V1).
+    `layout` (see LAYOUTS): for msmt17 "market" (bounding_box_train / query / bounding_box_test, as
+    the release trains on) or "official" (train/, test/ and the list_*.txt files of MSMT17_V1); for
+    custom (written to `root/custom`, its --dataset-root) "market", "folders" or "lists".
     """
     if name not in FOLDERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
-    if layout not in ("market", "official"):
-        raise ValueError(f"layout must be 'market' or 'official', got {layout!r}")
+    if layout not in LAYOUTS.get(name, ("market",)):
+        raise ValueError(f"layout {layout!r} does not apply to {name}; choose one of "
+                         f"{', '.join(LAYOUTS.get(name, ('market',)))}")
     if ids < 2 or images_per_id < 2 or cameras < 1:
         raise ValueError(f"need ids >= 2, images_per_id >= 2 and cameras >= 1, got {ids}, {images_per_id}, {cameras}")
     if name in MAX_CAMERAS and not 2 <= cameras <= MAX_CAMERAS[name]:
@@ -284,6 +312,8 @@ def generate(name, root, ids=8, images_per_id=4, cameras=2, seed=0, layout="mark
     rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{layout}".encode())])
     if name == "msmt17" and layout == "official":
         _write_msmt_official(folder, rng, ids, images_per_id, cameras)
+    elif name == "custom":
+        _write_custom(folder, rng, ids, images_per_id, cameras, layout)
     elif name in MAX_CAMERAS:
         vehicle = name == "veri776"
         _write_market_style(name, folder, rng, ids, images_per_id, cameras,
@@ -304,8 +334,10 @@ def get_args_parser():
     p.add_argument("--images-per-id", type=int, default=4, help="images of each identity")
     p.add_argument("--cameras", type=int, default=2, help="cameras the images of an identity are spread over")
     p.add_argument("--seed", type=int, default=0, help="same seed, identical files")
-    p.add_argument("--layout", choices=("market", "official"), default="market",
-                   help="msmt17 only: Market-style folders (default) or the MSMT17_V1 list-file layout")
+    p.add_argument("--layout", choices=("market", "official", "folders", "lists"), default="market",
+                   help="msmt17: Market-style folders (default) or the MSMT17_V1 list-file layout (official); "
+                        "custom: Market-1501 file names (default), one sub-folder per identity (folders) or "
+                        "train.txt/query.txt/gallery.txt (lists)")
     return p
 
 
@@ -313,12 +345,13 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     names = NAMES if args.dataset == "all" else (args.dataset,)
     for name in names:
+        layout = args.layout if args.layout in LAYOUTS.get(name, ("market",)) or args.dataset != "all" else "market"
         cameras = args.cameras
         if args.dataset == "all" and name in MAX_CAMERAS and cameras > MAX_CAMERAS[name]:
             cameras = MAX_CAMERAS[name]
             print(f"{name}: {cameras} cameras (the most it has)")
         try:
-            folder = generate(name, args.root, args.ids, args.images_per_id, cameras, args.seed, args.layout)
+            folder = generate(name, args.root, args.ids, args.images_per_id, cameras, args.seed, layout)
         except (ValueError, FileExistsError) as err:
             print(f"synthetic: error: {err}", file=sys.stderr)
             return 2

@@ -196,3 +196,113 @@ def load_reid_weights(model, path_or_state_dict):
         print(f"load_reid_weights: {source} was trained on {arch['num_classes']} classes, the model has "
               f"{own}; keeping the model's classifiers (not used for test features)")
     model.load_state_dict(checkpoint_filter_fn(state_dict, model, source=source))
+
+
+# --- the self-describing file train.py writes to --save-path ------------------------------------
+
+FORMAT = "levit-reid-dbn"
+FORMAT_VERSION = 1
+# what a checkpoint says about itself besides the weights (see make_checkpoint)
+INFO_KEYS = ("variant", "mlp_ratio", "num_classes", "num_parts", "img_height", "img_width", "dataset",
+             "transform", "args", "metrics")
+
+
+def _plain(value):
+    """Namespaces, numpy scalars and other objects -> what torch.load(weights_only=True) reads back."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "__dict__") and type(value).__name__ == "Namespace":
+        value = vars(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar
+        return value.item()
+    return str(value)
+
+
+def make_checkpoint(model, img_height, img_width, dataset=None, transform=None, args=None, metrics=None):
+    """The file train.py writes to --save-path: a DBN's state_dict and what is needed to use it.
+
+    Keys: "format" (FORMAT), "format_version" (FORMAT_VERSION), "state_dict" (the release's keys, so
+    anything that unwraps {"state_dict": ...} loads it), "variant" ("small" / "large"), "mlp_ratio",
+    "num_classes", "num_parts", "img_height", "img_width" (the input size trained at), "dataset"
+    (the --dataset name), "transform" (its transform family: "reid", "metric" or "university"),
+    "args" (the training flags as a dict) and "metrics" (the final evaluation, or None). Every value
+    is a tensor or a plain Python value, so torch.load(path, weights_only=True) reads it.
+    """
+    if getattr(model, "fused", False):
+        raise ValueError("make_checkpoint: the model was fused for inference (its keys changed); save the "
+                         "unfused model")
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "variant": model.net, "mlp_ratio": float(model.mlp_ratio), "num_classes": int(model.num_classes),
+        "num_parts": list(model.num_parts), "img_height": int(img_height), "img_width": int(img_width),
+        "dataset": dataset, "transform": transform, "args": _plain(args), "metrics": _plain(metrics),
+    }
+
+
+def checkpoint_info(obj, source="checkpoint"):
+    """(state_dict, info) of anything read_checkpoint returns.
+
+    `info` has INFO_KEYS plus "format_version" (0: a bare state_dict such as the release's
+    params/ema.pth, or a train.py _last.pth checkpoint) and "source". What the file does not say is
+    None, except the variant, MLP ratio and classes, which the shapes give (detect_architecture).
+    """
+    state_dict = unwrap_state_dict(obj)
+    arch = detect_architecture(state_dict)
+    info = dict.fromkeys(INFO_KEYS)
+    info.update(format_version=0, source=source, variant=arch["variant"], mlp_ratio=arch["mlp_ratio"],
+                num_classes=arch["num_classes"])
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(f"{source} has checkpoint format version {version!r}; this code reads versions "
+                                  f"up to {FORMAT_VERSION}: update the code, or load obj['state_dict'] yourself")
+        info.update({k: obj.get(k) for k in INFO_KEYS}, format_version=version)
+        if arch["variant"] not in (None, info["variant"]):
+            raise CheckpointError(f"{source} says variant {info['variant']!r} but its weights are "
+                                  f"{describe(arch)}; the file is inconsistent")
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj.get("args"), dict):  # <stem>_last.pth
+        trained = obj["args"]
+        info.update(img_height=trained.get("img_height"), img_width=trained.get("img_width"),
+                    dataset=trained.get("dataset"), args=trained)
+    return state_dict, info
+
+
+def read_reid_checkpoint(path):
+    """(state_dict, info) of a DBN file: the --save-path format, a _last.pth or a bare state_dict."""
+    state_dict, info = checkpoint_info(read_checkpoint(path), source=os.fspath(path))
+    arch = detect_architecture(state_dict)
+    if arch["kind"] == "backbone":
+        raise CheckpointError(f"{path} is {describe(arch)} (ImageNet weights), not a trained ReID model; "
+                              "train one with train.py (--pretrained takes this file)")
+    return state_dict, info
+
+
+def resolve_settings(info, net=None, img_height=None, img_width=None):
+    """The variant and input size to use: what the file says, or the flags where it says nothing.
+
+    A flag that contradicts the file raises CheckpointError naming both. Returns
+    (net, img_height, img_width); the size is None where neither the file nor a flag gives it.
+    """
+    source, variant = info["source"], info["variant"]
+    if net is not None and variant is not None and net != variant:
+        embed = VARIANTS[variant]["embed_dim"]
+        raise CheckpointError(f"{source} holds a LEViT-{variant} DBN (embed_dim {embed}) but --net {net} was "
+                              f"given; pass --net {variant} (or leave --net out: the file says which)")
+    net = net or variant
+    if net is None:
+        raise CheckpointError(f"{source}: cannot tell the variant from the weights (no released LEViT variant "
+                              "has their widths); pass --net small or --net large")
+    size = (info["img_height"], info["img_width"])
+    given = (img_height, img_width)
+    if None not in size and any(g is not None and g != s for g, s in zip(given, size)):
+        shown = "x".join(str(g if g is not None else s) for g, s in zip(given, size))
+        raise CheckpointError(f"{source} was trained at {size[0]}x{size[1]} (height x width) but the flags ask "
+                              f"for {shown}; pass --img-height {size[0]} --img-width {size[1]} or leave them out")
+    height = img_height if img_height is not None else size[0]
+    width = img_width if img_width is not None else size[1]
+    return net, height, width

@@ -17,7 +17,8 @@ import warnings
 import torch
 from torch import nn
 
-from .checkpoint import checkpoint_filter_fn, detect_architecture, read_checkpoint, unwrap_state_dict
+from .checkpoint import (checkpoint_filter_fn, detect_architecture, load_reid_weights, read_checkpoint,
+                         read_reid_checkpoint, resolve_settings, unwrap_state_dict)
 from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
 
 NETWORK_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -143,6 +144,26 @@ class DBN(Fusable, nn.Module):
         if state_dict is not None:
             self.load_state_dict(checkpoint_filter_fn(state_dict, self, source=source))
         self.to(memory_format=torch.channels_last)  # as LEViT: fast grouped convs on CPU
+
+    @classmethod
+    def from_checkpoint(cls, path, net=None, img_height=None, img_width=None, device="cpu"):
+        """(model in eval mode on `device`, info) from a DBN file: what train.py writes to --save-path,
+        its _last.pth checkpoint or a bare state_dict such as the release's params/ema.pth.
+
+        The variant, MLP ratio, classes and parts come from the file (from the weights' shapes for a
+        bare state_dict); `net`, `img_height`, `img_width` are the flags: used where the file says
+        nothing, a CheckpointError naming both where they contradict it. `info` holds the file's
+        description (network.checkpoint.INFO_KEYS, "format_version", "source") with "variant",
+        "img_height" and "img_width" resolved (the size stays None when neither gives it).
+        """
+        state_dict, info = read_reid_checkpoint(path)
+        net, height, width = resolve_settings(info, net, img_height, img_width)
+        mlp_ratio = info["mlp_ratio"] if info["mlp_ratio"] not in (None, VARIANTS[net]["mlp_ratio"]) else None
+        model = cls(num_classes=info["num_classes"] or 1, num_parts=tuple(info["num_parts"] or (1, 2)), net=net,
+                    pretrained=None, mlp_ratio=mlp_ratio)
+        load_reid_weights(model, state_dict)
+        info = dict(info, variant=net, img_height=height, img_width=width)
+        return model.eval().to(device), info
 
     @property
     def feature_dim(self):

@@ -54,6 +54,27 @@ def is_channels_last(x):
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+def scaled_normalize_forward(x, scale):
+    """(x * scale / max(|x|, eps), |x| clamped, scale / |x|): ScaledNormalize's forward, in plain ops."""
+    # Under autocast q and k arrive in float16/bfloat16 while the scale is a float32 parameter:
+    # the norm and the products are computed in (at least) float32 and the result is cast back
+    # to x's dtype, so SDPA sees one dtype and the backward's inputs match.
+    compute = torch.promote_types(x.dtype, torch.float32)
+    xc = x.to(compute)
+    norm = torch.linalg.vector_norm(xc, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+    inv = norm.reciprocal() if scale is None else scale.to(compute) / norm
+    return (xc * inv).to(x.dtype), norm, inv
+
+
+def scaled_normalize(x, scale):
+    """ScaledNormalize where a gradient may be needed; without one (inference, tracing for export) the
+    same forward in plain torch ops, which TorchScript and ONNX can serialise (a Python autograd
+    Function they cannot)."""
+    if torch.is_grad_enabled() and not torch.jit.is_tracing():
+        return ScaledNormalize.apply(x, scale)
+    return scaled_normalize_forward(x, scale)[0]
+
+
 class ScaledNormalize(torch.autograd.Function):
     """x * scale / max(|x|, eps) along the last dim (F.normalize times a per-head scale).
 
@@ -66,17 +87,11 @@ class ScaledNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale):
-        # Under autocast q and k arrive in float16/bfloat16 while the scale is a float32 parameter:
-        # the norm and the products are computed in (at least) float32 and the result is cast back
-        # to x's dtype, so SDPA sees one dtype and the backward's inputs match.
-        compute = torch.promote_types(x.dtype, torch.float32)
-        xc = x.to(compute)
-        norm = torch.linalg.vector_norm(xc, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-        inv = norm.reciprocal() if scale is None else scale.to(compute) / norm
+        out, norm, inv = scaled_normalize_forward(x, scale)
         ctx.save_for_backward(x, norm, inv)
         ctx.scale_dtype = None if scale is None else scale.dtype
         ctx.scale_shape = None if scale is None else scale.shape
-        return (xc * inv).to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -149,7 +164,7 @@ class LocalEnhanceAttention(nn.Module):
         # cosine attention: unit-length q and k; the per-head scale exp(min(logit_scale, log 100))
         # is folded into q (one multiply instead of two), so SDPA runs with scale 1
         scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
-        q, k = ScaledNormalize.apply(q, scale), ScaledNormalize.apply(k, None)
+        q, k = scaled_normalize(q, scale), scaled_normalize(k, None)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         out = self.from_windows(out, B, C, Hp, Wp, memory_format)
         if pad_h or pad_w:

@@ -42,13 +42,13 @@ def market_tree(root, folder="market1501", splits=("bounding_box_train", "query"
 
 def test_names_and_unknown_dataset(tmp_path):
     assert DATASET_NAMES == ("market1501", "dukemtmc", "msmt17", "veri776", "vehicleid", "car196", "cub200",
-                             "university1652", "npdetected", "nplabeled")
+                             "university1652", "npdetected", "nplabeled", "custom")
     assert issubclass(DatasetError, ValueError)
     with pytest.raises(DatasetError) as err:
         build_dataset("market", str(tmp_path))
     assert "unknown dataset 'market'" in str(err.value)
     assert "market1501, dukemtmc, msmt17, veri776, vehicleid, car196, cub200, university1652, npdetected, " \
-           "nplabeled" in str(err.value)
+           "nplabeled, custom" in str(err.value)
 
 
 def test_market1501_labels_cameras_junk_and_distractors(tmp_path):

@@ -94,6 +94,8 @@ def load(path):
 
 
 def assert_same_state(a, b):
+    """Same weights: two state_dicts, or the "state_dict" of two --save-path files."""
+    a, b = (x["state_dict"] if "format" in x else x for x in (a, b))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

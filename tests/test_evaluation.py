@@ -219,8 +219,10 @@ def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
 def test_wrong_variant(capsys, data_root, tmp_path):
     path = str(tmp_path / "large.pth")
     torch.save(random_dbn("large").state_dict(), path)
-    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL, "--net", "small")
     assert "LEViT-large" in err and "--net small was given; pass --net large" in err
+    _, lines, _ = run(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    assert "net=large" in lines[0] and RANK_RE.match(lines[-1])  # without --net: the variant of the file
 
 
 def test_input_size_differs_from_training_checkpoint(capsys, weights, data_root, tmp_path):

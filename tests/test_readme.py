@@ -4,6 +4,7 @@ import os
 import re
 import shlex
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ README = open(os.path.join(ROOT, "README.md")).read()
 RELEASE_ROOT = "your/dataset_root"
 # generated sizes: enough identities for each command's P = batch-size / instance-num
 IDS = {"market1501": 16, "dukemtmc": 16, "msmt17": 16, "veri776": 16, "vehicleid": 64, "car196": 8,
-       "cub200": 8, "university1652": 8, "npdetected": 4, "nplabeled": 4}
+       "cub200": 8, "university1652": 8, "npdetected": 4, "nplabeled": 4, "custom": 16}
 
 
 def section(title):
@@ -120,10 +121,11 @@ def test_evaluation_command_runs(command, data_root, weights, capsys):
     from utils import evaluation
     argv = shlex.split(command)[2:]
     net = argv[argv.index("--net") + 1] if "--net" in argv else "small"
-    for flag, value in (("--dataset-root", data_root), ("--weights", weights[net])):
-        argv[argv.index(flag) + 1] = value
     script = shlex.split(command)[1]
     dataset = script[len("test_"):-len(".py")]
+    root = os.path.join(data_root, "custom") if dataset == "custom" else data_root  # custom: the dataset folder
+    for flag, value in (("--dataset-root", root), ("--weights", weights[net])):
+        argv[argv.index(flag) + 1] = value
     # a small input and batch so that the run takes seconds; later flags win in argparse
     evaluation.main(dataset, [*argv, "--img-height", "64", "--img-width", "32", "--batch-size", "16",
                               "--num-workers", "0", "--device", "cpu", "--trials", "2"])
@@ -160,3 +162,61 @@ def test_benchmark_commands_parse():
     for module, args in commands:
         parser = bench.get_args_parser() if module == "utils.bench" else bench_eval.get_args_parser()
         parser.parse_args(shlex.split(args))
+
+
+def _run_line(line, extra):
+    """Run one README command line in-process: python -m datasets.synthetic, train.py (as --dry-run),
+    test_<dataset>.py, extract.py, search.py, export.py; `extra` flags are appended per program."""
+    import export
+    import extract
+    import search
+    from datasets import synthetic
+    from utils import evaluation
+    words = shlex.split(line)
+    if words[:3] == ["python", "-m", "datasets.synthetic"]:
+        assert synthetic.main(words[3:]) == 0
+    elif words[1] == "train.py":
+        assert train.main(train.parse_args([*words[2:], "--dry-run"])) is None
+    elif words[1].startswith("test_"):
+        evaluation.main(words[1][len("test_"):-len(".py")], [*words[2:], *extra["test"]])
+    else:
+        program = {"extract.py": extract, "search.py": search, "export.py": export}[words[1]]
+        assert program.main([*words[2:], *extra.get(words[1], [])]) == 0, line
+
+
+@pytest.mark.slow
+def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypatch, capsys):
+    """The bash lines of "Your own data", "Feature extraction and retrieval" and "Export for
+    deployment", in order, in a fresh folder; the checkpoint the training line would write is a
+    random DBN in train.py's format at 64x32 (train.py runs as --dry-run), and the ONNX line runs
+    when its optional packages are installed. The Python example runs too."""
+    import importlib.util
+
+    from network import DBN, make_checkpoint
+    monkeypatch.chdir(tmp_path)
+    fast = ["--num-workers", "0", "--device", "cpu"]
+    extra = {"test": fast, "extract.py": fast, "search.py": fast}
+    have_onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+    lines = [line for title in ("Your own data", "Feature extraction and retrieval", "Export for deployment")
+             for line in readme_lines("", section(title))]
+    assert any("--format onnx" in line for line in lines) and "pip install -r requirements-export.txt" in lines
+    for line in lines:
+        if line.startswith("pip ") or ("--format onnx" in line and not have_onnx):
+            continue
+        _run_line(line, extra)
+        if line.startswith("python train.py"):
+            torch.manual_seed(0)
+            os.makedirs("params", exist_ok=True)
+            torch.save(make_checkpoint(DBN(num_classes=8, pretrained=None), 64, 32, dataset="custom",
+                                       transform="reid"), os.path.join("params", "custom.pth"))
+    out = capsys.readouterr().out
+    assert re.search(r"^top1:\d\.\d{6} top5:\d\.\d{6} top10:\d\.\d{6} mAP:\d\.\d{6}$", out, re.M)
+    assert "wrote 16 x 1920 features to gallery.npz" in out and os.listdir(tmp_path / "figs" / "search")
+    assert out.count("vs eager PyTorch, unfused, on a random batch of 3): ok") == 2 + have_onnx
+    from PIL import Image
+    Image.new("RGB", (64, 128), (90, 30, 200)).save("frame.jpg")
+    code = re.findall(r"```python\n(.*?)```", section("Feature extraction and retrieval"), re.S)
+    assert len(code) == 1
+    scope = {}
+    exec(compile(code[0], "README.md", "exec"), scope)
+    assert scope["feats"].shape == (2, 1920) and scope["feats"].dtype == np.float32

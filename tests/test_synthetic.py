@@ -17,7 +17,7 @@ MARKET_STYLE = ("market1501", "dukemtmc", "msmt17", "veri776", "npdetected", "np
 IMAGE_SPECS = {"market1501": ((64, 128), "JPEG"), "dukemtmc": ((64, 128), "JPEG"), "msmt17": ((64, 128), "JPEG"),
                "npdetected": ((64, 128), "PNG"), "nplabeled": ((64, 128), "PNG"), "veri776": ((128, 128), "JPEG"),
                "vehicleid": ((128, 128), "JPEG"), "car196": ((192, 128), "JPEG"), "cub200": ((128, 128), "JPEG"),
-               "university1652": ((128, 128), "JPEG")}
+               "university1652": ((128, 128), "JPEG"), "custom": ((64, 128), "JPEG")}
 
 
 def build_dataset(name, root):
@@ -29,7 +29,7 @@ def build_dataset(name, root):
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    """All ten layouts (market-style MSMT17) under one root, the official MSMT17 layout under another."""
+    """All eleven layouts (market-style MSMT17 and custom) under one root, the official MSMT17 layout under another."""
     root, official = tmp_path_factory.mktemp("synthetic"), tmp_path_factory.mktemp("msmt_official")
     for name in synthetic.NAMES:
         synthetic.generate(name, str(root), ids=IDS, images_per_id=PER_ID, cameras=CAMERAS)

@@ -58,6 +58,8 @@ def load(path):
 
 
 def assert_same_state(a, b):
+    """Same weights: two state_dicts, or the "state_dict" of two --save-path files."""
+    a, b = (x["state_dict"] if "format" in x else x for x in (a, b))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -160,9 +162,14 @@ def reference_run(data_root, tmp_path_factory):
 def test_run_writes_the_averaged_model_checkpoint_and_log(reference_run):
     folder, out, _ = reference_run
     from network import DBN
-    state = load(folder / "ema.pth")
+    saved = load(folder / "ema.pth")
     model = DBN(num_classes=8, net="small", pretrained=None)
-    model.load_state_dict(state)  # strict: the release's DBN keys
+    model.load_state_dict(saved["state_dict"])  # strict: the release's DBN keys
+    assert {k: saved[k] for k in ("format_version", "variant", "mlp_ratio", "num_classes", "num_parts", "img_height",
+                                  "img_width", "dataset", "transform", "metrics")} == {
+        "format_version": 1, "variant": "small", "mlp_ratio": 1.0, "num_classes": 8, "num_parts": [1, 2],
+        "img_height": 32, "img_width": 16, "dataset": "market1501", "transform": "reid", "metrics": None}
+    assert saved["args"]["seed"] == 3 and saved["args"]["save_path"] == str(folder / "ema.pth")
     assert "saved the average of 3 epochs' weights (2..4)" in out
     last = load(folder / "ema_last.pth")
     assert last["epoch"] == EPOCHS and last["n_averaged"] == 3 and last["args"]["seed"] == 3
@@ -303,7 +310,7 @@ def test_amp_run_trains_and_saves(amp_dtype, capsys, data_root, tmp_path):
     save = tmp_path / "ema.pth"
     train.main(train.parse_args(tiny(data_root, save, "--amp", "--amp-dtype", amp_dtype, "--no-eval")))
     assert "saved the average of 3 epochs' weights (2..4)" in capsys.readouterr().out
-    state = load(save)
+    state = load(save)["state_dict"]
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
     records = [json.loads(line) for line in open(tmp_path / "ema_log.jsonl")]
     assert len(records) == EPOCHS and all(math.isfinite(r["loss"]) for r in records)
@@ -320,3 +327,11 @@ def test_amp_dtype_defaults_follow_the_device():
     assert train.amp_settings(args, torch.device("cpu")) == (False, torch.bfloat16)
     args = train.parse_args(["--amp", "--amp-dtype", "float16"])
     assert train.amp_settings(args, torch.device("cpu")) == (True, torch.float16)
+
+
+def test_saved_model_holds_the_final_metrics(capsys, data_root, tmp_path):
+    save = tmp_path / "ema.pth"
+    metrics = train.main(train.parse_args(tiny(data_root, save, "--epochs", "1,2", "--ema-extra", "0")))
+    saved = load(save)
+    assert saved["metrics"] == metrics and 0 <= saved["metrics"]["mAP"] <= 1
+    assert saved["img_height"] == 32 and saved["args"]["eval"] is True

@@ -116,3 +116,12 @@ def test_argument_errors(tmp_path):
         vis.draw_rank_list(path, [path], ["hit"])
     with pytest.raises(ValueError, match=r"distances of shape \(1, 3\) do not match 1 queries x 2 gallery"):
         vis.save_rank_lists(np.zeros((1, 3)), [(path, 0, 0)], [(path, 0, 0)] * 2, str(tmp_path), "x")
+
+
+def test_unknown_query_identity_draws_black_frames(tmp_path):
+    assert vis.rank_marks(None, 0, [1, 2], [0, 1]) == ["unknown", "unknown"]
+    assert vis.rank_marks(1, 0, [None, 1], [0, 1]) == ["wrong", "correct"]
+    picture = np.asarray(vis.draw_rank_list(solid(tmp_path, "q", (9, 9, 9)), [solid(tmp_path, "g", (250, 250, 0))],
+                                            ["unknown"], CELL))
+    x, y = vis.gallery_cell_x(0, CELL), vis.MARGIN + vis.CAPTION
+    assert tuple(picture[y, x]) == vis.COLOURS["unknown"] == (0, 0, 0)

@@ -1,7 +1,8 @@
 """Training checkpoints: atomic writes, safe reads and every random state.
 
 Files next to `--save-path` (e.g. params/ema.pth):
-- `params/ema.pth`: the averaged DBN's bare state_dict (the release's keys), written at the end.
+- `params/ema.pth`: the averaged DBN with its variant, input size, dataset, args and metrics
+  (network.make_checkpoint; its "state_dict" has the release's keys), written at the end.
 - `params/ema_last.pth`: the resumable training checkpoint, rewritten after every epoch (and when
   a run is interrupted with Ctrl-C / SIGTERM): a dict of tensors, numbers, strings and lists only,
   so `torch.load(path, weights_only=True)` reads it (see `train.py` for its keys).
@@ -72,7 +73,7 @@ def load_training_checkpoint(path):
     """Read a checkpoint written by train.py for --resume (weights_only, on the CPU).
 
     Raises network.CheckpointError naming the path when it is missing, unreadable or not a
-    training checkpoint (for instance the bare weights written to --save-path).
+    training checkpoint (for instance the averaged weights written to --save-path).
     """
     checkpoint = read_checkpoint(path)
     missing = [k for k in TRAINING_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]

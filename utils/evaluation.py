@@ -24,10 +24,10 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.features import dbn_features
 from utils.malloc import keep_freed_memory
 
 # Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
@@ -43,6 +43,7 @@ IMAGE_SIZE = {
     "car196": (256, 256),
     "cub200": (256, 256),
     "university1652": (384, 384),
+    "custom": (256, 128),
 }
 RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
@@ -66,17 +67,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def get_args_parser(add_help=False):
     parser = argparse.ArgumentParser("DBN evaluation", add_help=add_help)
-    parser.add_argument("--net", default="small", choices=["small", "large"],
-                        help="model variant: small (LEViT-S) or large (LEViT-L); must match --weights")
+    parser.add_argument("--net", default=None, choices=["small", "large"],
+                        help="model variant: small (LEViT-S) or large (LEViT-L) (default: what --weights holds)")
     parser.add_argument("--img-height", default=None, type=int,
-                        help=f"input height (default per dataset: {_size_table()})")
+                        help=f"input height (default: the size --weights was trained at; for a bare state_dict "
+                             f"per dataset: {_size_table()})")
     parser.add_argument("--img-width", default=None, type=int, help="input width (default per dataset, as above)")
     parser.add_argument("--weights", default="params/ema.pth",
                         help="DBN checkpoint: the file train.py writes to --save-path (or its _last.pth "
                              "checkpoint) or the release's params/ema.pth")
     parser.add_argument("--dataset-root", default="data",
                         help="folder holding the dataset folders (market1501/, DukeMTMC-reID/, MSMT17/, "
-                             "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/)")
+                             "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
+                             "test_custom.py: the dataset folder itself")
     parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
     parser.add_argument("--num-workers", default=4, type=int, help="data loading processes")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -122,8 +125,7 @@ def extract_features(model, loader, device, desc="features"):
         if batch[0].shape[0] == 0:  # every image of the batch was unreadable (collate_skip)
             continue
         imgs = batch[0].to(device, non_blocking=True)
-        f = torch.cat(model(imgs), dim=1) + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1)
-        feats.append(F.normalize(f.float(), dim=1).cpu())
+        feats.append(dbn_features(model, imgs).cpu())  # flip-summed, L2-normalised (utils/features.py)
         labels.append(torch.as_tensor(batch[1], dtype=torch.int64))
         camids.append(torch.as_tensor(batch[2], dtype=torch.int64))
     if not feats:
@@ -298,38 +300,23 @@ def evaluate(model, dataset, args):
 
 
 def load_model(args, device):
-    """DBN of variant --net with the --weights checkpoint, in eval mode on `device`.
+    """DBN of the --weights checkpoint, in eval mode (BatchNorm folded) on `device`.
 
-    Raises network.CheckpointError (missing or unreadable file, another variant than --net,
-    a training checkpoint whose stored args give another input size than the one evaluated).
+    The variant and the input size come from the file where it records them (train.py's
+    --save-path format); --net, --img-height and --img-width fill in what it does not say and
+    must agree with what it does. Sets args.net (and the size, when the file gives it).
+    Raises network.CheckpointError (missing or unreadable file, a flag that contradicts it).
     """
-    from network import (DBN, VARIANTS, CheckpointError, detect_architecture, load_reid_weights,
-                         read_checkpoint, unwrap_state_dict)
+    from network import DBN, CheckpointError
 
     path = args.weights
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path} (pass --weights PATH: the file train.py "
                               "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
-    checkpoint = read_checkpoint(path)
-    state_dict = unwrap_state_dict(checkpoint)
-    arch = detect_architecture(state_dict)
-    if arch["kind"] == "dbn" and arch["variant"] not in (None, args.net):
-        raise CheckpointError(f"{path} holds a LEViT-{arch['variant']} DBN (embed_dim {arch['embed_dim']}) "
-                              f"but --net {args.net} was given; pass --net {arch['variant']}")
-    trained = checkpoint.get("args") if isinstance(checkpoint, dict) else None
-    trained = vars(trained) if isinstance(trained, argparse.Namespace) else trained
-    if isinstance(trained, dict):
-        size = (trained.get("img_height"), trained.get("img_width"))
-        if None not in size and tuple(size) != (args.img_height, args.img_width):
-            raise CheckpointError(
-                f"{path} was trained at {size[0]}x{size[1]} (height x width) but the evaluation input is "
-                f"{args.img_height}x{args.img_width}; pass --img-height {size[0]} --img-width {size[1]}")
-    mlp_ratio = arch["mlp_ratio"] if arch["mlp_ratio"] not in (None, VARIANTS[args.net]["mlp_ratio"]) else None
-    model = DBN(num_classes=arch["num_classes"] or 1, net=args.net, pretrained=None, mlp_ratio=mlp_ratio)
-    load_reid_weights(model, state_dict)
-    model.eval()
-    if hasattr(model, "fuse"):
-        model = model.fuse() or model  # conv+BN folded: same features, faster
+    model, info = DBN.from_checkpoint(path, net=_option(args, "net"), img_height=_option(args, "img_height"),
+                                      img_width=_option(args, "img_width"))
+    args.net, args.img_height, args.img_width = info["variant"], info["img_height"], info["img_width"]
+    model = model.fuse()  # conv+BN folded: same features, faster
     return model.to(device)
 
 
@@ -355,9 +342,8 @@ def main(dataset, argv=None):
                                                  f"{height}x{width}); the last line printed is the result "
                                                  "in the release's format.")
     args = parser.parse_args(argv)
-    args.img_height, args.img_width = image_size(dataset, args)
     for name in ("img_height", "img_width", "batch_size", "trials"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_workers < 0 or args.vis < 0:
         parser.error("--num-workers and --vis must be 0 or more")
@@ -369,9 +355,10 @@ def main(dataset, argv=None):
     from datasets import DatasetError, build_dataset
     from network import CheckpointError
 
-    print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     try:
-        model = load_model(args, device)
+        model = load_model(args, device)  # the variant and the input size recorded in --weights
+        args.img_height, args.img_width = image_size(dataset, args)  # else the dataset's default
+        print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
         data = build_dataset(dataset, args.dataset_root)
     except (DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

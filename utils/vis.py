@@ -6,7 +6,8 @@ images in ranking order. Every gallery image is framed by what it is for this qu
 - green: correct (same identity, counted as a hit),
 - red: wrong (another identity or a distractor),
 - grey with the word "junk": same identity seen by the same camera, which the ReID protocol
-  removes from the ranking before scoring (the picture shows the raw ranking so junk is visible).
+  removes from the ranking before scoring (the picture shows the raw ranking so junk is visible),
+- black: unknown (the query's identity is not known, as in search.py on unlabelled images).
 
 A caption row above the images gives "query" and the rank of each gallery image (1-based, in
 the raw ranking). Pillow only.
@@ -22,6 +23,7 @@ COLOURS = {
     "correct": (0, 200, 0),
     "wrong": (220, 0, 0),
     "junk": (128, 128, 128),
+    "unknown": (0, 0, 0),
 }
 BACKGROUND = (255, 255, 255)
 BORDER = 4      # frame width in pixels
@@ -62,15 +64,15 @@ def gallery_cell_x(k, cell):
 def draw_rank_list(query_path, gallery_paths, marks, cell=(64, 128)):
     """Picture of one query and its ranked gallery images.
 
-    gallery_paths: paths in ranking order; marks: one of "correct", "wrong", "junk" per path.
+    gallery_paths: paths in ranking order; marks: one of "correct", "wrong", "junk", "unknown" per path.
     Returns a PIL RGB image of width gallery_cell_x(n, cell) - GAP + MARGIN (n = len(gallery_paths))
     and height 2 * MARGIN + CAPTION + cell[1] + 2 * BORDER.
     """
     if len(marks) != len(gallery_paths):
         raise ValueError(f"{len(gallery_paths)} gallery paths but {len(marks)} marks")
-    bad = sorted(set(marks) - {"correct", "wrong", "junk"})
+    bad = sorted(set(marks) - {"correct", "wrong", "junk", "unknown"})
     if bad:
-        raise ValueError(f"unknown marks {bad}; valid: correct, wrong, junk")
+        raise ValueError(f"unknown marks {bad}; valid: correct, wrong, junk, unknown")
     n = len(gallery_paths)
     outer_h = cell[1] + 2 * BORDER
     width = gallery_cell_x(n, cell) - (GAP if n else QUERY_GAP) + MARGIN
@@ -83,13 +85,16 @@ def draw_rank_list(query_path, gallery_paths, marks, cell=(64, 128)):
     for k, (path, mark) in enumerate(zip(gallery_paths, marks)):
         x = gallery_cell_x(k, cell)
         caption = f"{k + 1} junk" if mark == "junk" else str(k + 1)
-        draw.text((x, MARGIN), caption, fill=COLOURS[mark] if mark != "correct" else (0, 0, 0))
+        draw.text((x, MARGIN), caption, fill=COLOURS[mark] if mark not in ("correct", "unknown") else (0, 0, 0))
         _framed(draw, canvas, _load(path, cell), x, top, COLOURS[mark])
     return canvas
 
 
 def rank_marks(q_pid, q_camid, g_pids, g_camids, junk_same_camera=True):
-    """'correct' / 'wrong' / 'junk' for each gallery item (same id and same camera is junk)."""
+    """'correct' / 'wrong' / 'junk' for each gallery item (same id and same camera is junk);
+    'unknown' for all of them when the query's id (q_pid) is None."""
+    if q_pid is None:
+        return ["unknown"] * len(g_pids)
     marks = []
     for pid, camid in zip(g_pids, g_camids):
         if pid == q_pid:

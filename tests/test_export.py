@@ -1,0 +1,142 @@
+"""export.py: each format (TorchScript, torch.export, ONNX through onnxruntime) maps a batch of any size
+to the test-time features, the sidecar describes the input, the parity check prints, usage errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import export
+from network import DBN, make_checkpoint
+from utils.features import dbn_features
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = DBN(num_classes=3, pretrained=None).eval()
+    path = str(tmp_path_factory.mktemp("export") / "ema.pth")
+    torch.save(make_checkpoint(model, 64, 32, dataset="market1501", transform="reid"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return torch.rand(5, 3, 64, 32, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture(scope="module")
+def expected(weights, batch):
+    model, _ = DBN.from_checkpoint(weights)
+    with torch.no_grad():
+        return {(flip, norm): dbn_features(model, batch, flip, norm) for flip in (True, False) for norm in (True, False)}
+
+
+def check_export(capsys, weights, fmt, out, *flags):
+    code = export.main(["--weights", weights, "--format", fmt, "--out", out, *flags])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert f"({fmt} vs eager PyTorch, unfused, on a random batch of 3): ok" in stdout
+    error = float(stdout.split("parity: max relative error ")[1].split()[0])
+    assert error < 1e-4
+    meta = json.load(open(f"{out}.json"))
+    assert meta["input"]["shape"] == ["batch", 3, 64, 32] and meta["input"]["range"] == [0.0, 1.0]
+    assert meta["preprocessing"]["family"] == "reid"
+    assert "Resize(size=[64, 32]" in meta["preprocessing"]["test_transform"]
+    assert meta["output"]["shape"] == ["batch", 1920] and meta["model"]["batchnorm_folded"]
+    return meta
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("fmt,name", [("torchscript", "dbn.ts"), ("exported", "dbn.pt2")])
+def test_torch_formats_give_the_test_time_features_for_any_batch(capsys, weights, batch, expected, tmp_path, fmt,
+                                                                 name):
+    out = str(tmp_path / name)
+    check_export(capsys, weights, fmt, out)
+    loaded = torch.jit.load(out) if fmt == "torchscript" else torch.export.load(out).module()
+    with torch.no_grad():
+        got = loaded(batch)  # batch 5: traced with 2, checked with 3
+    assert got.shape == (5, 1920)
+    assert torch.allclose(got, expected[True, True], atol=1e-5)
+    assert torch.allclose(got.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_flip_and_normalisation_can_be_left_out(capsys, weights, batch, expected, tmp_path):
+    out = str(tmp_path / "raw.pt2")
+    meta = check_export(capsys, weights, "exported", out, "--no-flip", "--no-normalize")
+    assert (meta["output"]["flip_averaged"], meta["output"]["l2_normalised"]) == (False, False)
+    with torch.no_grad():
+        got = torch.export.load(out).module()(batch)
+    def relative_error(a, b):  # unnormalised features of a random DBN are large (about 1e6)
+        return ((a - b).abs().max() / b.abs().max()).item()
+    assert relative_error(got, expected[False, False]) < 1e-5
+    assert relative_error(got, expected[True, False]) > 1e-2
+
+
+@pytest.mark.slow
+def test_onnx_through_onnxruntime(capsys, weights, batch, expected, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = str(tmp_path / "dbn.onnx")
+    meta = check_export(capsys, weights, "onnx", out)
+    assert meta["format"] == "onnx"
+    session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    got = session.run(["features"], {"images": batch.numpy()})[0]
+    assert got.shape == (5, 1920) and got.dtype == np.float32
+    assert np.allclose(got, expected[True, True].numpy(), atol=1e-5)
+
+
+def usage_error(capsys, *argv):
+    with pytest.raises(SystemExit) as info:
+        export.main(list(argv))
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_onnx_without_its_packages_says_what_to_install(capsys, weights, tmp_path, monkeypatch):
+    real = export.importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None if name == "onnxscript" else real(name))
+    err = usage_error(capsys, "--weights", weights, "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert "--format onnx needs the onnx and onnxscript packages (missing: onnxscript); install them with: " \
+           "pip install -r requirements-export.txt" in err
+    assert not os.path.exists(tmp_path / "m.onnx")
+
+
+def test_usage_errors_and_dry_run(capsys, weights, tmp_path):
+    assert "argument --format: invalid choice: 'tflite'" in usage_error(
+        capsys, "--weights", weights, "--format", "tflite", "--out", "m")
+    assert "--out m.pt: torch.export.load reads files ending in .pt2; name it e.g. dbn.pt2" in usage_error(
+        capsys, "--weights", weights, "--format", "exported", "--out", "m.pt")
+    missing = str(tmp_path / "none.pth")
+    assert f"--weights {missing}: file not found" in usage_error(
+        capsys, "--weights", missing, "--format", "torchscript", "--out", "m.ts")
+    assert export.main(["--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
+                        "--img-height", "128"]) == 2
+    assert "was trained at 64x32 (height x width) but the flags ask for 128x32" in capsys.readouterr().err
+    assert export.main(["--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
+                        "--dry-run"]) == 0
+    assert f"dry run: would write {tmp_path / 'm.ts'} (torchscript) and {tmp_path / 'm.ts'}.json" in \
+        capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "m.ts")
+
+
+def test_parity_failure_sets_the_exit_status(capsys, weights, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "run_exported", lambda fmt, out, x: torch.ones(3, 1920))
+    assert export.main(["--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 1
+    assert ": FAILED (tolerance 0.001)" in capsys.readouterr().out
+
+
+def test_bare_state_dict_takes_the_size_flags(capsys, tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "release_ema.pth")
+    torch.save(DBN(num_classes=751, net="large", pretrained=None).state_dict(), path)
+    argv = ["--weights", path, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--dry-run"]
+    if export.missing_onnx_packages():
+        pytest.skip("onnx / onnxscript not installed")
+    assert export.main([*argv, "--img-height", "384", "--img-width", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "DBN LEViT-large" in out and "input (B, 3, 384, 128)" in out and "output (B, 3840) features" in out
+    assert export.main(argv) == 0
+    assert "input (B, 3, 256, 128)" in capsys.readouterr().out  # the default for a bare state_dict

@@ -1,0 +1,178 @@
+"""extract.py and utils/image_list.py: features of a dataset's query folder equal the test script's,
+the .npz layout, ids from names and lists, and every usage error's message."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import extract
+from network import DBN, make_checkpoint
+from utils.image_list import ImageListError, collect_images
+
+SMALL = ["--num-workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from datasets.synthetic import generate
+    root = tmp_path_factory.mktemp("extract")
+    generate("market1501", str(root), ids=3, images_per_id=4, cameras=2, seed=0)
+    torch.manual_seed(0)
+    weights = str(root / "ema.pth")
+    torch.save(make_checkpoint(DBN(num_classes=3, pretrained=None), 64, 32, dataset="market1501", transform="reid"),
+               weights)
+    return str(root), weights
+
+
+def run(capsys, *argv):
+    code = extract.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def usage_error(capsys, *argv):
+    with pytest.raises(SystemExit) as info:
+        extract.main(list(argv))
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_query_features_equal_the_test_scripts(setup, capsys, tmp_path):
+    from datasets import build_dataset
+    from utils import evaluation
+    root, weights = setup
+    out_path = str(tmp_path / "query.npz")
+    code, out, _ = run(capsys, "--weights", weights, "--images", os.path.join(root, "market1501", "query"),
+                       "--out", out_path, *SMALL)
+    assert code == 0 and "input 64x32 (reid test transform), 1920-d features, flip-averaged" in out
+    saved = np.load(out_path)
+    assert sorted(saved.files) == ["camids", "features", "paths", "pids"]
+
+    # the test script's query features: its model loading and its data loading
+    args = evaluation.get_args_parser().parse_args(["--weights", weights, *SMALL])
+    device = torch.device("cpu")
+    model = evaluation.load_model(args, device)
+    data = build_dataset("market1501", root)
+    feats, index = evaluation._item_features(model, data.query, data, args, device, desc="query")
+    assert [data.query[i][0] for i in index] == saved["paths"].tolist()
+    assert saved["features"].dtype == np.float32 and saved["features"].shape == (6, 1920)
+    assert np.array_equal(saved["features"], feats.numpy())
+    assert saved["pids"].tolist() == [data.query[i][1] for i in index]
+    assert saved["camids"].tolist() == [data.query[i][2] + 1 for i in index]  # the camera number as written
+
+
+def test_glob_list_and_ids(setup, capsys, tmp_path):
+    root, weights = setup
+    query = os.path.join(root, "market1501", "query")
+    names = sorted(os.listdir(query))
+    with open(tmp_path / "list.txt", "w") as f:
+        f.write("# two images\n" + "".join(f"{os.path.join(query, n)} 7\n" for n in names[:2]))
+    paths, pids, camids = collect_images(str(tmp_path / "list.txt"))
+    assert paths == [os.path.join(query, n) for n in names[:2]] and pids == [7, 7]
+    assert camids == [int(n.split("_c")[1][0]) for n in names[:2]]  # from the names when the list has none
+    code, _, _ = run(capsys, "--weights", weights, "--images", os.path.join(query, "*_c1s*.jpg"),
+                     "--out", str(tmp_path / "g.npz"), *SMALL, "--no-flip")
+    saved = np.load(tmp_path / "g.npz")
+    assert code == 0 and len(saved["paths"]) == 3 and set(saved["camids"].tolist()) == {1}
+    # plain names carry no ids: no pids / camids arrays
+    import shutil
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(os.path.join(query, names[0]), plain / "a.jpg")
+    code, out, _ = run(capsys, "--weights", weights, "--images", str(plain), "--out", str(tmp_path / "p.npz"), *SMALL)
+    assert code == 0 and "images: 1 from" in out and "with ids" not in out
+    assert sorted(np.load(tmp_path / "p.npz").files) == ["features", "paths"]
+
+
+def test_unreadable_images_are_left_out(setup, capsys, tmp_path):
+    root, weights = setup
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    src = os.path.join(root, "market1501", "query")
+    name = sorted(os.listdir(src))[0]
+    with open(os.path.join(src, name), "rb") as f:
+        (folder / name).write_bytes(f.read())
+    (folder / "0009_c1s1_000001_01.jpg").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        code, out, _ = run(capsys, "--weights", weights, "--images", str(folder), "--out", str(tmp_path / "x.npz"),
+                           *SMALL)
+    assert code == 0 and "1 of 2 images unreadable, left out" in out
+    assert np.load(tmp_path / "x.npz")["paths"].tolist() == [str(folder / name)]
+
+
+def test_dry_run_writes_nothing(setup, capsys, tmp_path):
+    root, weights = setup
+    code, out, _ = run(capsys, "--weights", weights, "--images", os.path.join(root, "market1501", "query"),
+                       "--out", str(tmp_path / "q.npz"), *SMALL, "--dry-run")
+    assert code == 0 and f"dry run: would write 6 x 1920 features to {tmp_path / 'q.npz'}" in out
+    assert not os.path.exists(tmp_path / "q.npz")
+
+
+def test_usage_errors(setup, capsys, tmp_path):
+    root, weights = setup
+    query = os.path.join(root, "market1501", "query")
+    base = ["--images", query, "--out", str(tmp_path / "q.npz"), *SMALL]
+    missing = str(tmp_path / "none.pth")
+    assert f"--weights {missing}: file not found" in usage_error(capsys, "--weights", missing, *base)
+    assert "--out q.txt: the file name must end in .npz" in usage_error(
+        capsys, "--weights", weights, "--images", query, "--out", "q.txt", *SMALL)
+    assert "--img-height must be at least 16 (output stride 16), got 8" in usage_error(
+        capsys, "--weights", weights, *base, "--img-height", "8")
+    assert "--batch-size must be at least 1, got 0" in usage_error(capsys, "--weights", weights, *base,
+                                                                   "--batch-size", "0")
+    assert "the following arguments are required: --images" in usage_error(capsys, "--weights", weights,
+                                                                            "--out", "q.npz")
+    if not torch.cuda.is_available():
+        assert "--device cuda: device 'cuda': no CUDA device is available" in usage_error(
+            capsys, "--weights", weights, *base, "--device", "cuda")
+
+
+@pytest.mark.parametrize("images,message", [
+    ("nowhere", "not found: nowhere (give a folder of images, a glob pattern such as 'frames/*.jpg', an image, "
+                "or a .txt list with one image path per line)"),
+    ("*.nothing-matches-[x]", "no image files match '*.nothing-matches-[x]'"),
+])
+def test_image_set_errors(setup, capsys, tmp_path, images, message):
+    _, weights = setup
+    code, _, err = run(capsys, "--weights", weights, "--images", images, "--out", str(tmp_path / "q.npz"), *SMALL)
+    assert code == 2 and err == f"extract.py: error: {message}\n"
+
+
+def test_list_and_folder_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ImageListError, match=f"no images \\(.jpg/.jpeg/.png\\) under {empty}"):
+        collect_images(str(empty))
+    (tmp_path / "a.jpg").write_bytes(b"")
+    cases = [("a.jpg 1 2 3", "line 1: expected 'path [pid [camid]]' (paths cannot hold spaces), got 'a.jpg 1 2 3'"),
+             ("a.jpg x", "line 1: pid and camid must be integers, got 'x'"),
+             ("b.jpg 1", f"line 1: listed image not found: {tmp_path / 'b.jpg'}"),
+             ("# nothing", "no images listed in")]
+    for line, message in cases:
+        (tmp_path / "l.txt").write_text(line + "\n")
+        with pytest.raises(ImageListError) as err:
+            collect_images(str(tmp_path / "l.txt"))
+        assert message in str(err.value) and str(tmp_path / "l.txt") in str(err.value)
+
+
+def test_contradicting_flag_is_an_error(setup, capsys, tmp_path):
+    root, weights = setup
+    code, _, err = run(capsys, "--weights", weights, "--images", os.path.join(root, "market1501", "query"),
+                       "--out", str(tmp_path / "q.npz"), *SMALL, "--net", "large")
+    assert code == 2 and "holds a LEViT-small DBN (embed_dim 96) but --net large was given" in err
+
+
+@pytest.mark.parametrize("tool,words", [
+    ("extract", ["--images DIR|GLOB|LIST", "--out", "--weights", "--no-flip", "--dry-run", "--transform"]),
+    ("search", ["--query IMG", "--gallery DIR|GLOB|LIST|NPZ", "--topk", "--vis DIR", "--dry-run"]),
+    ("export", ["--format {torchscript,exported,onnx}", "--no-normalize", "--no-flip", "--dry-run"]),
+])
+def test_help(capsys, tool, words):
+    import importlib
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(tool).main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith(f"usage: {tool}.py")
+    for word in words:
+        assert word in out, word

@@ -1,0 +1,129 @@
+"""utils/features.py: the test-time feature, the FeatureExtractor on every input kind, its errors."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from network import DBN, CheckpointError, make_checkpoint
+from utils.features import FeatureExtractor, FeatureHead, dbn_features
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return DBN(num_classes=3, pretrained=None).eval()
+
+
+@pytest.fixture(scope="module")
+def weights(model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("weights") / "ema.pth")
+    torch.save(make_checkpoint(model, 64, 32, dataset="market1501", transform="reid"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def extractor(weights):
+    return FeatureExtractor.from_checkpoint(weights, device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path_factory.mktemp("images") / "0001_c1s1_000001_01.jpg")
+    Image.fromarray(rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_test_time_feature_is_the_flip_sum_of_five_embeddings_normalised(model):
+    x = torch.rand(2, 3, 64, 32)
+    with torch.no_grad():
+        plain = torch.cat(model(x), 1)
+        flipped = torch.cat(model(x.flip(3)), 1)
+        assert torch.allclose(dbn_features(model, x), F.normalize(plain + flipped, dim=1))
+        assert torch.allclose(dbn_features(model, x, flip=False), F.normalize(plain, dim=1))
+        assert torch.allclose(dbn_features(model, x, normalize=False), plain + flipped)
+        assert torch.allclose(FeatureHead(model)(x), dbn_features(model, x))
+    assert dbn_features(model, x).dtype == torch.float32
+
+
+def test_extractor_reads_size_and_transform_from_the_checkpoint(extractor):
+    assert (extractor.img_height, extractor.img_width, extractor.family) == (64, 32, "reid")
+    assert extractor.model.fused and extractor.feature_dim == 1920
+
+
+def test_every_input_kind_gives_the_same_features(extractor, image_file):
+    pil = Image.open(image_file).convert("RGB")
+    rgb = np.asarray(pil)
+    reference = extractor(image_file)
+    assert reference.shape == (1, 1920) and reference.dtype == np.float32
+    assert np.allclose(np.linalg.norm(reference, axis=1), 1, atol=1e-6)
+    same = {
+        "PIL": extractor(pil),
+        "RGB array": extractor(rgb),
+        "BGR array": extractor(np.ascontiguousarray(rgb[:, :, ::-1]), bgr=True),
+        "uint8 tensor": extractor(torch.from_numpy(rgb.copy()).permute(2, 0, 1)),
+        "float tensor": extractor(extractor.preprocess(pil)),  # already at the model's size: used as it is
+        "frame + whole-frame box": extractor(rgb, boxes=[(0, 0, 64, 128)]),
+        "file frame + whole-frame box": extractor(image_file, boxes=[(0, 0, 64, 128)]),
+    }
+    for kind, feats in same.items():
+        assert np.array_equal(feats, reference), kind
+    assert not np.allclose(extractor(rgb, bgr=True), reference)  # the flag does swap the channels
+
+
+def test_boxes_batches_and_flip(extractor, image_file):
+    rgb = np.asarray(Image.open(image_file).convert("RGB"))
+    boxes = [(0, 0, 32, 64), (10.4, 20.2, 60, 127.5), (-5, -5, 200, 300)]  # the last one is clipped to the frame
+    crops = [Image.fromarray(rgb[0:64, 0:32]), Image.fromarray(rgb[20:128, 10:60]), Image.fromarray(rgb)]
+    feats = extractor(rgb, boxes=boxes)
+    assert feats.shape == (3, 1920)
+    for k, crop in enumerate(crops):  # batched (batch_size 4) against one at a time
+        assert np.allclose(feats[k], extractor(crop)[0], atol=1e-5), k
+    batch = torch.stack([extractor.preprocess(c) for c in crops] * 2)  # 6 images: batches of 4 and 2
+    assert np.allclose(extractor(batch), np.concatenate([feats, feats]), atol=1e-5)
+    assert extractor(rgb, boxes=[]).shape == (0, 1920)
+    no_flip = FeatureExtractor(extractor.model, 64, 32, flip=False)
+    with torch.no_grad():
+        expected = F.normalize(torch.cat(extractor.model(extractor.preprocess(crops[2])[None]), 1), dim=1)
+    assert np.allclose(no_flip(rgb), expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad,kind,message", [
+    (np.zeros((8, 8, 3), np.float32), TypeError, r"arrays must be uint8 \(H, W, 3\), got float32 \(8, 8, 3\)"),
+    (np.zeros((8, 8), np.uint8), TypeError, r"arrays must be uint8 \(H, W, 3\), got uint8 \(8, 8\)"),
+    (torch.zeros(1, 8, 8), TypeError, r"float tensors must be \(3, H, W\) or \(B, 3, H, W\), got \(1, 8, 8\)"),
+    (3.5, TypeError, "unsupported image float: give a path, a PIL image"),
+])
+def test_bad_inputs_say_what_is_accepted(extractor, bad, kind, message):
+    with pytest.raises(kind, match=message):
+        extractor(bad)
+
+
+def test_bad_boxes_and_arguments(extractor, model, image_file, tmp_path):
+    with pytest.raises(ValueError, match=r"box 1 \(70, 0, 80, 10\) holds no pixel of the 64x128 frame"):
+        extractor(image_file, boxes=[(0, 0, 10, 10), (70, 0, 80, 10)])
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 0"):
+        FeatureExtractor(model, 64, 32, batch_size=0)
+    missing = str(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match=f"cannot read image {missing}: "):
+        extractor(missing)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"cannot read image {tmp_path / 'bad.jpg'}: "):
+        extractor([image_file, str(tmp_path / "bad.jpg")])
+
+
+def test_transform_flag_that_contradicts_the_checkpoint(weights):
+    with pytest.raises(CheckpointError) as err:
+        FeatureExtractor.from_checkpoint(weights, transform="metric", device="cpu")
+    assert str(err.value) == (f"{weights} was trained with the 'reid' transforms (dataset market1501) but --transform "
+                              "metric was given; pass --transform reid or leave it out")
+
+
+def test_bare_state_dict_takes_the_arguments_or_the_default_size(model, tmp_path):
+    path = str(tmp_path / "bare.pth")
+    torch.save(model.state_dict(), path)
+    default = FeatureExtractor.from_checkpoint(path, device="cpu")
+    assert (default.img_height, default.img_width, default.family) == (256, 128, "reid")
+    given = FeatureExtractor.from_checkpoint(path, img_height=64, img_width=64, transform="metric", device="cpu")
+    assert (given.img_height, given.img_width, given.family) == (64, 64, "metric")

@@ -1,0 +1,289 @@
+"""Test-time features of a DBN: one definition for the test scripts, extract.py, search.py and export.py.
+
+Test-time feature (as the release): the five eval-mode BN embeddings concatenated (5F), summed with
+those of the horizontally flipped image, L2-normalised; similarity is the dot product. The input is
+RGB in [0, 1] after the test transform of the dataset family (datasets.transforms.build_transform),
+with no mean/std normalisation.
+
+    from utils.features import FeatureExtractor
+    extract = FeatureExtractor.from_checkpoint("params/ema.pth")
+    feats = extract(["a.jpg", "b.jpg"])              # (2, 5F) float32, L2-normalised
+    feats = extract(frame, boxes=[(10, 20, 74, 148)], bgr=True)   # crops of an OpenCV frame
+"""
+import argparse
+import numbers
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+DEFAULT_SIZE = (256, 128)  # a bare state_dict's input size when nothing else gives one (Market-1501's)
+
+
+def dbn_features(model, imgs, flip=True, normalize=True):
+    """(B, 3, H, W) float in [0, 1] -> (B, 5F) float32: the concatenated embeddings of DBN `model`
+    (eval mode), plus those of the horizontally flipped images (`flip`), L2-normalised (`normalize`)."""
+    feats = torch.cat(model(imgs), dim=1)
+    if flip:
+        feats = feats + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1)
+    feats = feats.float()
+    return F.normalize(feats, dim=1) if normalize else feats
+
+
+class FeatureHead(nn.Module):
+    """A DBN wrapped to map a (B, 3, H, W) batch in [0, 1] to its test-time features (for export)."""
+
+    def __init__(self, model, flip=True, normalize=True):
+        super().__init__()
+        self.model, self.flip, self.normalize = model, bool(flip), bool(normalize)
+
+    def forward(self, x):
+        return dbn_features(self.model, x, self.flip, self.normalize)
+
+
+def resolve_device(name):
+    """"auto" -> cuda when available, else cpu; "cuda" without CUDA is a ValueError."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA device is available; use cpu (or auto)")
+    return device
+
+
+def load_for_inference(weights, net=None, img_height=None, img_width=None, transform=None, device="cpu"):
+    """(fused eval-mode DBN on `device`, info) from a checkpoint, with info's "img_height",
+    "img_width" and "transform" filled in: the file's, else the arguments, else DEFAULT_SIZE and "reid".
+    A transform family that contradicts the file raises network.CheckpointError naming both."""
+    from datasets.transforms import FAMILIES
+    from network import DBN, CheckpointError
+
+    model, info = DBN.from_checkpoint(weights, net=net, img_height=img_height, img_width=img_width)
+    if transform is not None and info["transform"] not in (None, transform):
+        raise CheckpointError(f"{weights} was trained with the {info['transform']!r} transforms "
+                              f"(dataset {info['dataset']}) but --transform {transform} was given; "
+                              f"pass --transform {info['transform']} or leave it out")
+    family = info["transform"] or transform or "reid"
+    if family not in FAMILIES:
+        raise CheckpointError(f"{weights}: unknown transform family {family!r}; expected one of {', '.join(FAMILIES)}")
+    height = info["img_height"] or DEFAULT_SIZE[0]
+    width = info["img_width"] or DEFAULT_SIZE[1]
+    info = dict(info, img_height=height, img_width=width, transform=family)
+    return model.fuse().to(device), info
+
+
+def _is_path(obj):
+    return isinstance(obj, (str, os.PathLike))
+
+
+def _box(box, size, k):
+    """(x1, y1, x2, y2) in pixels -> integer PIL crop box clipped to the frame; ValueError when empty."""
+    if len(box) != 4 or not all(isinstance(v, numbers.Real) for v in box):
+        raise ValueError(f"box {k}: expected (x1, y1, x2, y2) numbers, got {box!r}")
+    width, height = size
+    x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x2, y2 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+    if x2 <= x1 or y2 <= y1:
+        shown = ", ".join(f"{float(v):g}" for v in box)
+        raise ValueError(f"box {k} ({shown}) holds no pixel of the {width}x{height} frame "
+                         "(boxes are x1, y1, x2, y2 with x1 < x2 and y1 < y2)")
+    return x1, y1, x2, y2
+
+
+class FeatureExtractor:
+    """Callable: images -> (N, 5F) float32 L2-normalised features (numpy), with the test scripts'
+    preprocessing (the dataset family's test transform) and flip averaging, in batches on `device`.
+
+    An image is a file path, a PIL image, a uint8 (H, W, 3) numpy array (RGB, or BGR with
+    bgr=True, as OpenCV frames come), a uint8 (3, H, W) tensor, or a float tensor (3, H, W) in
+    [0, 1]; a float (B, 3, H, W) tensor or a uint8 (B, H, W, 3) array is B images. Pass one image or
+    a list. With `boxes` [(x1, y1, x2, y2), ...] (pixels) the input is one frame and the features
+    are those of its crops, in the order of the boxes.
+    """
+
+    def __init__(self, model, img_height, img_width, transform="reid", device="cpu", batch_size=64, flip=True):
+        from datasets.transforms import build_transform
+        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.img_height, self.img_width, self.family = int(img_height), int(img_width), transform
+        self.transform = build_transform(transform, self.img_height, self.img_width, train=False)
+        self.batch_size, self.flip = int(batch_size), bool(flip)
+        self.info = {}  # what the checkpoint said (from_checkpoint fills it in)
+
+    @classmethod
+    def from_checkpoint(cls, weights, net=None, img_height=None, img_width=None, transform=None, device="auto",
+                        batch_size=64, flip=True):
+        """Build from a checkpoint (see load_for_inference): the variant, size and transform family come
+        from the file where it records them. `.info` keeps what the file said."""
+        device = resolve_device(device)
+        model, info = load_for_inference(weights, net, img_height, img_width, transform, device)
+        extractor = cls(model, info["img_height"], info["img_width"], info["transform"], device, batch_size, flip)
+        extractor.info = info
+        return extractor
+
+    @property
+    def feature_dim(self):
+        return self.model.feature_dim
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def decode(self, image, bgr=False):
+        """One image in the form datasets.image_dataset.read_image gives for a file (an RGB PIL image),
+        so the test transform treats every input kind as it treats the test scripts' files. Where
+        read_image's output type changes, the in-memory branches below must follow it."""
+        from datasets.image_dataset import DECODE_ERRORS, read_image
+        if _is_path(image):
+            try:
+                return read_image(image)
+            except DECODE_ERRORS as err:
+                raise ValueError(f"cannot read image {os.fspath(image)}: {err}") from None
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        if torch.is_tensor(image) and image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3:
+            image = image.permute(1, 2, 0).cpu().numpy()
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise TypeError(f"arrays must be uint8 (H, W, 3), got {image.dtype} {image.shape}; float images "
+                                "go in as torch tensors (3, H, W) in [0, 1]")
+            return Image.fromarray(np.ascontiguousarray(image[:, :, ::-1] if bgr else image), "RGB")
+        raise TypeError(f"unsupported image {type(image).__name__}: give a path, a PIL image, a uint8 (H, W, 3) "
+                        "array, a uint8 (3, H, W) tensor or a float (3, H, W) tensor in [0, 1]")
+
+    def preprocess(self, image, bgr=False):
+        """One image -> the model input (3, img_height, img_width) float32 in [0, 1]."""
+        if torch.is_tensor(image) and image.is_floating_point():
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise TypeError(f"float tensors must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+            return self.transform(image.float().cpu())
+        return self.transform(self.decode(image, bgr))
+
+    def _images(self, images, boxes, bgr):
+        if boxes is not None:
+            frame = self.decode(images, bgr)  # a PIL image, or read_image's (3, H, W) tensor for a file
+            size = frame.size if isinstance(frame, Image.Image) else (frame.shape[2], frame.shape[1])
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else []
+            crops = []
+            for k, box in enumerate(boxes):
+                x1, y1, x2, y2 = _box(tuple(box), size, k)
+                crops.append(frame.crop((x1, y1, x2, y2)) if isinstance(frame, Image.Image)
+                             else frame[:, y1:y2, x1:x2])
+            return crops
+        if torch.is_tensor(images) and images.ndim == 4:
+            return list(images.unbind(0))
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return list(images)
+        if isinstance(images, (list, tuple)):
+            return list(images)
+        return [images]
+
+    # -- features ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def features_of_batch(self, batch):
+        """(B, 3, H, W) preprocessed float batch -> (B, 5F) float32 features on the CPU."""
+        return dbn_features(self.model, batch.to(self.device), flip=self.flip).cpu()
+
+    def __call__(self, images, boxes=None, bgr=False):
+        items = self._images(images, boxes, bgr)
+        out = [np.zeros((0, self.feature_dim), np.float32)]
+        for start in range(0, len(items), self.batch_size):
+            batch = torch.stack([self.preprocess(img, bgr) for img in items[start:start + self.batch_size]])
+            out.append(self.features_of_batch(batch).numpy())
+        return np.concatenate(out)
+
+    def extract_paths(self, paths, num_workers=0, progress=True, desc="features"):
+        """Features of image files through a DataLoader (as the test scripts read them).
+
+        Unreadable files are left out with a warning naming them. Returns (features (N, 5F) float32,
+        index (N,) of the path behind each row).
+        """
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        from datasets.image_dataset import ImageDataset, collate_skip
+        tagged = [(path, i, 0) for i, path in enumerate(paths)]
+        loader = DataLoader(ImageDataset(tagged, self.transform), batch_size=self.batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=collate_skip, pin_memory=self.device.type == "cuda")
+        feats, index = [np.zeros((0, self.feature_dim), np.float32)], [np.zeros(0, np.int64)]
+        for imgs, labels, _, _ in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, disable=not progress):
+            if imgs.shape[0]:
+                feats.append(self.features_of_batch(imgs).numpy())
+                index.append(labels.numpy())
+        return np.concatenate(feats), np.concatenate(index)
+
+
+# --- command line (extract.py, search.py, export.py) ---------------------------------------------
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only for flags that take a value and have a meaningful default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def get_args_parser(running=True):
+    """The model flags of extract.py, search.py and export.py (a parent parser); `running` adds
+    --device, --batch-size and --num-workers (the tools that compute features)."""
+    from datasets.transforms import FAMILIES
+    parser = argparse.ArgumentParser(add_help=False)
+    g = parser.add_argument_group("model")
+    g.add_argument("--weights", required=True,
+                   help="DBN checkpoint: the file train.py writes to --save-path (it records the variant, input "
+                        "size and transform), its _last.pth, or a bare state_dict such as the release's params/ema.pth")
+    g.add_argument("--net", default=None, choices=["small", "large"],
+                   help="variant; only needed when the file does not say (the weights' shapes usually do)")
+    g.add_argument("--img-height", default=None, type=int,
+                   help=f"input height; only needed for a bare state_dict (then default {DEFAULT_SIZE[0]})")
+    g.add_argument("--img-width", default=None, type=int,
+                   help=f"input width; only needed for a bare state_dict (then default {DEFAULT_SIZE[1]})")
+    g.add_argument("--transform", default=None, choices=FAMILIES,
+                   help="test transform family (reid: resize; metric: resize +32 and centre crop; university: "
+                        "bicubic resize); only needed for a bare state_dict (then reid)")
+    g.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="features of the image alone, without adding those of its horizontal flip")
+    if not running:
+        return parser
+    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    g.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
+    g.add_argument("--num-workers", default=4, type=int, help="image decoding processes (0: in the main process)")
+    return parser
+
+
+def check_args(args, parser):
+    """Flag checks shared by the three tools; parser.error names the flag."""
+    for name in ("img_height", "img_width"):
+        value = getattr(args, name)
+        if value is not None and value < 16:
+            parser.error(f"--{name.replace('_', '-')} must be at least 16 (output stride 16), got {value}")
+    if getattr(args, "batch_size", 1) < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if getattr(args, "num_workers", 0) < 0:
+        parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if not os.path.isfile(args.weights):
+        parser.error(f"--weights {args.weights}: file not found (the file train.py wrote to --save-path, "
+                     "or the release's params/ema.pth)")
+    try:
+        resolve_device(getattr(args, "device", "cpu"))
+    except (ValueError, RuntimeError) as err:
+        parser.error(f"--device {args.device}: {err}")
+
+
+def extractor_from_args(args):
+    """FeatureExtractor of the shared flags; network.CheckpointError when the file does not fit them."""
+    return FeatureExtractor.from_checkpoint(args.weights, net=args.net, img_height=args.img_height,
+                                            img_width=args.img_width, transform=args.transform, device=args.device,
+                                            batch_size=args.batch_size, flip=args.flip)
+
+
+def describe(extractor):
+    """One line: what the features are and how the images are preprocessed."""
+    source = extractor.info.get("source", "memory")
+    return (f"model: DBN LEViT-{extractor.model.net} from {source}, input {extractor.img_height}x"
+            f"{extractor.img_width} ({extractor.family} test transform), {extractor.feature_dim}-d features"
+            f"{', flip-averaged' if extractor.flip else ''}, L2-normalised, on {extractor.device}")
