@@ -119,6 +119,9 @@ def get_args_parser(add_help=True):
                         "with a warning), none = random weights, or a path")
     g.add_argument("--std", default=0.1, type=float, help="std of the normal init of the BN layers of the head")
     g.add_argument("--drop", default=0.0, type=float, help="dropout before each classifier")
+    g.add_argument("--drop-path", default=None, type=float, metavar="RATE",
+                   help="stochastic depth rate of the backbone's last block (rising linearly from 0); default "
+                        "per --net: 0.05 small, 0.10 large (the release's large value is ambiguous, see README)")
     g.add_argument("--erasing", default=0.45, type=float,
                    help="batch-level random erasing: largest erased area fraction (0 = off)")
     g.add_argument("--freeze", default="", metavar="WORDS",
@@ -224,6 +227,10 @@ def check_args(args, parser):
         parser.error(f"--erasing is the largest erased area fraction: 0 (off) or in [0.02, 1], got {args.erasing}")
     if not 0 <= args.drop < 1:
         parser.error(f"--drop must be in [0, 1), got {args.drop}")
+    if args.drop_path is None:
+        args.drop_path = VARIANTS[args.net]["drop_path"]
+    if not 0 <= args.drop_path < 1:
+        parser.error(f"--drop-path must be in [0, 1) (0 = off), got {args.drop_path}")
     if args.std < 0:
         parser.error(f"--std must be 0 or more, got {args.std}")
     if args.num_workers < 0:
@@ -287,7 +294,7 @@ def amp_settings(args, device):
 def build_model(args, num_classes):
     pretrained = None if args.pretrained == "none" else args.pretrained
     model = DBN(num_classes=num_classes, num_parts=(1, 2), std=args.std, net=args.net, drop=args.drop,
-                erasing=args.erasing, pretrained=pretrained)
+                erasing=args.erasing, pretrained=pretrained, drop_path=args.drop_path)
     words = [w.strip() for w in args.freeze.split(",") if w.strip()]
     for name, param in model.named_parameters():
         if any(w in name for w in words):

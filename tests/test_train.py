@@ -77,6 +77,7 @@ def assert_same_state(a, b):
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--img-height", "8"], "must be at least 16"),
     (["--pretrained", "no/such/file.pth"], "--pretrained no/such/file.pth: file not found"),
+    (["--drop-path", "1"], "--drop-path must be in [0, 1) (0 = off), got 1.0"),
     (["--resume", "no/such/run_last.pth"], "--resume no/such/run_last.pth: file not found"),
 ])
 def test_invalid_flags_are_rejected_with_the_rule(capsys, argv, message):
@@ -100,6 +101,17 @@ def test_seed_is_stored_and_defaults_match_the_release():
     args = train.parse_args([])
     assert (args.net, args.img_height, args.img_width, args.batch_size, args.lr) == ("small", 256, 128, 64, 0.12)
     assert (args.epochs, args.ema_ratio, args.ema_extra, args.instance_num) == ((5, 75), 0.8, 25, 4)
+
+
+def test_drop_path_defaults_per_variant_and_reaches_the_model():
+    assert train.parse_args([]).drop_path == 0.05
+    assert train.parse_args(["--net", "large"]).drop_path == 0.10  # the backbone file's value (see README)
+    args = train.parse_args(["--net", "large", "--drop-path", "0.15"])
+    assert args.drop_path == 0.15
+    args.pretrained = "none"
+    with torch.device("meta"):
+        model = train.build_model(args, num_classes=4)
+    assert model.drop_path == 0.15 and model.branch_1.layers[-1].drop_path.p == pytest.approx(0.15)
 
 
 def test_missing_dataset_names_the_path(tmp_path):
