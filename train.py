@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from datasets import DATASET_NAMES, DatasetError, build_dataset
 from losses import ReIDLoss
-from network import DBN, VARIANTS, CheckpointError
+from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, released_path
 from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
@@ -115,8 +115,8 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("model")
     g.add_argument("--net", default="small", choices=sorted(VARIANTS), help="backbone: small (LEViT-S) or large (LEViT-L)")
     g.add_argument("--pretrained", default="auto", metavar="PATH|none|auto",
-                   help="ImageNet backbone: auto = network/<released file> if present (else random weights, "
-                        "with a warning), none = random weights, or a path")
+                   help="ImageNet backbone: auto = network/<released file> (a run stops when it is missing), "
+                        "none = random weights on purpose, or a path")
     g.add_argument("--std", default=0.1, type=float, help="std of the normal init of the BN layers of the head")
     g.add_argument("--drop", default=0.0, type=float, help="dropout before each classifier")
     g.add_argument("--drop-path", default=None, type=float, metavar="RATE",
@@ -291,8 +291,21 @@ def amp_settings(args, device):
     return use_amp, getattr(torch, name)
 
 
+def missing_pretrained(args):
+    """Why a run cannot start from the ImageNet backbone --pretrained auto names (its file is not
+    in network/), or None. A resumed run takes its weights from the checkpoint and needs no file."""
+    if args.pretrained != "auto" or args.resume or os.path.isfile(released_path(args.net)):
+        return None
+    return (f"--pretrained auto: the released ImageNet backbone of LEViT-{args.net}, {RELEASED_FILES[args.net]}, "
+            f"is not in {os.path.dirname(released_path(args.net))} (network/ of this repository). Put the file "
+            "there, or give --pretrained PATH, or --pretrained none to train from scratch on purpose (accuracy "
+            "then stays far below the README's figures)")
+
+
 def build_model(args, num_classes):
     pretrained = None if args.pretrained == "none" else args.pretrained
+    if pretrained == "auto":  # missing_pretrained() has let a run through: use the file if it is there
+        pretrained = released_path(args.net) if os.path.isfile(released_path(args.net)) else None
     model = DBN(num_classes=num_classes, num_parts=(1, 2), std=args.std, net=args.net, drop=args.drop,
                 erasing=args.erasing, pretrained=pretrained, drop_path=args.drop_path)
     words = [w.strip() for w in args.freeze.split(",") if w.strip()]
@@ -502,8 +515,13 @@ def _run(args, device, info, dp_ids):
         raise UsageError("--sync-bn synchronises BatchNorm statistics over GPUs (NCCL); PyTorch's SyncBatchNorm "
                          "does not run on the CPU. Drop --sync-bn (each process then normalises its own share "
                          "of the batch) or train on GPUs")
+    problem = missing_pretrained(args)
+    if problem and not args.dry_run:  # before any work: no silent from-scratch run
+        raise UsageError(problem)
     if main_rank:
         print("args: " + " ".join(f"{k}={_plain(v)}" for k, v in vars(args).items()), flush=True)
+        if problem:
+            print(f"dry run: a real run stops here (exit status 2): {problem}", flush=True)
     if args.demo:
         ensure_demo_data(args.dataset_root)
     dataset = build_dataset(args.dataset, args.dataset_root)

@@ -122,6 +122,62 @@ def test_missing_dataset_names_the_path(tmp_path):
     assert "bounding_box_train" in err and "Traceback" not in err
 
 
+# --- --pretrained auto ------------------------------------------------------------------------------
+
+def test_pretrained_auto_without_the_backbone_stops_before_any_work(tmp_path, monkeypatch):
+    absent = tmp_path / "network" / "released_small.pth"
+    monkeypatch.setattr(train, "released_path", lambda net: str(absent))
+    # no dataset there either: the backbone is checked first, nothing is read or written
+    args = train.parse_args(tiny(str(tmp_path / "no_data"), tmp_path / "out" / "ema.pth", "--pretrained", "auto"))
+    with pytest.raises(train.UsageError) as info:
+        train.main(args)
+    message = str(info.value)
+    assert message.startswith("--pretrained auto: the released ImageNet backbone of LEViT-small, "
+                              "stem16_dim96_ratio1_layers474_heads124_ss777_dp005_vit110.pth, is not in "
+                              f"{tmp_path / 'network'} (network/ of this repository)")
+    assert "or --pretrained none to train from scratch on purpose" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrained_auto_without_the_backbone_exits_2_naming_the_file(tmp_path):
+    from network import RELEASED_FILES, released_path
+    if os.path.isfile(released_path("small")):
+        pytest.skip("the released LEViT-S backbone is in network/")
+    code, out, err = finish(run_script(tiny(str(tmp_path), tmp_path / "ema.pth", "--pretrained", "auto")))
+    assert code == 2
+    assert f"train.py: error: --pretrained auto: the released ImageNet backbone of LEViT-small, " \
+           f"{RELEASED_FILES['small']}, is not in {os.path.dirname(released_path('small'))}" in err
+    assert "--pretrained none to train from scratch on purpose" in err and "Traceback" not in err
+    assert "args: " not in out
+
+
+def test_dry_run_reports_the_missing_backbone_and_succeeds(capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
+    assert train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--pretrained", "auto",
+                                            "--net", "large", "--dry-run"))) is None
+    out = capsys.readouterr().out.splitlines()
+    line = [x for x in out if "--pretrained auto" in x]
+    assert len(line) == 1 and line[0].startswith("dry run: a real run stops here (exit status 2): --pretrained "
+                                                 "auto: the released ImageNet backbone of LEViT-large, stem16_dim192")
+    assert f"dry run: {BATCHES} batches of 8 per epoch" in out[-1]
+
+
+def test_pretrained_auto_loads_the_backbone_and_demo_needs_none(tmp_path, monkeypatch):
+    from network import LEViT, VARIANTS
+    torch.manual_seed(1)
+    backbone = LEViT(**VARIANTS["small"]).state_dict()
+    torch.save(backbone, tmp_path / "small.pth")
+    monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
+    args = train.parse_args(["--pretrained", "auto"])
+    assert train.missing_pretrained(args) is None
+    model = train.build_model(args, num_classes=4)
+    assert torch.equal(model.layer2.layers[0].q[0].weight, backbone["stage2.layers.0.q.0.weight"])
+    demo = train.parse_args(["--demo"])  # the demo trains from scratch on purpose, as before
+    assert demo.pretrained == "none" and train.missing_pretrained(demo) is None
+    monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / "absent.pth"))
+    assert train.missing_pretrained(train.parse_args(["--net", "small"])) is not None
+
+
 def test_gpus_without_cuda_warn_once_and_use_the_cpu(capsys, data_root, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the machine has CUDA")
