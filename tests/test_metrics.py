@@ -110,6 +110,68 @@ def test_query_without_match_is_left_out_and_counted():
     assert mAP2 == mAP
 
 
+def minp_reference(distmat, q_pids, g_pids, q_camids, g_camids):
+    """fast-reid's evaluate_rank, INP part, one query at a time: after junk removal, INP =
+    (number of correct items) / (1-based rank of the hardest correct item); mean over valid queries."""
+    inps = []
+    for q in range(distmat.shape[0]):
+        order = np.argsort(distmat[q], kind="stable")
+        keep = ~((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q]))
+        raw_cmc = (g_pids[order] == q_pids[q])[keep].astype(np.int64)
+        if not raw_cmc.any():
+            continue
+        pos_max_idx = np.max(np.where(raw_cmc == 1))
+        inps.append(raw_cmc.cumsum()[pos_max_idx] / (pos_max_idx + 1.0))
+    return float(np.mean(inps)) if inps else None
+
+
+def test_minp_hand_computed():
+    # the query of test_junk_distractor_and_both_ap_rules: correct items at 0-based ranks 1 and 3 after
+    # junk removal, so the hardest sits at rank 4 (1-based) and INP = 2 / 4
+    dist = np.array([[0.1, 0.2, 0.05, 0.4, 0.3]])
+    g_pids, g_cams = np.array([2, 1, 1, 1, 0]), np.array([1, 1, 0, 2, 1])
+    cmc, mAP, mINP = evaluate_rank(dist, [1], g_pids, [0], g_cams, max_rank=5, ap="plain", return_minp=True)
+    assert mINP == 0.5 and mAP == pytest.approx((1 / 2 + 2 / 4) / 2)
+    # two more queries: id 2 (camera 0) has its single correct item first: INP 1; id 7 has none: left out.
+    # query id 1 at camera 2 sees gallery 3 as junk; its correct items, gallery 2 and 1, rank 0 and 3: INP 2 / 4
+    dist = np.vstack([dist, [[0.0, 0.5, 0.6, 0.7, 0.8]], [[0.3, 0.9, 0.1, 0.0, 0.2]], [[0.1] * 5]])
+    q_pids, q_cams = [1, 2, 1, 7], [0, 0, 2, 0]
+    got = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, return_num_invalid=True,
+                        return_minp=True)
+    assert len(got) == 4 and got[3] == 1
+    assert got[2] == pytest.approx((1 / 2 + 1 + 2 / 4) / 3, abs=1e-15)
+    assert got[2] == pytest.approx(minp_reference(dist, np.array(q_pids), g_pids, np.array(q_cams), g_cams))
+    # the default return values are unchanged
+    assert len(evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)) == 2
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_minp_random_against_reference(ties):
+    rng = np.random.default_rng(20 + ties)
+    checked = 0
+    for _ in range(60):
+        dist, qp, gp, qc, gc = random_case(rng, ties)
+        expected = minp_reference(dist, qp, gp, qc, gc)
+        if expected is None:
+            continue
+        for ap in ("trapezoid", "plain"):
+            cmc, mAP, mINP, left_out = evaluate_rank(dist, qp, gp, qc, gc, ap=ap, return_minp=True,
+                                                     return_num_invalid=True)
+            assert mINP == pytest.approx(expected, rel=1e-12, abs=1e-15)
+            check((cmc, mAP, left_out), evaluate_rank(dist, qp, gp, qc, gc, ap=ap, return_num_invalid=True))
+        blocks = [dist[s:s + 7] for s in range(0, len(dist), 7)]
+        assert evaluate_rank_blocks(blocks, qp, gp, qc, gc, return_minp=True)[2] == pytest.approx(expected, rel=1e-12)
+        checked += 1
+    assert checked > 30
+    # a large gallery: several ranking steps and the binned path
+    Q, G = 64, 40000
+    qp, gp = rng.integers(0, 300, Q), rng.integers(0, 300, G)
+    qc, gc = rng.integers(0, 6, Q), rng.integers(0, 6, G)
+    dist = np.round(rng.standard_normal((Q, G)), 3).astype(np.float32)
+    assert evaluate_rank(dist, qp, gp, qc, gc, return_minp=True)[2] == pytest.approx(
+        minp_reference(dist, qp, gp, qc, gc), rel=1e-12)
+
+
 def test_single_gallery_item_and_long_cmc():
     cmc, mAP = evaluate_rank(np.array([[1.0], [2.0]]), [3, 3], [3], [0, 1], [2], max_rank=10)
     assert cmc.shape == (10,) and (cmc == 1).all() and mAP == 1.0
@@ -161,11 +223,21 @@ def test_large_gallery_against_reference():
 
 # ---------------------------------------------------------------- feature path
 
+def unit_rows(rng, n, d=6):
+    """(n, d) float32 rows of norm exactly 1: four entries +-0.5 or one entry +-1. Every dot product
+    is a multiple of 1/4, computed exactly in any order, and normalising them changes nothing: many ties."""
+    f = np.zeros((n, d), dtype=np.float32)
+    for row in f:
+        if rng.random() < 0.7:
+            row[rng.choice(d, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        else:
+            row[rng.integers(d)] = rng.choice([-1.0, 1.0])
+    return f
+
+
 def test_features_equal_matrix_path():
     rng = np.random.default_rng(3)
-    # small integers: every dot product is exact, so any product order gives the same distances; many ties
-    qf = rng.integers(-2, 3, (37, 6)).astype(np.float32)
-    gf = rng.integers(-2, 3, (301, 6)).astype(np.float32)
+    qf, gf = unit_rows(rng, 37), unit_rows(rng, 301)
     gf[50:60] = gf[40:50]  # duplicated gallery rows
     qp, gp = rng.integers(0, 20, 37), rng.integers(0, 20, 301)
     qc, gc = rng.integers(0, 3, 37), rng.integers(0, 3, 301)
@@ -178,6 +250,8 @@ def test_features_equal_matrix_path():
                                          return_num_invalid=True)
             np.testing.assert_array_equal(got[0], expected[0])
             assert got[1:] == expected[1:]
+            minp = evaluate_rank_features(qf, gf, qp, gp, qc, gc, ap=ap, block=block, return_minp=True)[2]
+            assert minp == pytest.approx(minp_reference(-(qf @ gf.T), qp, gp, qc, gc), rel=1e-12)
     blocks = (-(qf[s:s + 10] @ gf.T) for s in range(0, 37, 10))
     got = evaluate_rank_blocks(blocks, qp, gp, qc, gc, return_num_invalid=True)
     expected = evaluate_rank(-(qf @ gf.T), qp, gp, qc, gc, return_num_invalid=True)
@@ -203,8 +277,41 @@ def test_errors(kwargs, message):
         evaluate_rank(**args)
 
 
+def test_features_are_normalised_inside():
+    """Raw features rank by cosine similarity: rows scaled by powers of two (so that normalising
+    recovers the unit rows exactly) give the numbers of the unit rows, not of their dot products."""
+    rng = np.random.default_rng(8)
+    qf, gf = unit_rows(rng, 40), unit_rows(rng, 200)
+    qp, gp = rng.integers(0, 10, 40), rng.integers(0, 10, 200)
+    qc, gc = rng.integers(0, 3, 40), rng.integers(0, 3, 200)
+    scale = 2.0 ** rng.integers(-3, 4, (200, 1))
+    raw_q, raw_g = qf * 2.0 ** rng.integers(-3, 4, (40, 1)), (gf * scale).astype(np.float32)
+    expected = evaluate_rank(-(qf @ gf.T), qp, gp, qc, gc, return_num_invalid=True, return_minp=True)
+    got = evaluate_rank_features(raw_q, raw_g, qp, gp, qc, gc, return_num_invalid=True, return_minp=True)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1:] == expected[1:]
+    dot = evaluate_rank(-(raw_q @ raw_g.T), qp, gp, qc, gc, return_num_invalid=True, return_minp=True)
+    assert dot[1] != expected[1]  # the raw dot product ranks differently: what the old code returned
+    labels = np.concatenate([qp, gp])
+    f = np.concatenate([qf, gf])
+    raw = np.concatenate([raw_q, raw_g])
+    assert recall_at_k(raw, labels) == recall_at_k(f, labels) == recall_reference(f, labels, (1, 2, 4, 8))
+    assert recall_reference(raw, labels, (1, 2, 4, 8)) != recall_at_k(f, labels)
+    # integer features are read as floats and normalised too
+    np.testing.assert_array_equal(evaluate_rank_features((qf * 2).astype(np.int64), raw_g, qp, gp, qc, gc)[0],
+                                  expected[0])
+
+
 def test_feature_errors():
     f = np.eye(3, dtype=np.float32)
+    zero = np.eye(3, dtype=np.float32)
+    zero[1] = 0
+    with pytest.raises(ValueError, match="gf row 1 is all zeros: its cosine similarity to anything is undefined"):
+        evaluate_rank_features(f, zero, [0] * 3, [0] * 3, [0] * 3, [1] * 3)
+    with pytest.raises(ValueError, match="qf row 1 is all zeros"):
+        evaluate_rank_features(zero, f, [0] * 3, [0] * 3, [0] * 3, [1] * 3)
+    with pytest.raises(ValueError, match="features row 1 is all zeros"):
+        recall_at_k(zero, [0, 1, 0])
     with pytest.raises(ValueError, match="same feature length"):
         evaluate_rank_features(f, np.eye(4, dtype=np.float32), [0] * 3, [0] * 4, [0] * 3, [1] * 4)
     with pytest.raises(ValueError, match="block must be a positive integer"):
@@ -240,7 +347,7 @@ def test_recall_with_duplicates():
 
 def test_recall_random_against_reference():
     rng = np.random.default_rng(4)
-    f = rng.integers(-2, 3, (120, 5)).astype(np.float32)  # exact products with ties
+    f = unit_rows(rng, 120, 5)  # exact products with ties
     f[60:70] = f[0:10]
     labels = rng.integers(0, 8, 120)
     for block in (None, 7):

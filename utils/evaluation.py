@@ -6,8 +6,8 @@ summed with those of the horizontally flipped image, L2-normalised; similarity i
 Protocols (see the dataset table in the README):
 - ReID (market1501, dukemtmc, msmt17, veri776, npdetected, nplabeled): query vs gallery, same id
   and same camera removed as junk; CMC top1/top5/top10 and mAP (trapezoid AP by default, the
-  release's; `--ap plain` for torchreid's). Queries with no correct gallery item are left out
-  and counted.
+  release's; `--ap plain` for torchreid's), and fast-reid's mINP on its own line above the
+  result line. Queries with no correct gallery item are left out and counted.
 - vehicleid: one random image per id is the gallery, the rest are queries, for `--trials`
   seeded splits (seeds 0..trials-1) of test_list_<--test-size>; the mean is reported, the
   spread (std, min, max) on the line above.
@@ -45,6 +45,7 @@ IMAGE_SIZE = {
     "university1652": (384, 384),
 }
 RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
+MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the line above RANK_LINE
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
 
 
@@ -155,7 +156,7 @@ def _item_features(model, items, dataset, args, device, view=None, desc="feature
 
 
 def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=()):
-    """top1/top5/top10/mAP of L2-normalised query and gallery features, query block by query block.
+    """top1/top5/top10/mAP/mINP of L2-normalised query and gallery features, query block by query block.
 
     With `--rerank`, the k-reciprocal distances are streamed block by block from utils.rerank into
     utils.metrics (never the full query x gallery matrix). Returns (metrics, distance rows of the
@@ -178,15 +179,15 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
                 start += len(block)
                 yield block
 
-        cmc, mAP, left_out = evaluate_rank_blocks(blocks(), q_pids, g_pids, q_camids, g_camids, ap=ap,
-                                                  return_num_invalid=True)
+        cmc, mAP, mINP, left_out = evaluate_rank_blocks(blocks(), q_pids, g_pids, q_camids, g_camids, ap=ap,
+                                                        return_num_invalid=True, return_minp=True)
         rows = np.stack([kept[r] for r in keep_rows.tolist()]) if len(keep_rows) else None
     else:
-        cmc, mAP, left_out = evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, ap=ap,
-                                                    return_num_invalid=True)
+        cmc, mAP, mINP, left_out = evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, ap=ap,
+                                                          return_num_invalid=True, return_minp=True)
         rows = -(qf[torch.from_numpy(keep_rows)] @ gf.T).double().numpy() if len(keep_rows) else None
     metrics = {"top1": float(cmc[0]), "top5": float(cmc[4]), "top10": float(cmc[9]),
-               "mAP": float(mAP), "num_query": len(q_pids), "num_gallery": len(g_pids), "left_out": int(left_out)}
+               "mAP": float(mAP), "mINP": float(mINP), "num_query": len(q_pids), "num_gallery": len(g_pids), "left_out": int(left_out)}
     return metrics, rows
 
 
@@ -242,6 +243,7 @@ def _evaluate_vehicleid(model, dataset, args, device):
         f"{k} std:{s:f} min:{lo:f} max:{hi:f}"
         for k, s, lo, hi in zip(keys, table.std(0), table.min(0), table.max(0))))
     mean = dict(zip(keys, table.mean(0).tolist()))
+    mean["mINP"] = float(np.mean([m["mINP"] for m in results]))
     mean.update(num_query=results[0]["num_query"], num_gallery=results[0]["num_gallery"],
                 left_out=results[0]["left_out"], trials=results)
     return mean
@@ -294,6 +296,7 @@ def evaluate(model, dataset, args):
         model.train(was_training)
     print(f"queries without a correct gallery item (left out of CMC and mAP): "
           f"{metrics['left_out']} of {metrics['num_query']}")
+    print(MINP_LINE.format(**metrics))
     return metrics, RANK_LINE.format(**metrics)
 
 
