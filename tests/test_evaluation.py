@@ -196,6 +196,26 @@ def test_vis_writes_rank_list_pictures(capsys, weights, data_root, tmp_path, mon
     assert RANK_RE.match(lines[-1])
 
 
+def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch):
+    from datasets import build_dataset
+    from utils import metrics
+    calls = []
+    real = metrics.kmeans
+    monkeypatch.setattr(metrics, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
+    data = build_dataset("car196", data_root)
+    results = {}
+    for method in (None, "kmeans++"):
+        args = argparse.Namespace(img_height=64, img_width=32, batch_size=16, num_workers=0)
+        if method:
+            args.kmeans = method
+        results[method], _ = evaluation.evaluate(random_dbn(), data, args)
+    classes = len({item[1] for item in data.test})
+    assert calls == [(len(data.test), classes, {"seed": 1234, "method": "release"}),
+                     (len(data.test), classes, {"seed": 1234, "method": "kmeans++"})]
+    assert evaluation.get_args_parser().parse_args(["--kmeans", "kmeans++"]).kmeans == "kmeans++"
+    assert all(0 <= r["NMI"] <= 1 for r in results.values())
+
+
 def test_evaluate_accepts_other_args_and_restores_train_mode(capsys, data_root):
     from datasets import build_dataset
     model = random_dbn().train()

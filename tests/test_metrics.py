@@ -5,6 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
+from utils import metrics
 from utils.metrics import (evaluate_rank, evaluate_rank_blocks, evaluate_rank_features, kmeans,
                            normalized_mutual_info, recall_at_k)
 
@@ -371,20 +372,91 @@ def test_nmi_equals_sklearn():
         normalized_mutual_info([0, 1], [0])
 
 
-def test_kmeans_deterministic_and_finds_clusters():
+def test_kmeans_plus_plus_deterministic_and_finds_clusters():
     rng = np.random.default_rng(6)
     centres = 10 * rng.standard_normal((8, 16))
     truth = np.repeat(np.arange(8), 25)
     x = (centres[truth] + rng.standard_normal((200, 16))).astype(np.float32)
-    a = kmeans(x, 8, seed=0)
+    a = kmeans(x, 8, seed=0, method="kmeans++")
     assert a.dtype == np.int64 and a.shape == (200,)
-    np.testing.assert_array_equal(a, kmeans(torch.from_numpy(x), 8, seed=0))
+    np.testing.assert_array_equal(a, kmeans(torch.from_numpy(x), 8, seed=0, method="kmeans++"))
     assert normalized_mutual_info(truth, a) == pytest.approx(1.0)
     # a harder case: the result depends on the seed only, and is a proper partition into k clusters
     y = rng.standard_normal((300, 4)).astype(np.float32)
-    runs = [kmeans(y, 12, seed=s) for s in (1, 1, 2)]
+    runs = [kmeans(y, 12, seed=s, method="kmeans++") for s in (1, 1, 2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
     assert len(np.unique(runs[0])) == 12
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 300\]"):
         kmeans(y, 301)
+    with pytest.raises(ValueError, match=r"method must be one of \('release', 'kmeans\+\+'\), got 'faiss'"):
+        kmeans(y, 3, method="faiss")
+    with pytest.raises(ValueError, match="max_iter must be a non-negative integer or None, got -1"):
+        kmeans(y, 3, max_iter=-1)
+
+
+def clustered(seed, k=40, d=64):
+    """L2-normalised features of k classes of 5..119 images, some classes tight: random initial
+    points often fall two to a class, so the release's k-means meets empty clusters."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(5, 120, k)
+    centres = rng.standard_normal((k, d)) * np.where(rng.random(k) < 0.3, 0.3, 1.0)[:, None]
+    truth = np.repeat(np.arange(k), sizes)
+    x = centres[truth] + 0.25 * rng.standard_normal((len(truth), d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def test_release_kmeans_initial_points_are_faiss_draws():
+    # faiss 1.15.1, Kmeans(16, 10, niter=0, seed=1234) on 500 points keeps these rows as its centroids
+    # (rand_perm with seed 1235: std::mt19937, i + mt() % (n - i))
+    assert metrics._faiss_initial_points(500, 10, 1235) == [83, 148, 278, 240, 279, 82, 483, 347, 385, 313]
+    assert metrics._faiss_initial_points(500, 4, 2) == [348, 17, 499, 75]  # seed 1 -> 2
+    assert sorted(metrics._faiss_initial_points(6, 6, 9)) == list(range(6))  # distinct points
+
+
+def lloyd_reference(x, k, start, iterations):
+    """Plain Lloyd in float64 from the rows `start`: exactly `iterations` updates, then nearest centroid."""
+    x = x.astype(np.float64)
+    c = x[start]
+    for _ in range(iterations):
+        labels = ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+        assert len(np.unique(labels)) == k  # this reference has no empty-cluster rule
+        c = np.stack([x[labels == j].mean(0) for j in range(k)])
+    return ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+
+
+def test_release_kmeans_is_20_lloyd_iterations_from_random_points():
+    rng = np.random.default_rng(7)
+    centres = 3 * rng.standard_normal((6, 8))
+    x = (centres[np.repeat(np.arange(6), 40)] + rng.standard_normal((240, 8))).astype(np.float32)
+    start = metrics._faiss_initial_points(240, 6, 1235)
+    np.testing.assert_array_equal(kmeans(x, 6), lloyd_reference(x, 6, start, 20))  # the defaults: seed 1234
+    np.testing.assert_array_equal(kmeans(x, 6, seed=1234, method="release"), kmeans(x, 6))
+    # no convergence test: a fixed number of iterations (0 = nearest initial point)
+    for iterations in (0, 1, 3):
+        np.testing.assert_array_equal(kmeans(x, 6, max_iter=iterations), lloyd_reference(x, 6, start, iterations))
+    assert not np.array_equal(kmeans(x, 6, max_iter=0), kmeans(x, 6))
+
+
+def test_release_kmeans_equals_faiss(monkeypatch):
+    """The oracle (dev-only): faiss.Kmeans(d, k, niter=20, seed=s), no subsampling, then each point
+    to its nearest centroid. Empty clusters occur and are split as faiss splits them."""
+    faiss = pytest.importorskip("faiss")
+    x, truth = clustered(3)
+    k = int(truth.max()) + 1
+    splits = []
+    split = metrics._split_empty_clusters
+    monkeypatch.setattr(metrics, "_split_empty_clusters",
+                        lambda c, counts, n: splits.append(int((counts == 0).sum())) or split(c, counts, n))
+    ours, theirs = [], []
+    for seed in (1234, 0, 1, 2, 3):
+        km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, max_points_per_centroid=10 ** 7)
+        km.train(x)
+        expected = km.index.search(x, 1)[1][:, 0]
+        got = kmeans(x, k, seed=seed)
+        assert (got == expected).mean() == 1.0, seed
+        ours.append(normalized_mutual_info(truth, got))
+        theirs.append(normalized_mutual_info(truth, expected))
+    assert sum(splits) >= 5  # the empty-cluster rule ran
+    assert abs(np.mean(ours) - np.mean(theirs)) < 0.01
+    assert np.std(theirs) > 0.003  # the seed matters: the NMI is the seeded procedure's, not k-means' optimum
