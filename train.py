@@ -560,7 +560,8 @@ def _run(args, device, info, dp_ids):
     # float16 needs loss scaling (its gradients underflow), bfloat16 has float32's range
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-    criterion = ReIDLoss(normalize=args.norm)
+    # under torchrun the triplets are mined over the global batch, as DataParallel's loss does
+    criterion = ReIDLoss(normalize=args.norm, global_triplet=info.distributed)
     train_set = SeededDataset(build_train_set(dataset, args))
 
     epochs_total, start_avg = total + args.ema_extra, averaging_start(total, args.ema_ratio)
