@@ -613,9 +613,7 @@ def _run(args, device, info, dp_ids):
 
     # BatchNorm statistics of the averaged weights: one pass over the training data (as the release)
     loader = build_loader(train_set, sampler, args, epochs_total, info, device)
-    with autocast:
-        update_bn((batch for batch in loader if batch[0].shape[0]), averaged.module, device=device)
-    du.average_bn_statistics(averaged.module)
+    recompute_bn(averaged.module, loader, device, dp_ids, autocast)
     if main_rank:
         atomic_save(averaged.module.state_dict(), args.save_path)
         print(f"saved the average of {int(averaged.n_averaged)} epochs' weights ({start_avg}..{epochs_total}) "
@@ -626,9 +624,27 @@ def _run(args, device, info, dp_ids):
     return final_evaluation(averaged.module, untrained, dataset, args, device)
 
 
+def recompute_bn(model, loader, device, dp_ids, autocast):
+    """BatchNorm statistics of `model` (the averaged weights) from one pass of `loader` in train mode,
+    with a cumulative average (torch.optim.swa_utils.update_bn), as the release.
+
+    With several --gpus (`dp_ids`) the pass runs through DataParallel, as the release's does: every
+    batch is split over the GPUs and only the replica on the first GPU shares the model's buffers
+    (the others update copies that are dropped), so the statistics are those of GPU 0's share of
+    each batch. Under torchrun each process passes its own share and the statistics are then
+    averaged over the processes.
+    """
+    bn_model = nn.DataParallel(model, device_ids=dp_ids) if dp_ids else model
+    with autocast:
+        update_bn((batch for batch in loader if batch[0].shape[0]), bn_model, device=device)
+    du.average_bn_statistics(model)
+
+
 def final_evaluation(model, untrained, dataset, args, device):
-    from utils.evaluation import evaluate
+    from utils.evaluation import MINP_LINE, evaluate
     metrics, line = evaluate(model.eval(), dataset, args)
+    if "mINP" in metrics:  # the trained model's, before the comparison with the untrained one
+        print(MINP_LINE.format(**metrics))
     if untrained is not None:
         base, _ = evaluate(untrained.to(device).eval(), dataset, args)
         print(f"untrained (random init) mAP:{base['mAP']:f} top1:{base['top1']:f} | "

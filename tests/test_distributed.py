@@ -144,7 +144,7 @@ def test_torchrun_trains_averages_and_writes_an_evaluable_checkpoint(ddp_run, da
 def test_only_rank_0_prints(ddp_run):
     _, out, err = ddp_run
     for start in ("args: ", "train: 8 identities, 128 images", "model: DBN LEViT-small", "saved the average",
-                  "top1:"):
+                  "mINP:", "top1:"):
         assert sum(line.startswith(start) for line in out.splitlines()) == 1, start
     assert bars_started(err, "epoch 1/2") == 1 and bars_started(err, "epoch 2/2") == 1
     assert bars_started(err, "query") == 1  # the final evaluation runs on rank 0 only

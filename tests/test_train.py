@@ -284,6 +284,61 @@ def test_resume_refuses_a_changed_recipe(reference_run, capsys):
         train.main(args)
 
 
+# --- BatchNorm pass after averaging -------------------------------------------------------------
+
+class FakeDataParallel(torch.nn.Module):
+    """What DataParallel does to BatchNorm buffers on GPUs (not reproducible on the CPU, where
+    torch's DataParallel just calls the module): the batch is split over `device_ids`, the replica on
+    the first device shares the module's buffers, the other replicas update copies that are dropped."""
+    calls = []
+
+    def __init__(self, module, device_ids):
+        super().__init__()
+        self.module, self.device_ids = module, list(device_ids)
+
+    def forward(self, x):
+        import copy
+        FakeDataParallel.calls.append((len(x), self.device_ids))
+        chunks = x.chunk(len(self.device_ids))
+        outputs = [self.module(chunks[0])] + [copy.deepcopy(self.module)(c) for c in chunks[1:]]
+        return outputs[0]
+
+
+def bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2))
+
+
+def test_bn_pass_with_several_gpus_runs_through_dataparallel(monkeypatch):
+    import contextlib
+    from torch.optim.swa_utils import update_bn
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(8, 3, 4, 2, generator=g) * (i + 1), torch.zeros(8), torch.zeros(8), 0) for i in range(3)]
+    batches.insert(1, (torch.zeros(0, 3, 4, 2), torch.zeros(0), torch.zeros(0), 8))  # all unreadable: skipped
+    monkeypatch.setattr(train.nn, "DataParallel", FakeDataParallel)
+    FakeDataParallel.calls = []
+    model = bn_net()
+    train.recompute_bn(model, batches, torch.device("cpu"), [0, 1], contextlib.nullcontext())
+    assert FakeDataParallel.calls == [(8, [0, 1])] * 3  # update_bn ran the DataParallel-wrapped model
+    first_halves = bn_net()
+    update_bn([b[0][:4] for b in batches if len(b[0])], first_halves)  # GPU 0's share of every batch
+    whole = bn_net()
+    update_bn([b[0] for b in batches if len(b[0])], whole)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value.float(), first_halves.state_dict()[name].float(), rtol=1e-6, atol=1e-7), name
+    assert not torch.allclose(model[1].running_var, whole[1].running_var)
+    assert int(model[1].num_batches_tracked) == 3 and model.training
+
+    # one GPU, the CPU, or torchrun (dp_ids None): the model itself sees the whole of every batch
+    FakeDataParallel.calls = []
+    single = bn_net()
+    train.recompute_bn(single, batches, torch.device("cpu"), None, contextlib.nullcontext())
+    assert FakeDataParallel.calls == []
+    for name, value in single.state_dict().items():
+        assert torch.equal(value, whole.state_dict()[name]), name
+
+
 # --- failures during training -----------------------------------------------------------------
 
 class NaNAfter(train.ReIDLoss):

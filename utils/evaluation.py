@@ -301,7 +301,6 @@ def evaluate(model, dataset, args):
         model.train(was_training)
     print(f"queries without a correct gallery item (left out of CMC and mAP): "
           f"{metrics['left_out']} of {metrics['num_query']}")
-    print(MINP_LINE.format(**metrics))
     return metrics, RANK_LINE.format(**metrics)
 
 
@@ -350,7 +349,8 @@ def _device(name, parser):
 
 
 def main(dataset, argv=None):
-    """Entry point of test_<dataset>.py: parse argv, load --weights, evaluate, print the result line last.
+    """Entry point of test_<dataset>.py: parse argv, load --weights, evaluate, print the result line last
+    (the ranking datasets' mINP line just above it).
 
     A missing or malformed dataset or checkpoint prints the reason to stderr and exits with status 2.
     Returns the metrics dict.
@@ -386,5 +386,7 @@ def main(dataset, argv=None):
         sys.exit(2)
     print(data.summary())
     metrics, line = evaluate(model, data, args)
+    if "mINP" in metrics:
+        print(MINP_LINE.format(**metrics))
     print(line)
     return metrics
