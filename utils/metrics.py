@@ -369,11 +369,12 @@ _SPLIT_EPS = 1 / 1024  # faiss's perturbation of a split centroid
 
 
 def _mt19937(seed):
-    """Raw 32-bit outputs of std::mt19937(seed), as faiss's RandomGenerator draws them (numpy's
-    legacy seeding of MT19937 from an integer is the same init_genrand)."""
-    bits = np.random.RandomState(int(seed) & 0xFFFFFFFF)._bit_generator
+    """Raw 32-bit outputs of std::mt19937(seed), as faiss's RandomGenerator draws them: numpy's
+    RandomState seeds its MT19937 from an integer with the same init_genrand, and its full-range
+    uint32 draws are the generator's outputs unchanged."""
+    state = np.random.RandomState(int(seed) & 0xFFFFFFFF)
     while True:
-        yield from bits.random_raw(64).tolist()
+        yield from state.randint(0, 2 ** 32, size=64, dtype=np.uint32).tolist()
 
 
 def _faiss_initial_points(n, k, seed):
