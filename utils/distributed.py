@@ -7,6 +7,7 @@ rank 0 of a world of 1, and the collectives do nothing.
 """
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -114,7 +115,11 @@ def all_gather_batch(features, labels):
     dist.all_gather(sizes, size)
     sizes = [int(n) for n in sizes]
     pad = max(sizes) - features.shape[0]
-    gathered = dist_nn.all_gather(F.pad(features, (0, 0, 0, pad)))
+    with warnings.catch_warnings():
+        # torch marks this autograd-aware gather deprecated in favour of a private module's; it is
+        # still the public one, and its FutureWarning would land in the middle of the progress bar
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = dist_nn.all_gather(F.pad(features, (0, 0, 0, pad)))
     label_list = [torch.empty(max(sizes), dtype=labels.dtype, device=labels.device) for _ in range(world)]
     dist.all_gather(label_list, F.pad(labels, (0, pad)))
     return (torch.cat([f[:n] for f, n in zip(gathered, sizes)]),
