@@ -10,11 +10,11 @@ Protocols (see the dataset table in the README):
   result line. Queries with no correct gallery item are left out and counted.
 - vehicleid: one random image per id is the gallery, the rest are queries, for `--trials`
   seeded splits (seeds 0..trials-1) of test_list_<--test-size>; the mean is reported, the
-  spread (std, min, max) on the line above.
+  spread (std, min, max) on an earlier line.
 - car196, cub200: Recall@1,2,4,8 over the test set (each image's own entry excluded) and NMI
   of a k-means with one cluster per test class: `--kmeans release` (default) is the release's
   faiss k-means (seed 1234, 20 iterations, random initial points), `--kmeans kmeans++` a
-  k-means++ run to convergence (higher NMI, not comparable with the release's).
+  k-means++ run to convergence (usually a higher NMI, not comparable with the release's).
 - university1652: `--direction` satellite2drone (default; the release's numbers) or
   drone2satellite; Recall@1 (= top1), top5, top10 and AP.
 
@@ -95,7 +95,8 @@ def get_args_parser(add_help=False):
     parser.add_argument("--trials", default=10, type=int, help="vehicleid: number of seeded gallery draws")
     parser.add_argument("--kmeans", default="release", choices=["release", "kmeans++"],
                         help="car196/cub200: the k-means behind NMI: release (faiss's, seed 1234, 20 iterations; "
-                             "the release's numbers) or kmeans++ (run to convergence; higher, not comparable)")
+                             "the release's numbers) or kmeans++ (run to convergence; usually higher, "
+                             "not comparable)")
     parser.add_argument("--direction", default="satellite2drone", choices=["satellite2drone", "drone2satellite"],
                         help="university1652: query view -> gallery view")
     return parser
@@ -192,7 +193,8 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
                                                           return_num_invalid=True, return_minp=True)
         rows = -(qf[torch.from_numpy(keep_rows)] @ gf.T).double().numpy() if len(keep_rows) else None
     metrics = {"top1": float(cmc[0]), "top5": float(cmc[4]), "top10": float(cmc[9]),
-               "mAP": float(mAP), "mINP": float(mINP), "num_query": len(q_pids), "num_gallery": len(g_pids), "left_out": int(left_out)}
+               "mAP": float(mAP), "mINP": float(mINP), "num_query": len(q_pids), "num_gallery": len(g_pids),
+               "left_out": int(left_out)}
     return metrics, rows
 
 

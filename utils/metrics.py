@@ -493,9 +493,9 @@ def kmeans(features, k, seed=1234, method="release", max_iter=None):
     `faiss.Kmeans(D, k, niter=20, seed=seed)` followed by `index.search(x, 1)`, up to float
     rounding of the distances.
     method "kmeans++": greedy k-means++ initialisation as scikit-learn's, then Lloyd iterations
-    until no assignment changes (at most `max_iter`, default 300). It reaches a better optimum,
-    and its NMI is several points higher on the same features: not comparable with the release's.
-    Deterministic for a given seed, input and thread count. Computes in float32.
+    until no assignment changes (at most `max_iter`, default 300). It usually reaches a better
+    optimum and a higher NMI on the same features, so its NMI is not comparable with the release's.
+    Deterministic for a given seed, input and thread count. Computes in float32 on the CPU.
     """
     if method not in KMEANS_METHODS:
         raise ValueError(f"method must be one of {KMEANS_METHODS}, got {method!r}")
@@ -508,7 +508,7 @@ def kmeans(features, k, seed=1234, method="release", max_iter=None):
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer))
                                  or max_iter < 0):
         raise ValueError(f"max_iter must be a non-negative integer or None, got {max_iter!r}")
-    x = x.float().contiguous()
+    x = x.float().cpu().contiguous()
     if method == "release":
         labels = _kmeans_release(x, int(k), seed, 20 if max_iter is None else int(max_iter))
     else:
