@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from datasets import DATASET_NAMES, DatasetError, build_dataset
 from losses import ReIDLoss
-from network import DBN, VARIANTS, CheckpointError
+from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, released_path
 from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
@@ -116,12 +116,15 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("model")
     g.add_argument("--net", default="small", choices=sorted(VARIANTS), help="backbone: small (LEViT-S) or large (LEViT-L)")
     g.add_argument("--pretrained", default="auto", metavar="PATH|none|auto",
-                   help="ImageNet backbone: auto = network/<released file> if present (else random weights, "
-                        "with a warning), none = random weights, or a path")
+                   help="ImageNet backbone: auto = network/<released file> (a run stops when it is missing), "
+                        "none = random weights on purpose, or a path")
     g.add_argument("--std", default=0.1, type=float, help="std of the normal init of the BN layers of the head")
     g.add_argument("--drop", default=0.0, type=float,
                    help="BatchDrop: zero a square of this fraction of every training image's area around a "
                         "random centre (the release's; replaces --erasing when > 0)")
+    g.add_argument("--drop-path", default=None, type=float, metavar="RATE",
+                   help="stochastic depth rate of the backbone's last block (rising linearly from 0); default "
+                        "per --net: 0.05 small, 0.10 large (the release's large value is ambiguous, see README)")
     g.add_argument("--erasing", default=0.45, type=float,
                    help="batch-level random erasing: with probability 0.5 per training image, zero a rectangle "
                         "of up to this fraction of its area (0 = off)")
@@ -229,6 +232,10 @@ def check_args(args, parser):
         parser.error(f"--erasing is the largest erased area fraction: 0 (off) or in [0.02, 1], got {args.erasing}")
     if not 0 <= args.drop < 1:
         parser.error(f"--drop must be in [0, 1), got {args.drop}")
+    if args.drop_path is None:
+        args.drop_path = VARIANTS[args.net]["drop_path"]
+    if not 0 <= args.drop_path < 1:
+        parser.error(f"--drop-path must be in [0, 1) (0 = off), got {args.drop_path}")
     if args.std < 0:
         parser.error(f"--std must be 0 or more, got {args.std}")
     if args.num_workers < 0:
@@ -289,10 +296,23 @@ def amp_settings(args, device):
     return use_amp, getattr(torch, name)
 
 
+def missing_pretrained(args):
+    """Why a run cannot start from the ImageNet backbone --pretrained auto names (its file is not
+    in network/), or None. A resumed run takes its weights from the checkpoint and needs no file."""
+    if args.pretrained != "auto" or args.resume or os.path.isfile(released_path(args.net)):
+        return None
+    return (f"--pretrained auto: the released ImageNet backbone of LEViT-{args.net}, {RELEASED_FILES[args.net]}, "
+            f"is not in {os.path.dirname(released_path(args.net))} (network/ of this repository). Put the file "
+            "there, or give --pretrained PATH, or --pretrained none to train from scratch on purpose (accuracy "
+            "then stays far below the README's figures)")
+
+
 def build_model(args, num_classes):
     pretrained = None if args.pretrained == "none" else args.pretrained
+    if pretrained == "auto":  # missing_pretrained() has let a run through: use the file if it is there
+        pretrained = released_path(args.net) if os.path.isfile(released_path(args.net)) else None
     model = DBN(num_classes=num_classes, num_parts=(1, 2), std=args.std, net=args.net, drop=args.drop,
-                erasing=args.erasing, pretrained=pretrained)
+                erasing=args.erasing, pretrained=pretrained, drop_path=args.drop_path)
     words = [w.strip() for w in args.freeze.split(",") if w.strip()]
     for name, param in model.named_parameters():
         if any(w in name for w in words):
@@ -500,8 +520,13 @@ def _run(args, device, info, dp_ids):
         raise UsageError("--sync-bn synchronises BatchNorm statistics over GPUs (NCCL); PyTorch's SyncBatchNorm "
                          "does not run on the CPU. Drop --sync-bn (each process then normalises its own share "
                          "of the batch) or train on GPUs")
+    problem = missing_pretrained(args)
+    if problem and not args.dry_run:  # before any work: no silent from-scratch run
+        raise UsageError(problem)
     if main_rank:
         print("args: " + " ".join(f"{k}={_plain(v)}" for k, v in vars(args).items()), flush=True)
+        if problem:
+            print(f"dry run: a real run stops here (exit status 2): {problem}", flush=True)
     if args.demo:
         ensure_demo_data(args.dataset_root)
     dataset = build_dataset(args.dataset, args.dataset_root)
@@ -544,7 +569,8 @@ def _run(args, device, info, dp_ids):
     # float16 needs loss scaling (its gradients underflow), bfloat16 has float32's range
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-    criterion = ReIDLoss(normalize=args.norm)
+    # under torchrun the triplets are mined over the global batch, as DataParallel's loss does
+    criterion = ReIDLoss(normalize=args.norm, global_triplet=info.distributed)
     train_set = SeededDataset(build_train_set(dataset, args))
 
     epochs_total, start_avg = total + args.ema_extra, averaging_start(total, args.ema_ratio)
@@ -596,9 +622,7 @@ def _run(args, device, info, dp_ids):
 
     # BatchNorm statistics of the averaged weights: one pass over the training data (as the release)
     loader = build_loader(train_set, sampler, args, epochs_total, info, device)
-    with autocast:
-        update_bn((batch for batch in loader if batch[0].shape[0]), averaged.module, device=device)
-    du.average_bn_statistics(averaged.module)
+    recompute_bn(averaged.module, loader, device, dp_ids, autocast)
     if main_rank:
         save_model(averaged.module, dataset, args)
         print(f"saved the average of {int(averaged.n_averaged)} epochs' weights ({start_avg}..{epochs_total}) "
@@ -619,9 +643,27 @@ def save_model(model, dataset, args, metrics=None):
                                 transform=dataset.family, args=args, metrics=metrics), args.save_path)
 
 
+def recompute_bn(model, loader, device, dp_ids, autocast):
+    """BatchNorm statistics of `model` (the averaged weights) from one pass of `loader` in train mode,
+    with a cumulative average (torch.optim.swa_utils.update_bn), as the release.
+
+    With several --gpus (`dp_ids`) the pass runs through DataParallel, as the release's does: every
+    batch is split over the GPUs and only the replica on the first GPU shares the model's buffers
+    (the others update copies that are dropped), so the statistics are those of GPU 0's share of
+    each batch. Under torchrun each process passes its own share and the statistics are then
+    averaged over the processes.
+    """
+    bn_model = nn.DataParallel(model, device_ids=dp_ids) if dp_ids else model
+    with autocast:
+        update_bn((batch for batch in loader if batch[0].shape[0]), bn_model, device=device)
+    du.average_bn_statistics(model)
+
+
 def final_evaluation(model, untrained, dataset, args, device):
-    from utils.evaluation import evaluate
+    from utils.evaluation import MINP_LINE, evaluate
     metrics, line = evaluate(model.eval(), dataset, args)
+    if "mINP" in metrics:  # the trained model's, before the comparison with the untrained one
+        print(MINP_LINE.format(**metrics))
     if untrained is not None:
         base, _ = evaluate(untrained.to(device).eval(), dataset, args)
         print(f"untrained (random init) mAP:{base['mAP']:f} top1:{base['top1']:f} | "

@@ -87,10 +87,12 @@ def zero_boxes(x, boxes):
 class DBN(Fusable, nn.Module):
     def __init__(self, num_classes: int = 751, num_parts=(1, 2), std: float = 0.1, net: str = "small",
                  drop: float = 0.0, erasing: float = 0.0, pretrained: str | None = "auto",
-                 mlp_ratio: float | None = None):
+                 mlp_ratio: float | None = None, drop_path: float | None = None):
         """`pretrained`: path to a backbone file, None (random initialisation) or "auto"
         (network/<released file> when present, else random with a warning). `mlp_ratio`
-        overrides the variant's; a pretrained file whose MLP widths say otherwise wins."""
+        overrides the variant's; a pretrained file whose MLP widths say otherwise wins.
+        `drop_path`: the largest stochastic depth rate (the last block's), overriding the
+        variant's (0.05 small, 0.10 large; the large one is ambiguous, see the README)."""
         super().__init__()
         if net not in VARIANTS:
             raise ValueError(f"DBN: unknown net {net!r}; choose one of {sorted(VARIANTS)}")
@@ -100,6 +102,8 @@ class DBN(Fusable, nn.Module):
             raise ValueError(f"DBN: drop must be in [0, 1), got {drop}")
         if erasing != 0.0 and not 0.02 <= erasing <= 1.0:
             raise ValueError(f"DBN: erasing is the largest erased area fraction, 0 (off) or in [0.02, 1]; got {erasing}")
+        if drop_path is not None and not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"DBN: drop_path is a stochastic depth rate in [0, 1), got {drop_path}")
         self.num_classes = num_classes
         self.num_parts = tuple(int(p) for p in num_parts)
         self.drop = drop  # BatchDrop area fraction (replaces erasing when > 0)
@@ -108,6 +112,8 @@ class DBN(Fusable, nn.Module):
         cfg = dict(VARIANTS[net])
         if mlp_ratio is not None:
             cfg["mlp_ratio"] = float(mlp_ratio)
+        if drop_path is not None:
+            cfg["drop_path"] = float(drop_path)
         state_dict, source = self._read_pretrained(pretrained, net)
         if state_dict is not None:
             arch = detect_architecture(state_dict)
@@ -115,7 +121,7 @@ class DBN(Fusable, nn.Module):
                 print(f"DBN: {source} has MLP widths of mlp_ratio {arch['mlp_ratio']:g} "
                       f"(LEViT-{net} default {cfg['mlp_ratio']:g}); building that architecture")
                 cfg["mlp_ratio"] = arch["mlp_ratio"]
-        self.net, self.mlp_ratio = net, cfg["mlp_ratio"]
+        self.net, self.mlp_ratio, self.drop_path = net, cfg["mlp_ratio"], cfg["drop_path"]
 
         backbone = LEViT(num_classes=1, **cfg)
         self.stem, self.layer1, self.layer2 = backbone.stem, backbone.stage1, backbone.stage2

@@ -5,10 +5,14 @@
 
 Every rank joins the process group as train.py does (utils.distributed.init_distributed, gloo on
 the CPU), builds the same seeded DBN (float64, so the comparison is tight), takes its share of
-the first P x K batch from PKSampler(rank, world_size), runs forward, ReIDLoss and backward under
+the first P x K batch from PKSampler(rank, world_size), runs forward, train.py's loss
+(ReIDLoss(global_triplet=True): triplets mined over the gathered global batch) and backward under
 DistributedDataParallel and saves the gradient DDP left in the parameters to OUT/grad_rank<r>.pt.
 It also saves a BatchNorm's running statistics after utils.distributed.average_bn_statistics.
-With --reference, one process without DDP saves the two half-batches' gradients to OUT/halves.pt.
+With --reference, one process without DDP saves to OUT/reference.pt the gradient of DataParallel's
+loss (each half of the batch through the model on its own, so BatchNorm normalises per half as per
+GPU, then the loss on the whole batch) and, for contrast, the gradients of each half's own loss
+(what every process computed when it mined triplets only within its share).
 """
 import os
 import sys
@@ -48,13 +52,16 @@ def first_batch(rank, world_size):
     return next(iter(sampler))
 
 
-def gradient(model, module, rank, world_size):
-    """{name: grad} of `module` after one backward of `model` (module itself or DDP(module))
-    on rank `rank`'s share of the first batch."""
+def forward_share(model, rank, world_size):
+    """(logits, embeddings, labels) of `model` in train mode on rank `rank`'s share of the first batch."""
     index = first_batch(rank, world_size)
     torch.manual_seed(1000 + rank)  # the stochastic depth draws of this share, the same in the reference
     logits, embeddings = model(images()[index])
-    loss, _ = ReIDLoss()(logits, embeddings, torch.as_tensor(LABELS[index], dtype=torch.int64))
+    return logits, embeddings, torch.as_tensor(LABELS[index], dtype=torch.int64)
+
+
+def backward(module, loss):
+    """{name: grad} of `module` after `loss.backward()`."""
     module.zero_grad(set_to_none=True)
     loss.backward()
     return {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
@@ -65,21 +72,37 @@ def main(out):
     assert info.distributed and info.backend == "gloo", info
     module = build_model()
     model = nn.parallel.DistributedDataParallel(module)
-    grads = gradient(model, module, info.rank, info.world_size)
+    loss, _ = ReIDLoss(global_triplet=True)(*forward_share(model, info.rank, info.world_size))
+    grads = backward(module, loss)
+
+    # shares of different sizes (rank r holds r + 2 rows): gathered in rank order, and the gradient each
+    # process gets for its rows is the sum over the processes of the same loss's gradient
+    rows = torch.arange(3.0 * (info.rank + 2), dtype=torch.float64).reshape(-1, 3) + 100 * info.rank
+    rows.requires_grad_(True)
+    gathered, gathered_labels = du.all_gather_batch(rows, torch.full((info.rank + 2,), info.rank))
+    weights = torch.arange(gathered.numel(), dtype=torch.float64).reshape(gathered.shape)
+    (gathered * weights).sum().backward()
 
     bn = nn.BatchNorm1d(3)
     bn.running_mean.fill_(float(info.rank))
     bn.running_var.fill_(1.0 + 2.0 * info.rank)
     du.average_bn_statistics(bn)
-    torch.save({"grads": grads, "bn_mean": bn.running_mean, "bn_var": bn.running_var, "world_size": info.world_size},
+    torch.save({"grads": grads, "bn_mean": bn.running_mean, "bn_var": bn.running_var, "world_size": info.world_size,
+                "gathered": gathered.detach(), "gathered_labels": gathered_labels, "rows_grad": rows.grad},
                os.path.join(out, f"grad_rank{info.rank}.pt"))
     du.cleanup()
 
 
 def reference(out):
-    """One process, no DDP: the gradients of the two halves of the first batch, to OUT/halves.pt."""
+    """One process, no DDP, to OUT/reference.pt: DataParallel's gradient and each half's own one."""
     module = build_model()
-    torch.save([gradient(module, module, r, 2) for r in (0, 1)], os.path.join(out, "halves.pt"))
+    halves = [forward_share(module, r, 2) for r in (0, 1)]  # BatchNorm statistics of each half
+    logits = [torch.cat(outs) for outs in zip(*(h[0] for h in halves))]
+    embeddings = [torch.cat(outs) for outs in zip(*(h[1] for h in halves))]
+    loss, _ = ReIDLoss()(logits, embeddings, torch.cat([h[2] for h in halves]))
+    dataparallel = backward(module, loss)
+    own = [backward(module, ReIDLoss()(*forward_share(module, r, 2))[0]) for r in (0, 1)]
+    torch.save({"dataparallel": dataparallel, "halves": own}, os.path.join(out, "reference.pt"))
 
 
 if __name__ == "__main__":

@@ -108,8 +108,8 @@ def test_image_size_defaults_per_dataset():
 # --- scripts on generated data -------------------------------------------------------------------
 
 def brute_force_rank(qf, gf, q, g):
-    """CMC top1/5/10 and trapezoid mAP by the definitions, one query at a time."""
-    first_hits, aps = [], []
+    """CMC top1/5/10, trapezoid mAP and mINP by the definitions, one query at a time."""
+    first_hits, aps, inps = [], [], []
     for i in range(len(q)):
         order = np.argsort(-(gf @ qf[i]), kind="stable")
         keep = [j for j in order if not (g[j][1] == q[i][1] and g[j][2] == q[i][2])]
@@ -117,10 +117,12 @@ def brute_force_rank(qf, gf, q, g):
         if not hits:
             continue
         first_hits.append(hits[0])
+        inps.append(len(hits) / (hits[-1] + 1))  # correct items / 1-based rank of the hardest one
         aps.append(np.mean([((n / r if r else 1.0) + (n + 1) / (r + 1)) / 2 for n, r in enumerate(hits)]))
     first_hits = np.array(first_hits)
     return {"top1": np.mean(first_hits < 1), "top5": np.mean(first_hits < 5),
-            "top10": np.mean(first_hits < 10), "mAP": float(np.mean(aps)), "left_out": len(q) - len(aps)}
+            "top10": np.mean(first_hits < 10), "mAP": float(np.mean(aps)), "mINP": float(np.mean(inps)),
+            "left_out": len(q) - len(aps)}
 
 
 def test_market1501_numbers_match_a_manual_pipeline(capsys, weights, data_root):
@@ -142,12 +144,13 @@ def test_market1501_numbers_match_a_manual_pipeline(capsys, weights, data_root):
         return F.normalize(f, dim=1).numpy()
 
     expected = brute_force_rank(features(data.query), features(data.gallery), data.query, data.gallery)
-    for key in ("top1", "top5", "top10", "mAP"):
+    for key in ("top1", "top5", "top10", "mAP", "mINP"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
     assert metrics["left_out"] == expected["left_out"]
     assert metrics["num_query"] == len(data.query) and metrics["num_gallery"] == len(data.gallery)
     assert lines[-1] == "top1:%f top5:%f top10:%f mAP:%f" % tuple(expected[k] for k in ("top1", "top5", "top10", "mAP"))
-    assert f"{expected['left_out']} of {len(data.query)}" in lines[-2]
+    assert lines[-2] == "mINP:%f" % expected["mINP"]  # its own line, just above the release's result line
+    assert f"{expected['left_out']} of {len(data.query)}" in lines[-3]
 
 
 @pytest.mark.slow
@@ -161,12 +164,14 @@ def test_every_script_prints_its_line(capsys, weights, data_root, dataset):
     else:
         values = [float(v) for v in RANK_RE.match(lines[-1]).groups()]
         assert values[:3] == sorted(values[:3])  # CMC grows with rank
-        assert re.search(r"left out of CMC and mAP\): \d+ of \d+$", lines[-2])
+        assert lines[-2] == "mINP:%f" % metrics["mINP"] and 0 < metrics["mINP"] <= 1
+        assert re.search(r"left out of CMC and mAP\): \d+ of \d+$", lines[-3])
     assert all(0.0 <= v <= 1.0 for v in values)
     if dataset == "vehicleid":
         assert len(metrics["trials"]) == 2
-        assert re.match(r"vehicleid test_list_800, 2 trials \(seeds 0\.\.1\): top1 std:", lines[-3])
+        assert re.match(r"vehicleid test_list_800, 2 trials \(seeds 0\.\.1\): top1 std:", lines[-4])
         assert metrics["top1"] == pytest.approx(np.mean([m["top1"] for m in metrics["trials"]]))
+        assert metrics["mINP"] == pytest.approx(np.mean([m["mINP"] for m in metrics["trials"]]))
 
 
 def test_rerank_and_plain_ap_change_only_the_numbers(capsys, weights, data_root):
@@ -189,6 +194,26 @@ def test_vis_writes_rank_list_pictures(capsys, weights, data_root, tmp_path, mon
         from utils import vis
         assert picture.size[1] == 2 * vis.MARGIN + vis.CAPTION + 128 + 2 * vis.BORDER  # 64x32 input -> 64x128 cells
     assert RANK_RE.match(lines[-1])
+
+
+def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch):
+    from datasets import build_dataset
+    from utils import metrics
+    calls = []
+    real = metrics.kmeans
+    monkeypatch.setattr(metrics, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
+    data = build_dataset("car196", data_root)
+    results = {}
+    for method in (None, "kmeans++"):
+        args = argparse.Namespace(img_height=64, img_width=32, batch_size=16, num_workers=0)
+        if method:
+            args.kmeans = method
+        results[method], _ = evaluation.evaluate(random_dbn(), data, args)
+    classes = len({item[1] for item in data.test})
+    assert calls == [(len(data.test), classes, {"seed": 1234, "method": "release"}),
+                     (len(data.test), classes, {"seed": 1234, "method": "kmeans++"})]
+    assert evaluation.get_args_parser().parse_args(["--kmeans", "kmeans++"]).kmeans == "kmeans++"
+    assert all(0 <= r["NMI"] <= 1 for r in results.values())
 
 
 def test_evaluate_accepts_other_args_and_restores_train_mode(capsys, data_root):

@@ -114,3 +114,17 @@ def test_reid_loss_float32_under_autocast_and_differentiable():
     assert total.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
     total.backward()
     assert all(x.grad is not None for x in logits + embeddings)
+
+
+def test_global_triplet_in_one_process_is_the_plain_loss():
+    """global_triplet gathers over the torchrun processes (tests/test_distributed.py); alone it changes nothing."""
+    g = torch.Generator().manual_seed(6)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = [torch.randn(6, 4, generator=g) for _ in range(5)]
+    embeddings = [torch.randn(6, 5, generator=g, requires_grad=True) for _ in range(2)]
+    plain, plain_terms = ReIDLoss()(logits, embeddings, labels)
+    grads = torch.autograd.grad(plain, embeddings)
+    total, terms = ReIDLoss(global_triplet=True)(logits, embeddings, labels)
+    assert torch.equal(total, plain) and all(torch.equal(terms[k], plain_terms[k]) for k in terms)
+    for got, expected in zip(torch.autograd.grad(total, embeddings), grads):
+        assert torch.equal(got, expected)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
+from utils import metrics
 from utils.metrics import (evaluate_rank, evaluate_rank_blocks, evaluate_rank_features, kmeans,
                            normalized_mutual_info, recall_at_k)
 
@@ -110,6 +111,68 @@ def test_query_without_match_is_left_out_and_counted():
     assert mAP2 == mAP
 
 
+def minp_reference(distmat, q_pids, g_pids, q_camids, g_camids):
+    """fast-reid's evaluate_rank, INP part, one query at a time: after junk removal, INP =
+    (number of correct items) / (1-based rank of the hardest correct item); mean over valid queries."""
+    inps = []
+    for q in range(distmat.shape[0]):
+        order = np.argsort(distmat[q], kind="stable")
+        keep = ~((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q]))
+        raw_cmc = (g_pids[order] == q_pids[q])[keep].astype(np.int64)
+        if not raw_cmc.any():
+            continue
+        pos_max_idx = np.max(np.where(raw_cmc == 1))
+        inps.append(raw_cmc.cumsum()[pos_max_idx] / (pos_max_idx + 1.0))
+    return float(np.mean(inps)) if inps else None
+
+
+def test_minp_hand_computed():
+    # the query of test_junk_distractor_and_both_ap_rules: correct items at 0-based ranks 1 and 3 after
+    # junk removal, so the hardest sits at rank 4 (1-based) and INP = 2 / 4
+    dist = np.array([[0.1, 0.2, 0.05, 0.4, 0.3]])
+    g_pids, g_cams = np.array([2, 1, 1, 1, 0]), np.array([1, 1, 0, 2, 1])
+    cmc, mAP, mINP = evaluate_rank(dist, [1], g_pids, [0], g_cams, max_rank=5, ap="plain", return_minp=True)
+    assert mINP == 0.5 and mAP == pytest.approx((1 / 2 + 2 / 4) / 2)
+    # two more queries: id 2 (camera 0) has its single correct item first: INP 1; id 7 has none: left out.
+    # query id 1 at camera 2 sees gallery 3 as junk; its correct items, gallery 2 and 1, rank 0 and 3: INP 2 / 4
+    dist = np.vstack([dist, [[0.0, 0.5, 0.6, 0.7, 0.8]], [[0.3, 0.9, 0.1, 0.0, 0.2]], [[0.1] * 5]])
+    q_pids, q_cams = [1, 2, 1, 7], [0, 0, 2, 0]
+    got = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, return_num_invalid=True,
+                        return_minp=True)
+    assert len(got) == 4 and got[3] == 1
+    assert got[2] == pytest.approx((1 / 2 + 1 + 2 / 4) / 3, abs=1e-15)
+    assert got[2] == pytest.approx(minp_reference(dist, np.array(q_pids), g_pids, np.array(q_cams), g_cams))
+    # the default return values are unchanged
+    assert len(evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)) == 2
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_minp_random_against_reference(ties):
+    rng = np.random.default_rng(20 + ties)
+    checked = 0
+    for _ in range(60):
+        dist, qp, gp, qc, gc = random_case(rng, ties)
+        expected = minp_reference(dist, qp, gp, qc, gc)
+        if expected is None:
+            continue
+        for ap in ("trapezoid", "plain"):
+            cmc, mAP, mINP, left_out = evaluate_rank(dist, qp, gp, qc, gc, ap=ap, return_minp=True,
+                                                     return_num_invalid=True)
+            assert mINP == pytest.approx(expected, rel=1e-12, abs=1e-15)
+            check((cmc, mAP, left_out), evaluate_rank(dist, qp, gp, qc, gc, ap=ap, return_num_invalid=True))
+        blocks = [dist[s:s + 7] for s in range(0, len(dist), 7)]
+        assert evaluate_rank_blocks(blocks, qp, gp, qc, gc, return_minp=True)[2] == pytest.approx(expected, rel=1e-12)
+        checked += 1
+    assert checked > 30
+    # a large gallery: several ranking steps and the binned path
+    Q, G = 64, 40000
+    qp, gp = rng.integers(0, 300, Q), rng.integers(0, 300, G)
+    qc, gc = rng.integers(0, 6, Q), rng.integers(0, 6, G)
+    dist = np.round(rng.standard_normal((Q, G)), 3).astype(np.float32)
+    assert evaluate_rank(dist, qp, gp, qc, gc, return_minp=True)[2] == pytest.approx(
+        minp_reference(dist, qp, gp, qc, gc), rel=1e-12)
+
+
 def test_single_gallery_item_and_long_cmc():
     cmc, mAP = evaluate_rank(np.array([[1.0], [2.0]]), [3, 3], [3], [0, 1], [2], max_rank=10)
     assert cmc.shape == (10,) and (cmc == 1).all() and mAP == 1.0
@@ -161,11 +224,21 @@ def test_large_gallery_against_reference():
 
 # ---------------------------------------------------------------- feature path
 
+def unit_rows(rng, n, d=6):
+    """(n, d) float32 rows of norm exactly 1: four entries +-0.5 or one entry +-1. Every dot product
+    is a multiple of 1/4, computed exactly in any order, and normalising them changes nothing: many ties."""
+    f = np.zeros((n, d), dtype=np.float32)
+    for row in f:
+        if rng.random() < 0.7:
+            row[rng.choice(d, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        else:
+            row[rng.integers(d)] = rng.choice([-1.0, 1.0])
+    return f
+
+
 def test_features_equal_matrix_path():
     rng = np.random.default_rng(3)
-    # small integers: every dot product is exact, so any product order gives the same distances; many ties
-    qf = rng.integers(-2, 3, (37, 6)).astype(np.float32)
-    gf = rng.integers(-2, 3, (301, 6)).astype(np.float32)
+    qf, gf = unit_rows(rng, 37), unit_rows(rng, 301)
     gf[50:60] = gf[40:50]  # duplicated gallery rows
     qp, gp = rng.integers(0, 20, 37), rng.integers(0, 20, 301)
     qc, gc = rng.integers(0, 3, 37), rng.integers(0, 3, 301)
@@ -178,6 +251,8 @@ def test_features_equal_matrix_path():
                                          return_num_invalid=True)
             np.testing.assert_array_equal(got[0], expected[0])
             assert got[1:] == expected[1:]
+            minp = evaluate_rank_features(qf, gf, qp, gp, qc, gc, ap=ap, block=block, return_minp=True)[2]
+            assert minp == pytest.approx(minp_reference(-(qf @ gf.T), qp, gp, qc, gc), rel=1e-12)
     blocks = (-(qf[s:s + 10] @ gf.T) for s in range(0, 37, 10))
     got = evaluate_rank_blocks(blocks, qp, gp, qc, gc, return_num_invalid=True)
     expected = evaluate_rank(-(qf @ gf.T), qp, gp, qc, gc, return_num_invalid=True)
@@ -203,8 +278,41 @@ def test_errors(kwargs, message):
         evaluate_rank(**args)
 
 
+def test_features_are_normalised_inside():
+    """Raw features rank by cosine similarity: rows scaled by powers of two (so that normalising
+    recovers the unit rows exactly) give the numbers of the unit rows, not of their dot products."""
+    rng = np.random.default_rng(8)
+    qf, gf = unit_rows(rng, 40), unit_rows(rng, 200)
+    qp, gp = rng.integers(0, 10, 40), rng.integers(0, 10, 200)
+    qc, gc = rng.integers(0, 3, 40), rng.integers(0, 3, 200)
+    scale = 2.0 ** rng.integers(-3, 4, (200, 1))
+    raw_q, raw_g = qf * 2.0 ** rng.integers(-3, 4, (40, 1)), (gf * scale).astype(np.float32)
+    expected = evaluate_rank(-(qf @ gf.T), qp, gp, qc, gc, return_num_invalid=True, return_minp=True)
+    got = evaluate_rank_features(raw_q, raw_g, qp, gp, qc, gc, return_num_invalid=True, return_minp=True)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1:] == expected[1:]
+    dot = evaluate_rank(-(raw_q @ raw_g.T), qp, gp, qc, gc, return_num_invalid=True, return_minp=True)
+    assert dot[1] != expected[1]  # the raw dot product ranks differently: what the old code returned
+    labels = np.concatenate([qp, gp])
+    f = np.concatenate([qf, gf])
+    raw = np.concatenate([raw_q, raw_g])
+    assert recall_at_k(raw, labels) == recall_at_k(f, labels) == recall_reference(f, labels, (1, 2, 4, 8))
+    assert recall_reference(raw, labels, (1, 2, 4, 8)) != recall_at_k(f, labels)
+    # integer features are read as floats and normalised too
+    np.testing.assert_array_equal(evaluate_rank_features((qf * 2).astype(np.int64), raw_g, qp, gp, qc, gc)[0],
+                                  expected[0])
+
+
 def test_feature_errors():
     f = np.eye(3, dtype=np.float32)
+    zero = np.eye(3, dtype=np.float32)
+    zero[1] = 0
+    with pytest.raises(ValueError, match="gf row 1 is all zeros: its cosine similarity to anything is undefined"):
+        evaluate_rank_features(f, zero, [0] * 3, [0] * 3, [0] * 3, [1] * 3)
+    with pytest.raises(ValueError, match="qf row 1 is all zeros"):
+        evaluate_rank_features(zero, f, [0] * 3, [0] * 3, [0] * 3, [1] * 3)
+    with pytest.raises(ValueError, match="features row 1 is all zeros"):
+        recall_at_k(zero, [0, 1, 0])
     with pytest.raises(ValueError, match="same feature length"):
         evaluate_rank_features(f, np.eye(4, dtype=np.float32), [0] * 3, [0] * 4, [0] * 3, [1] * 4)
     with pytest.raises(ValueError, match="block must be a positive integer"):
@@ -240,7 +348,7 @@ def test_recall_with_duplicates():
 
 def test_recall_random_against_reference():
     rng = np.random.default_rng(4)
-    f = rng.integers(-2, 3, (120, 5)).astype(np.float32)  # exact products with ties
+    f = unit_rows(rng, 120, 5)  # exact products with ties
     f[60:70] = f[0:10]
     labels = rng.integers(0, 8, 120)
     for block in (None, 7):
@@ -264,20 +372,91 @@ def test_nmi_equals_sklearn():
         normalized_mutual_info([0, 1], [0])
 
 
-def test_kmeans_deterministic_and_finds_clusters():
+def test_kmeans_plus_plus_deterministic_and_finds_clusters():
     rng = np.random.default_rng(6)
     centres = 10 * rng.standard_normal((8, 16))
     truth = np.repeat(np.arange(8), 25)
     x = (centres[truth] + rng.standard_normal((200, 16))).astype(np.float32)
-    a = kmeans(x, 8, seed=0)
+    a = kmeans(x, 8, seed=0, method="kmeans++")
     assert a.dtype == np.int64 and a.shape == (200,)
-    np.testing.assert_array_equal(a, kmeans(torch.from_numpy(x), 8, seed=0))
+    np.testing.assert_array_equal(a, kmeans(torch.from_numpy(x), 8, seed=0, method="kmeans++"))
     assert normalized_mutual_info(truth, a) == pytest.approx(1.0)
     # a harder case: the result depends on the seed only, and is a proper partition into k clusters
     y = rng.standard_normal((300, 4)).astype(np.float32)
-    runs = [kmeans(y, 12, seed=s) for s in (1, 1, 2)]
+    runs = [kmeans(y, 12, seed=s, method="kmeans++") for s in (1, 1, 2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
     assert len(np.unique(runs[0])) == 12
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 300\]"):
         kmeans(y, 301)
+    with pytest.raises(ValueError, match=r"method must be one of \('release', 'kmeans\+\+'\), got 'faiss'"):
+        kmeans(y, 3, method="faiss")
+    with pytest.raises(ValueError, match="max_iter must be a non-negative integer or None, got -1"):
+        kmeans(y, 3, max_iter=-1)
+
+
+def clustered(seed, k=40, d=64):
+    """L2-normalised features of k classes of 5..119 images, some classes tight: random initial
+    points often fall two to a class, so the release's k-means meets empty clusters."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(5, 120, k)
+    centres = rng.standard_normal((k, d)) * np.where(rng.random(k) < 0.3, 0.3, 1.0)[:, None]
+    truth = np.repeat(np.arange(k), sizes)
+    x = centres[truth] + 0.25 * rng.standard_normal((len(truth), d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def test_release_kmeans_initial_points_are_faiss_draws():
+    # faiss 1.15.1, Kmeans(16, 10, niter=0, seed=1234) on 500 points keeps these rows as its centroids
+    # (rand_perm with seed 1235: std::mt19937, i + mt() % (n - i))
+    assert metrics._faiss_initial_points(500, 10, 1235) == [83, 148, 278, 240, 279, 82, 483, 347, 385, 313]
+    assert metrics._faiss_initial_points(500, 4, 2) == [348, 17, 499, 75]  # seed 1 -> 2
+    assert sorted(metrics._faiss_initial_points(6, 6, 9)) == list(range(6))  # distinct points
+
+
+def lloyd_reference(x, k, start, iterations):
+    """Plain Lloyd in float64 from the rows `start`: exactly `iterations` updates, then nearest centroid."""
+    x = x.astype(np.float64)
+    c = x[start]
+    for _ in range(iterations):
+        labels = ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+        assert len(np.unique(labels)) == k  # this reference has no empty-cluster rule
+        c = np.stack([x[labels == j].mean(0) for j in range(k)])
+    return ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+
+
+def test_release_kmeans_is_20_lloyd_iterations_from_random_points():
+    rng = np.random.default_rng(7)
+    centres = 3 * rng.standard_normal((6, 8))
+    x = (centres[np.repeat(np.arange(6), 40)] + rng.standard_normal((240, 8))).astype(np.float32)
+    start = metrics._faiss_initial_points(240, 6, 1235)
+    np.testing.assert_array_equal(kmeans(x, 6), lloyd_reference(x, 6, start, 20))  # the defaults: seed 1234
+    np.testing.assert_array_equal(kmeans(x, 6, seed=1234, method="release"), kmeans(x, 6))
+    # no convergence test: a fixed number of iterations (0 = nearest initial point)
+    for iterations in (0, 1, 3):
+        np.testing.assert_array_equal(kmeans(x, 6, max_iter=iterations), lloyd_reference(x, 6, start, iterations))
+    assert not np.array_equal(kmeans(x, 6, max_iter=0), kmeans(x, 6))
+
+
+def test_release_kmeans_equals_faiss(monkeypatch):
+    """The oracle (dev-only): faiss.Kmeans(d, k, niter=20, seed=s), no subsampling, then each point
+    to its nearest centroid. Empty clusters occur and are split as faiss splits them."""
+    faiss = pytest.importorskip("faiss")
+    x, truth = clustered(3)
+    k = int(truth.max()) + 1
+    splits = []
+    split = metrics._split_empty_clusters
+    monkeypatch.setattr(metrics, "_split_empty_clusters",
+                        lambda c, counts, n: splits.append(int((counts == 0).sum())) or split(c, counts, n))
+    ours, theirs = [], []
+    for seed in (1234, 0, 1, 2, 3):
+        km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, max_points_per_centroid=10 ** 7)
+        km.train(x)
+        expected = km.index.search(x, 1)[1][:, 0]
+        got = kmeans(x, k, seed=seed)
+        assert (got == expected).mean() == 1.0, seed
+        ours.append(normalized_mutual_info(truth, got))
+        theirs.append(normalized_mutual_info(truth, expected))
+    assert sum(splits) >= 5  # the empty-cluster rule ran
+    assert abs(np.mean(ours) - np.mean(theirs)) < 0.01
+    assert np.std(theirs) > 0.003  # the seed matters: the NMI is the seeded procedure's, not k-means' optimum

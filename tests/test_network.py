@@ -115,6 +115,23 @@ def test_state_dict_matches_release(kind, variant, data_dir):
     assert sum(p.numel() for p in model.parameters()) == PARAMS[kind, variant]
 
 
+@pytest.mark.parametrize("net, default", [("small", 0.05), ("large", 0.10)])
+def test_dbn_drop_path_defaults_to_the_variant_and_can_be_overridden(net, default):
+    with torch.device("meta"):
+        models = {None: DBN(10, net=net, pretrained=None), 0.15: DBN(10, net=net, pretrained=None, drop_path=0.15),
+                  0.0: DBN(10, net=net, pretrained=None, drop_path=0.0)}
+    for given, model in models.items():
+        rate = default if given is None else given
+        assert model.drop_path == rate
+        # stochastic depth rises linearly over the 15 blocks: 0 in the stem's first, `rate` in the last
+        assert model.layer1.layers[0].drop_path.p == 0.0
+        assert model.branch_1.layers[-1].drop_path.p == pytest.approx(rate)
+        assert model.branch_2.layers[-1].drop_path.p == pytest.approx(rate)
+        assert model.layer2.layers[0].drop_path.p == pytest.approx(rate * 4 / 14)
+    with pytest.raises(ValueError, match=r"drop_path is a stochastic depth rate in \[0, 1\), got 1.5"):
+        DBN(10, pretrained=None, drop_path=1.5)
+
+
 def test_dbn_outputs_and_frozen_biases():
     model = DBN(10, pretrained=None)
     assert model.feature_dim == 5 * 384

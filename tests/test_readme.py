@@ -92,6 +92,10 @@ def test_training_command_passes_dry_run(command, data_root, tmp_path, monkeypat
     assert re.search(r"GFLOPs", out) and "nothing trained" in out
     assert f"train: {IDS[dataset]} identities" in out
     assert not os.path.exists(tmp_path / "params" / "ema.pth")
+    from network import released_path
+    if "--pretrained" not in argv and not os.path.isfile(released_path(argv[argv.index("--net") + 1])):
+        # a real run would stop for the missing backbone; the dry run says so and goes on
+        assert "dry run: a real run stops here (exit status 2): --pretrained auto" in out
 
 
 EVAL_COMMANDS = readme_lines("python test_")

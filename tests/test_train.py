@@ -79,6 +79,7 @@ def assert_same_state(a, b):
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--img-height", "8"], "must be at least 16"),
     (["--pretrained", "no/such/file.pth"], "--pretrained no/such/file.pth: file not found"),
+    (["--drop-path", "1"], "--drop-path must be in [0, 1) (0 = off), got 1.0"),
     (["--resume", "no/such/run_last.pth"], "--resume no/such/run_last.pth: file not found"),
 ])
 def test_invalid_flags_are_rejected_with_the_rule(capsys, argv, message):
@@ -104,12 +105,79 @@ def test_seed_is_stored_and_defaults_match_the_release():
     assert (args.epochs, args.ema_ratio, args.ema_extra, args.instance_num) == ((5, 75), 0.8, 25, 4)
 
 
+def test_drop_path_defaults_per_variant_and_reaches_the_model():
+    assert train.parse_args([]).drop_path == 0.05
+    assert train.parse_args(["--net", "large"]).drop_path == 0.10  # the backbone file's value (see README)
+    args = train.parse_args(["--net", "large", "--drop-path", "0.15"])
+    assert args.drop_path == 0.15
+    args.pretrained = "none"
+    with torch.device("meta"):
+        model = train.build_model(args, num_classes=4)
+    assert model.drop_path == 0.15 and model.branch_1.layers[-1].drop_path.p == pytest.approx(0.15)
+
+
 def test_missing_dataset_names_the_path(tmp_path):
     proc = run_script(tiny(str(tmp_path), tmp_path / "ema.pth", "--dry-run"))
     code, _, err = finish(proc)
     assert code == 2
     assert os.path.join(str(tmp_path), "market1501") in err
     assert "bounding_box_train" in err and "Traceback" not in err
+
+
+# --- --pretrained auto ------------------------------------------------------------------------------
+
+def test_pretrained_auto_without_the_backbone_stops_before_any_work(tmp_path, monkeypatch):
+    absent = tmp_path / "network" / "released_small.pth"
+    monkeypatch.setattr(train, "released_path", lambda net: str(absent))
+    # no dataset there either: the backbone is checked first, nothing is read or written
+    args = train.parse_args(tiny(str(tmp_path / "no_data"), tmp_path / "out" / "ema.pth", "--pretrained", "auto"))
+    with pytest.raises(train.UsageError) as info:
+        train.main(args)
+    message = str(info.value)
+    assert message.startswith("--pretrained auto: the released ImageNet backbone of LEViT-small, "
+                              "stem16_dim96_ratio1_layers474_heads124_ss777_dp005_vit110.pth, is not in "
+                              f"{tmp_path / 'network'} (network/ of this repository)")
+    assert "or --pretrained none to train from scratch on purpose" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrained_auto_without_the_backbone_exits_2_naming_the_file(tmp_path):
+    from network import RELEASED_FILES, released_path
+    if os.path.isfile(released_path("small")):
+        pytest.skip("the released LEViT-S backbone is in network/")
+    code, out, err = finish(run_script(tiny(str(tmp_path), tmp_path / "ema.pth", "--pretrained", "auto")))
+    assert code == 2
+    assert f"train.py: error: --pretrained auto: the released ImageNet backbone of LEViT-small, " \
+           f"{RELEASED_FILES['small']}, is not in {os.path.dirname(released_path('small'))}" in err
+    assert "--pretrained none to train from scratch on purpose" in err and "Traceback" not in err
+    assert "args: " not in out
+
+
+def test_dry_run_reports_the_missing_backbone_and_succeeds(capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
+    assert train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--pretrained", "auto",
+                                            "--net", "large", "--dry-run"))) is None
+    out = capsys.readouterr().out.splitlines()
+    line = [x for x in out if "--pretrained auto" in x]
+    assert len(line) == 1 and line[0].startswith("dry run: a real run stops here (exit status 2): --pretrained "
+                                                 "auto: the released ImageNet backbone of LEViT-large, stem16_dim192")
+    assert f"dry run: {BATCHES} batches of 8 per epoch" in out[-1]
+
+
+def test_pretrained_auto_loads_the_backbone_and_demo_needs_none(tmp_path, monkeypatch):
+    from network import LEViT, VARIANTS
+    torch.manual_seed(1)
+    backbone = LEViT(**VARIANTS["small"]).state_dict()
+    torch.save(backbone, tmp_path / "small.pth")
+    monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
+    args = train.parse_args(["--pretrained", "auto"])
+    assert train.missing_pretrained(args) is None
+    model = train.build_model(args, num_classes=4)
+    assert torch.equal(model.layer2.layers[0].q[0].weight, backbone["stage2.layers.0.q.0.weight"])
+    demo = train.parse_args(["--demo"])  # the demo trains from scratch on purpose, as before
+    assert demo.pretrained == "none" and train.missing_pretrained(demo) is None
+    monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / "absent.pth"))
+    assert train.missing_pretrained(train.parse_args(["--net", "small"])) is not None
 
 
 def test_gpus_without_cuda_warn_once_and_use_the_cpu(capsys, data_root, tmp_path):
@@ -238,6 +306,61 @@ def test_resume_refuses_a_changed_recipe(reference_run, capsys):
     args = train.parse_args(["--resume", str(folder / "ema_last.pth"), "--lr", "0.3", "--no-eval"])
     with pytest.raises(train.UsageError, match=r"--lr 0.3 \(checkpoint: 0.05\)"):
         train.main(args)
+
+
+# --- BatchNorm pass after averaging -------------------------------------------------------------
+
+class FakeDataParallel(torch.nn.Module):
+    """What DataParallel does to BatchNorm buffers on GPUs (not reproducible on the CPU, where
+    torch's DataParallel just calls the module): the batch is split over `device_ids`, the replica on
+    the first device shares the module's buffers, the other replicas update copies that are dropped."""
+    calls = []
+
+    def __init__(self, module, device_ids):
+        super().__init__()
+        self.module, self.device_ids = module, list(device_ids)
+
+    def forward(self, x):
+        import copy
+        FakeDataParallel.calls.append((len(x), self.device_ids))
+        chunks = x.chunk(len(self.device_ids))
+        outputs = [self.module(chunks[0])] + [copy.deepcopy(self.module)(c) for c in chunks[1:]]
+        return outputs[0]
+
+
+def bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2))
+
+
+def test_bn_pass_with_several_gpus_runs_through_dataparallel(monkeypatch):
+    import contextlib
+    from torch.optim.swa_utils import update_bn
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(8, 3, 4, 2, generator=g) * (i + 1), torch.zeros(8), torch.zeros(8), 0) for i in range(3)]
+    batches.insert(1, (torch.zeros(0, 3, 4, 2), torch.zeros(0), torch.zeros(0), 8))  # all unreadable: skipped
+    monkeypatch.setattr(train.nn, "DataParallel", FakeDataParallel)
+    FakeDataParallel.calls = []
+    model = bn_net()
+    train.recompute_bn(model, batches, torch.device("cpu"), [0, 1], contextlib.nullcontext())
+    assert FakeDataParallel.calls == [(8, [0, 1])] * 3  # update_bn ran the DataParallel-wrapped model
+    first_halves = bn_net()
+    update_bn([b[0][:4] for b in batches if len(b[0])], first_halves)  # GPU 0's share of every batch
+    whole = bn_net()
+    update_bn([b[0] for b in batches if len(b[0])], whole)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value.float(), first_halves.state_dict()[name].float(), rtol=1e-6, atol=1e-7), name
+    assert not torch.allclose(model[1].running_var, whole[1].running_var)
+    assert int(model[1].num_batches_tracked) == 3 and model.training
+
+    # one GPU, the CPU, or torchrun (dp_ids None): the model itself sees the whole of every batch
+    FakeDataParallel.calls = []
+    single = bn_net()
+    train.recompute_bn(single, batches, torch.device("cpu"), None, contextlib.nullcontext())
+    assert FakeDataParallel.calls == []
+    for name, value in single.state_dict().items():
+        assert torch.equal(value, whole.state_dict()[name]), name
 
 
 # --- failures during training -----------------------------------------------------------------

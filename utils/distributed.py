@@ -7,10 +7,13 @@ rank 0 of a world of 1, and the collectives do nothing.
 """
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
 
 
 @dataclass
@@ -91,6 +94,36 @@ def all_reduce_mean(tensor):
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(get_world_size())
     return tensor
+
+
+def all_gather_batch(features, labels):
+    """Every process's (B_r, D) `features` and (B_r,) `labels`, concatenated in rank order:
+    ((sum B_r, D), (sum B_r,)), the same on every process; `(features, labels)` in a single process.
+
+    The features keep their gradient (torch.distributed.nn.functional.all_gather): in backward each
+    process receives the sum over the processes of the gradients of its own rows. So when every
+    process computes the same loss L on the gathered batch, a process's rows get (world size) x
+    dL/drow, and DDP's mean over the processes turns that back into exactly dL/dparameters: the
+    gradient of one process computing L on the whole batch, with no extra factor. Shares may differ
+    in size (unreadable images dropped): they are padded to the largest for the collectives.
+    """
+    if not is_dist():
+        return features, labels
+    world = get_world_size()
+    size = torch.tensor([features.shape[0]], device=labels.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(n) for n in sizes]
+    pad = max(sizes) - features.shape[0]
+    with warnings.catch_warnings():
+        # torch marks this autograd-aware gather deprecated in favour of a private module's; it is
+        # still the public one, and its FutureWarning would land in the middle of the progress bar
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = dist_nn.all_gather(F.pad(features, (0, 0, 0, pad)))
+    label_list = [torch.empty(max(sizes), dtype=labels.dtype, device=labels.device) for _ in range(world)]
+    dist.all_gather(label_list, F.pad(labels, (0, pad)))
+    return (torch.cat([f[:n] for f, n in zip(gathered, sizes)]),
+            torch.cat([l[:n] for l, n in zip(label_list, sizes)]))
 
 
 @torch.no_grad()

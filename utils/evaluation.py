@@ -6,13 +6,15 @@ summed with those of the horizontally flipped image, L2-normalised; similarity i
 Protocols (see the dataset table in the README):
 - ReID (market1501, dukemtmc, msmt17, veri776, npdetected, nplabeled): query vs gallery, same id
   and same camera removed as junk; CMC top1/top5/top10 and mAP (trapezoid AP by default, the
-  release's; `--ap plain` for torchreid's). Queries with no correct gallery item are left out
-  and counted.
+  release's; `--ap plain` for torchreid's), and fast-reid's mINP on its own line above the
+  result line. Queries with no correct gallery item are left out and counted.
 - vehicleid: one random image per id is the gallery, the rest are queries, for `--trials`
   seeded splits (seeds 0..trials-1) of test_list_<--test-size>; the mean is reported, the
-  spread (std, min, max) on the line above.
+  spread (std, min, max) on an earlier line.
 - car196, cub200: Recall@1,2,4,8 over the test set (each image's own entry excluded) and NMI
-  of a seeded k-means (seed 0) with one cluster per test class.
+  of a k-means with one cluster per test class: `--kmeans release` (default) is the release's
+  faiss k-means (seed 1234, 20 iterations, random initial points), `--kmeans kmeans++` a
+  k-means++ run to convergence (usually a higher NMI, not comparable with the release's).
 - university1652: `--direction` satellite2drone (default; the release's numbers) or
   drone2satellite; Recall@1 (= top1), top5, top10 and AP.
 
@@ -46,6 +48,7 @@ IMAGE_SIZE = {
     "custom": (256, 128),
 }
 RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
+MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the line above RANK_LINE
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
 
 
@@ -93,6 +96,10 @@ def get_args_parser(add_help=False):
     parser.add_argument("--test-size", default=800, type=int, choices=[800, 1600, 2400],
                         help="vehicleid: test list (test_list_<N>.txt)")
     parser.add_argument("--trials", default=10, type=int, help="vehicleid: number of seeded gallery draws")
+    parser.add_argument("--kmeans", default="release", choices=["release", "kmeans++"],
+                        help="car196/cub200: the k-means behind NMI: release (faiss's, seed 1234, 20 iterations; "
+                             "the release's numbers) or kmeans++ (run to convergence; usually higher, "
+                             "not comparable)")
     parser.add_argument("--direction", default="satellite2drone", choices=["satellite2drone", "drone2satellite"],
                         help="university1652: query view -> gallery view")
     return parser
@@ -157,7 +164,7 @@ def _item_features(model, items, dataset, args, device, view=None, desc="feature
 
 
 def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=()):
-    """top1/top5/top10/mAP of L2-normalised query and gallery features, query block by query block.
+    """top1/top5/top10/mAP/mINP of L2-normalised query and gallery features, query block by query block.
 
     With `--rerank`, the k-reciprocal distances are streamed block by block from utils.rerank into
     utils.metrics (never the full query x gallery matrix). Returns (metrics, distance rows of the
@@ -180,15 +187,16 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
                 start += len(block)
                 yield block
 
-        cmc, mAP, left_out = evaluate_rank_blocks(blocks(), q_pids, g_pids, q_camids, g_camids, ap=ap,
-                                                  return_num_invalid=True)
+        cmc, mAP, mINP, left_out = evaluate_rank_blocks(blocks(), q_pids, g_pids, q_camids, g_camids, ap=ap,
+                                                        return_num_invalid=True, return_minp=True)
         rows = np.stack([kept[r] for r in keep_rows.tolist()]) if len(keep_rows) else None
     else:
-        cmc, mAP, left_out = evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, ap=ap,
-                                                    return_num_invalid=True)
+        cmc, mAP, mINP, left_out = evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, ap=ap,
+                                                          return_num_invalid=True, return_minp=True)
         rows = -(qf[torch.from_numpy(keep_rows)] @ gf.T).double().numpy() if len(keep_rows) else None
     metrics = {"top1": float(cmc[0]), "top5": float(cmc[4]), "top10": float(cmc[9]),
-               "mAP": float(mAP), "num_query": len(q_pids), "num_gallery": len(g_pids), "left_out": int(left_out)}
+               "mAP": float(mAP), "mINP": float(mINP), "num_query": len(q_pids), "num_gallery": len(g_pids),
+               "left_out": int(left_out)}
     return metrics, rows
 
 
@@ -244,6 +252,7 @@ def _evaluate_vehicleid(model, dataset, args, device):
         f"{k} std:{s:f} min:{lo:f} max:{hi:f}"
         for k, s, lo, hi in zip(keys, table.std(0), table.min(0), table.max(0))))
     mean = dict(zip(keys, table.mean(0).tolist()))
+    mean["mINP"] = float(np.mean([m["mINP"] for m in results]))
     mean.update(num_query=results[0]["num_query"], num_gallery=results[0]["num_gallery"],
                 left_out=results[0]["left_out"], trials=results)
     return mean
@@ -256,7 +265,7 @@ def _evaluate_retrieval(model, dataset, args, device):
     items = [(dataset.test[i][0], dataset.test[i][1], 0) for i in index]
     labels = np.array([item[1] for item in items], dtype=np.int64)
     recall = recall_at_k(feats, labels, ks=(1, 2, 4, 8))
-    clusters = kmeans(feats, len(np.unique(labels)), seed=0)
+    clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=_option(args, "kmeans"))
     metrics = {f"R{k}": float(recall[k]) for k in (1, 2, 4, 8)}
     metrics.update(NMI=float(normalized_mutual_info(labels, np.asarray(clusters))), num_images=len(items))
     rows = _vis_rows(args, len(items))
@@ -329,7 +338,8 @@ def _device(name, parser):
 
 
 def main(dataset, argv=None):
-    """Entry point of test_<dataset>.py: parse argv, load --weights, evaluate, print the result line last.
+    """Entry point of test_<dataset>.py: parse argv, load --weights, evaluate, print the result line last
+    (the ranking datasets' mINP line just above it).
 
     A missing or malformed dataset or checkpoint prints the reason to stderr and exits with status 2.
     Returns the metrics dict.
@@ -365,5 +375,7 @@ def main(dataset, argv=None):
         sys.exit(2)
     print(data.summary())
     metrics, line = evaluate(model, data, args)
+    if "mINP" in metrics:
+        print(MINP_LINE.format(**metrics))
     print(line)
     return metrics
