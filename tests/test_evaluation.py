@@ -208,6 +208,13 @@ def test_missing_weights_file(capsys, data_root, tmp_path):
     assert f"weights file not found: {missing}" in err and "--weights" in err
 
 
+def test_text_file_as_weights_is_refused(capsys, data_root, tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("hello world\n")
+    err = run_error(capsys, "market1501", "--weights", str(path), "--dataset-root", data_root, *SMALL)
+    assert f"cannot read {path} as a torch checkpoint" in err
+
+
 def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(evaluation, "keep_freed_memory", lambda: calls.append("cpu") or True)

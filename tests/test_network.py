@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import network.dbn
 from network import (DBN, LEViT, RELEASED_FILES, VARIANTS, CheckpointError, checkpoint_filter_fn,
-                     load_reid_weights)
+                     load_reid_weights, read_checkpoint)
 from network.levit import LocalEnhanceAttention, ScaledNormalize
 
 PARAMS = {("backbone", "small"): 2_819_306, ("backbone", "large"): 9_650_300,
@@ -402,6 +402,19 @@ def test_unreadable_and_non_state_dict_files(tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, other)
     with pytest.raises(CheckpointError, match=r"not a LEViT backbone or DBN ReID state_dict"):
         DBN(10, pretrained=str(other))
+
+
+@pytest.mark.parametrize("content", [b"KKK", b"hello world\n", bytes(range(256)) * 4],
+                         ids=["index-error", "key-error", "binary"])
+def test_any_file_torch_cannot_read_is_the_same_refusal(tmp_path, content):
+    """Text and random bytes make the unpickler raise IndexError, KeyError, UnicodeDecodeError...:
+    every one becomes the CheckpointError of an unreadable file."""
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"cannot read .*notes.pth as a torch checkpoint: it is corrupt"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"cannot read .*notes.pth as a torch checkpoint"):
+        DBN(10, pretrained=str(path))
 
 
 def test_wrong_variant_lists_mismatches_and_names_the_variant(tmp_path):

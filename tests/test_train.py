@@ -83,6 +83,14 @@ def test_invalid_flags_are_rejected_with_the_rule(capsys, argv, message):
     assert message in parse_error(capsys, argv)
 
 
+@pytest.mark.parametrize("content", [b"KKK", b"hello world\n"], ids=["index-error", "key-error"])
+def test_unreadable_resume_file_is_a_usage_error(capsys, tmp_path, content):
+    path = tmp_path / "run_last.pth"
+    path.write_bytes(content)
+    err = parse_error(capsys, ["--resume", str(path)])
+    assert f"cannot read {path} as a torch checkpoint" in err and "Traceback" not in err
+
+
 def test_freeze_word_must_match_a_parameter(capsys):
     err = parse_error(capsys, ["--freeze", "stem,nosuchlayer"])
     assert "--freeze 'nosuchlayer' matches no parameter name" in err
