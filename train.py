@@ -34,8 +34,9 @@ from network import DBN, VARIANTS, CheckpointError
 from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
+from utils.evaluation import default_workers
 from utils.malloc import keep_freed_memory
-from utils.schedule import averaging_start, build_scheduler
+from utils.schedule import averaging_start, build_scheduler, lr_factor
 
 # --demo: the values of the flags a user did not give (explicit flags win)
 DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net="small", pretrained="none",
@@ -133,13 +134,14 @@ def get_args_parser(add_help=True):
     g.add_argument("--img-height", default=256, type=int, help="input height")
     g.add_argument("--img-width", default=128, type=int, help="input width")
     g.add_argument("--instance-num", default=4, type=int, help="K: images per identity in a batch")
-    g.add_argument("--num-workers", default=4, type=int, help="data loading processes (0: in the main process)")
+    g.add_argument("--num-workers", default=default_workers(), type=int,
+                   help="data loading processes (0: in the main process); 4, or the available cores if fewer")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", default=64, type=int,
                    help="global batch P x K (split across processes under torchrun)")
     g.add_argument("--lr", default=1.2e-1, type=float, help="peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)")
-    g.add_argument("--epochs", default=(5, 75), type=epochs_type, metavar="W,T",
+    g.add_argument("--epochs", default="5,75", type=epochs_type, metavar="W,T",
                    help="linear warm-up from lr/100 over W epochs, cosine from lr at W towards 0 at T")
     g.add_argument("--ema-ratio", default=0.8, type=float,
                    help="average the weights from epoch floor(T*ratio) on (and hold the lr there)")
@@ -215,9 +217,14 @@ def check_args(args, parser):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if not 0 < args.ema_ratio <= 1:
         parser.error(f"--ema-ratio must be in (0, 1], got {args.ema_ratio}")
-    if averaging_start(total, args.ema_ratio) < 1:
+    start = averaging_start(total, args.ema_ratio)
+    if start < 1:
         parser.error(f"--ema-ratio {args.ema_ratio} with T={total}: averaging would start at epoch "
                      f"floor(T*ratio) = 0; use a ratio of at least {1 / total:.3g}")
+    if lr_factor(start, warmup, total, args.ema_ratio) == 0:
+        parser.error(f"--ema-ratio {args.ema_ratio} with --epochs {warmup},{total}: the lr is held from epoch "
+                     f"floor(T*ratio) = {start} on at the cosine's value there, which is 0 at T, so every averaged "
+                     f"epoch would train at lr 0; use a ratio below {start / total:g} (the release's: 0.8)")
     if args.ema_extra < 0:
         parser.error(f"--ema-extra must be 0 or more, got {args.ema_extra}")
     if args.erasing != 0 and not 0.02 <= args.erasing <= 1:

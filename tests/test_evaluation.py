@@ -208,6 +208,13 @@ def test_missing_weights_file(capsys, data_root, tmp_path):
     assert f"weights file not found: {missing}" in err and "--weights" in err
 
 
+def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert evaluation.get_args_parser().get_default("num_workers") == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert evaluation.get_args_parser().get_default("num_workers") == 4
+
+
 def test_text_file_as_weights_is_refused(capsys, data_root, tmp_path):
     path = tmp_path / "README.md"
     path.write_text("hello world\n")

@@ -76,6 +76,8 @@ def assert_same_state(a, b):
     (["--gpus", "a,b"], "expected comma-separated GPU ids"),
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--img-height", "8"], "must be at least 16"),
+    (["--epochs", "0,1", "--ema-ratio", "1"], "every averaged epoch would train at lr 0"),
+    (["--epochs", "5,75", "--ema-ratio", "1"], "use a ratio below 1"),
     (["--pretrained", "no/such/file.pth"], "--pretrained no/such/file.pth: file not found"),
     (["--resume", "no/such/run_last.pth"], "--resume no/such/run_last.pth: file not found"),
 ])
@@ -100,8 +102,15 @@ def test_help_groups_flags_and_states_defaults():
     text = train.get_args_parser().format_help()
     for group in ("model:", "data:", "optimisation:", "hardware:", "run:"):
         assert group in text
-    assert "(default: 5,75)" in text.replace("(5, 75)", "5,75") or "(default: (5, 75))" in text
+    assert "(default: 5,75)" in text and "(5, 75)" not in text  # as it is typed
     assert "{market1501,dukemtmc,msmt17" in text
+
+
+def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert train.parse_args([]).num_workers == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert train.parse_args([]).num_workers == 4
 
 
 def test_seed_is_stored_and_defaults_match_the_release():

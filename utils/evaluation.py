@@ -48,6 +48,12 @@ RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
 
 
+def default_workers(most=4):
+    """Loader processes by default (train.py and the test scripts): `most`, but no more than the
+    cores this process may use, since PyTorch warns when a DataLoader has more workers than that."""
+    return max(1, min(most, len(os.sched_getaffinity(0))))
+
+
 def _size_table():
     rows = {}
     for name, size in IMAGE_SIZE.items():
@@ -78,7 +84,8 @@ def get_args_parser(add_help=False):
                         help="folder holding the dataset folders (market1501/, DukeMTMC-reID/, MSMT17/, "
                              "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/)")
     parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
-    parser.add_argument("--num-workers", default=4, type=int, help="data loading processes")
+    parser.add_argument("--num-workers", default=default_workers(), type=int,
+                        help="data loading processes (4, or the available cores if fewer)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: cuda when available, otherwise cpu")
     parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
