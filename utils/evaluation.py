@@ -54,6 +54,10 @@ def default_workers(most=4):
     return max(1, min(most, len(os.sched_getaffinity(0))))
 
 
+class EvaluationError(RuntimeError):
+    """The test split cannot be scored (e.g. no query has a correct gallery item); the message says why."""
+
+
 def _size_table():
     rows = {}
     for name, size in IMAGE_SIZE.items():
@@ -86,14 +90,17 @@ def get_args_parser(add_help=False):
     parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
     parser.add_argument("--num-workers", default=default_workers(), type=int,
                         help="data loading processes (4, or the available cores if fewer)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: cuda when available, otherwise cpu")
+    parser.add_argument("--device", default="auto", type=device_type, metavar="{auto,cpu,cuda,cuda:N}",
+                        help="auto: cuda when available, otherwise cpu; cuda:N picks GPU N")
+    parser.add_argument("--gpus", default=None, type=gpu_type, metavar="ID",
+                        help="GPU id to evaluate on, as train.py's --gpus (one id; same as --device cuda:ID)")
     parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
                         help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
     parser.add_argument("--rerank", action="store_true",
                         help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring (ranking datasets)")
     parser.add_argument("--vis", default=0, type=int, metavar="N",
-                        help="write rank-list pictures of N queries to figs/<dataset>_rank_<query>.png")
+                        help="write rank-list pictures of N queries to <vis-dir>/<dataset>_rank_<query>.png")
+    parser.add_argument("--vis-dir", default="figs", metavar="DIR", help="folder of the --vis pictures")
     parser.add_argument("--test-size", default=800, type=int, choices=[800, 1600, 2400],
                         help="vehicleid: test list (test_list_<N>.txt)")
     parser.add_argument("--trials", default=10, type=int, help="vehicleid: number of seeded gallery draws")
@@ -112,9 +119,8 @@ def _option(args, name):
 def image_size(dataset_name, args):
     """(height, width): --img-height/--img-width, else the dataset's default from IMAGE_SIZE."""
     height, width = IMAGE_SIZE.get(dataset_name, (256, 128))
-    height = _option(args, "img_height") or height
-    width = _option(args, "img_width") or width
-    return height, width
+    given = _option(args, "img_height"), _option(args, "img_width")
+    return (height if given[0] is None else given[0]), (width if given[1] is None else given[1])
 
 
 @torch.no_grad()
@@ -172,6 +178,7 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
     from utils.metrics import evaluate_rank_blocks, evaluate_rank_features
 
     ap = _option(args, "ap")
+    check_scorable(q_pids, q_camids, g_pids, g_camids)
     keep_rows = np.asarray(keep_rows, dtype=np.int64)
     if _option(args, "rerank"):
         from utils.rerank import re_ranking_blocks
@@ -197,6 +204,24 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
     return metrics, rows
 
 
+def check_scorable(q_pids, q_camids, g_pids, g_camids):
+    """Raise EvaluationError unless some query has a correct gallery item: the same id seen by
+    another camera (same id and camera is junk). Otherwise CMC and mAP are undefined."""
+    q_pids, q_camids, g_pids, g_camids = (np.asarray(a, dtype=np.int64) for a in (q_pids, q_camids, g_pids, g_camids))
+    ids, per_id = np.unique(g_pids, return_counts=True)
+    pairs, per_pair = np.unique(np.stack([g_pids, g_camids], 1), axis=0, return_counts=True) if len(g_pids) else (
+        np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    id_count = dict(zip(ids.tolist(), per_id.tolist()))
+    pair_count = {tuple(p): n for p, n in zip(pairs.tolist(), per_pair.tolist())}
+    if any(id_count.get(p, 0) > pair_count.get((p, c), 0) for p, c in zip(q_pids.tolist(), q_camids.tolist())):
+        return
+    raise EvaluationError(
+        f"none of the {len(q_pids)} queries has a correct gallery item (the same id seen by another camera; "
+        f"{len(g_pids)} gallery images), so CMC and mAP are undefined. Check that query and gallery are the "
+        "dataset's own folders (not swapped, emptied or from another dataset) and that the file names carry "
+        "the ids and cameras (<id>_c<camera>...): a query id must appear in the gallery under another camera")
+
+
 def _vis_rows(args, num_query):
     """Indices of the --vis N pictured queries, spread evenly over the query list."""
     n = min(_option(args, "vis"), num_query)
@@ -204,14 +229,15 @@ def _vis_rows(args, num_query):
 
 
 def _pictures(dataset, prefix, rows, dist, query, gallery, args, junk_same_camera=True):
-    """Rank-list pictures of the queries `rows` (distance rows `dist`), as figs/<prefix>_rank_<query>.png."""
+    """Rank-list pictures of the queries `rows` (distance rows `dist`), as <vis-dir>/<prefix>_rank_<query>.png."""
     from utils.vis import cell_size, save_rank_lists
 
     if not len(rows):
         return
-    written = save_rank_lists(dist, [query[i] for i in rows], gallery, "figs", prefix, query_ids=rows,
+    folder = _option(args, "vis_dir")
+    written = save_rank_lists(dist, [query[i] for i in rows], gallery, folder, prefix, query_ids=rows,
                               junk_same_camera=junk_same_camera, cell=cell_size(*image_size(dataset.name, args)))
-    print(f"rank-list pictures: {len(written)} written to figs/{prefix}_rank_*.png")
+    print(f"rank-list pictures: {len(written)} written to {os.path.join(folder, prefix)}_rank_*.png")
 
 
 def _evaluate_split(model, dataset, query, gallery, args, device, views=(None, None), prefix=None):
@@ -304,8 +330,11 @@ def evaluate(model, dataset, args):
     return metrics, RANK_LINE.format(**metrics)
 
 
-def load_model(args, device):
+def load_model(args, device, size_given=True):
     """DBN of variant --net with the --weights checkpoint, in eval mode on `device`.
+
+    With `size_given` False (no --img-height/--img-width on the command line) and a bare state_dict,
+    which does not record its training input size, a warning says which size is evaluated.
 
     Raises network.CheckpointError (missing or unreadable file, another variant than --net,
     a training checkpoint whose stored args give another input size than the one evaluated).
@@ -320,17 +349,27 @@ def load_model(args, device):
     checkpoint = read_checkpoint(path)
     state_dict = unwrap_state_dict(checkpoint)
     arch = detect_architecture(state_dict)
+    if arch["kind"] == "backbone":
+        variant = arch["variant"] or args.net
+        raise CheckpointError(
+            f"{path} is a LEViT-{variant} backbone (ImageNet weights), not a trained ReID model; --weights "
+            "takes the file train.py wrote to --save-path. To train from this backbone: python train.py "
+            f"--net {variant} --pretrained {path} ...")
     if arch["kind"] == "dbn" and arch["variant"] not in (None, args.net):
         raise CheckpointError(f"{path} holds a LEViT-{arch['variant']} DBN (embed_dim {arch['embed_dim']}) "
                               f"but --net {args.net} was given; pass --net {arch['variant']}")
     trained = checkpoint.get("args") if isinstance(checkpoint, dict) else None
     trained = vars(trained) if isinstance(trained, argparse.Namespace) else trained
-    if isinstance(trained, dict):
-        size = (trained.get("img_height"), trained.get("img_width"))
-        if None not in size and tuple(size) != (args.img_height, args.img_width):
-            raise CheckpointError(
-                f"{path} was trained at {size[0]}x{size[1]} (height x width) but the evaluation input is "
-                f"{args.img_height}x{args.img_width}; pass --img-height {size[0]} --img-width {size[1]}")
+    size = (trained.get("img_height"), trained.get("img_width")) if isinstance(trained, dict) else (None, None)
+    if None not in size and tuple(size) != (args.img_height, args.img_width):
+        raise CheckpointError(
+            f"{path} was trained at {size[0]}x{size[1]} (height x width) but the evaluation input is "
+            f"{args.img_height}x{args.img_width}; pass --img-height {size[0]} --img-width {size[1]}")
+    if None in size and not size_given:
+        print(f"warning: {path} holds bare weights, which do not record the input size they were trained at; "
+              f"evaluating at {args.img_height}x{args.img_width} (this dataset's default). If it was trained at "
+              "another size (python train.py --demo: 128x64), pass --img-height H --img-width W",
+              file=sys.stderr)
     mlp_ratio = arch["mlp_ratio"] if arch["mlp_ratio"] not in (None, VARIANTS[args.net]["mlp_ratio"]) else None
     model = DBN(num_classes=arch["num_classes"] or 1, net=args.net, pretrained=None, mlp_ratio=mlp_ratio)
     load_reid_weights(model, state_dict)
@@ -340,12 +379,42 @@ def load_model(args, device):
     return model.to(device)
 
 
-def _device(name, parser):
+def device_type(text):
+    """--device: auto, cpu, cuda or cuda:N."""
+    if text in ("auto", "cpu", "cuda"):
+        return text
+    name, _, index = str(text).partition(":")
+    if name == "cuda" and index.isdigit():
+        return f"cuda:{int(index)}"
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (a GPU id), got {text!r}")
+
+
+def gpu_type(text):
+    if not str(text).strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected one GPU id (an integer >= 0): evaluation runs on one GPU; "
+                                         f"got {text!r}")
+    return int(text)
+
+
+def _device(args, parser):
+    """torch.device of --device / --gpus (--gpus ID is --device cuda:ID)."""
+    name = args.device
+    if args.gpus is not None:
+        if name not in ("auto", "cuda", f"cuda:{args.gpus}"):
+            parser.error(f"--gpus {args.gpus} and --device {name} disagree; give one of them")
+        name = f"cuda:{args.gpus}"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available; use --device cpu (or auto)")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        flag = f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}"
+        parser.error(f"{flag}: no CUDA device is available; use --device cpu (or auto)")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"{name}: no GPU {device.index} (this machine has {torch.cuda.device_count()}: ids "
+                     f"0..{torch.cuda.device_count() - 1})")
+    return device
 
 
 def main(dataset, argv=None):
@@ -362,15 +431,19 @@ def main(dataset, argv=None):
                                                  f"{height}x{width}); the last line printed is the result "
                                                  "in the release's format.")
     args = parser.parse_args(argv)
+    size_given = args.img_height is not None and args.img_width is not None
     args.img_height, args.img_width = image_size(dataset, args)
-    for name in ("img_height", "img_width", "batch_size", "trials"):
+    for name in ("batch_size", "trials"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if min(args.img_height, args.img_width) < 16:  # as train.py
+        parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
+                     f"{args.img_height}x{args.img_width}")
     if args.num_workers < 0 or args.vis < 0:
         parser.error("--num-workers and --vis must be 0 or more")
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
-    device = _device(args.device, parser)
+    device = _device(args, parser)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults for each batch's activations (utils/malloc.py)
     from datasets import DatasetError, build_dataset
@@ -378,12 +451,15 @@ def main(dataset, argv=None):
 
     print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     try:
-        model = load_model(args, device)
+        model = load_model(args, device, size_given=size_given)
         data = build_dataset(dataset, args.dataset_root)
-    except (DatasetError, CheckpointError) as err:
+        print(data.summary())
+        metrics, line = evaluate(model, data, args)
+    except (DatasetError, CheckpointError, EvaluationError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(data.summary())
-    metrics, line = evaluate(model, data, args)
+    except KeyboardInterrupt:
+        print(f"test_{dataset}.py: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
     print(line)
     return metrics
