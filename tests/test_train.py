@@ -228,8 +228,8 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resumes_exactly(reference_run, data_ro
 
 def test_resume_refuses_a_changed_recipe(reference_run, capsys):
     folder, _, _ = reference_run
-    args = train.parse_args(["--resume", str(folder / "ema_last.pth"), "--lr", "0.3", "--no-eval"])
-    with pytest.raises(train.UsageError, match=r"--lr 0.3 \(checkpoint: 0.05\)"):
+    args = train.parse_args(["--resume", str(folder / "ema_last.pth"), "--erasing", "0.2", "--no-eval"])
+    with pytest.raises(train.UsageError, match=r"these differ: --erasing 0.2 \(checkpoint: 0.3\)"):
         train.main(args)
 
 
@@ -257,18 +257,43 @@ def test_non_finite_loss_stops_with_epoch_and_step(monkeypatch, data_root, tmp_p
     assert not (tmp_path / "ema.pth").exists()
 
 
-def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, recwarn):
+def break_one_identity(data_root, tmp_path):
+    """A copy of the data with every image of one identity (drawn in every pass) unreadable:
+    (dataset root, the broken file names)."""
     import shutil
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
     train_dir = root / "market1501" / "bounding_box_train"
     first_id = sorted(os.listdir(train_dir))[0][:4]
     names = sorted(n for n in os.listdir(train_dir) if n.startswith(first_id))
-    for name in names:  # every image of one identity: drawn in every pass
+    for name in names:
         (train_dir / name).write_bytes(b"not a jpeg")
+    return root, names
+
+
+def test_unreadable_images_are_all_listed_before_epoch_1(data_root, tmp_path, capsys):
+    root, names = break_one_identity(data_root, tmp_path)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
-    with pytest.raises(train.TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\)"):
+    with pytest.raises(train.TrainingError, match=r"^8 of the 64 training images cannot be read \(more than 1%; "
+                                                  r"listed above\); fix or remove them and rerun$"):
+        train.main(args)
+    err = capsys.readouterr().err
+    assert "8 of the 64 training images cannot be read:" in err
+    assert all(name in err for name in names)  # every one, not only those read before a stop
+    assert not (tmp_path / "ema_last.pth").exists()
+
+
+def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, recwarn, monkeypatch):
+    """Images that break after the check before epoch 1 (which is left out here): skipped with a
+    warning, then the run stops; in epoch 1 there is nothing to resume."""
+    root, names = break_one_identity(data_root, tmp_path)
+    monkeypatch.setattr(train, "check_training_images", lambda items, saved: None)
+    args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
+                                 "--ema-ratio", "0.5", "--ema-extra", "0"))
+    with pytest.raises(train.TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\); "
+                                                  r"the warnings above name them; fix or remove them and rerun "
+                                                  r"\(no epoch had finished, nothing to resume\)"):
         train.main(args)
     warned = " ".join(str(w.message) for w in recwarn)
     assert "skipping unreadable image" in warned and any(name in warned for name in names)
@@ -320,3 +345,227 @@ def test_amp_dtype_defaults_follow_the_device():
     assert train.amp_settings(args, torch.device("cpu")) == (False, torch.bfloat16)
     args = train.parse_args(["--amp", "--amp-dtype", "float16"])
     assert train.amp_settings(args, torch.device("cpu")) == (True, torch.float16)
+
+
+# --- the save location, earlier runs, finished runs ------------------------------------------------
+
+def unfinished_copy(reference_run, folder, epoch):
+    """The reference run's checkpoint, marked as written after `epoch` epochs, alone in `folder`."""
+    checkpoint = load(reference_run[0] / "ema_last.pth")
+    checkpoint["epoch"] = epoch
+    path = folder / "ema_last.pth"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_save_path_under_a_file_is_refused_before_training(data_root, tmp_path):
+    (tmp_path / "README.md").write_text("notes\n")
+    save = tmp_path / "README.md" / "ema.pth"
+    with pytest.raises(train.UsageError, match=r"cannot write there, .*README.md is a file, not a folder"):
+        train.main(train.parse_args(tiny(data_root, save, "--dry-run")))
+
+
+def test_unwritable_save_folder_is_refused_before_training(data_root, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(train.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\); choose a writable"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval")))
+    assert not (tmp_path / "ema_last.pth").exists()
+
+
+def test_new_run_over_a_finished_run_is_refused(reference_run, data_root):
+    folder, _, _ = reference_run
+    with pytest.raises(train.UsageError) as err:
+        train.main(train.parse_args(tiny(data_root, folder / "ema.pth", "--dry-run")))
+    assert f"a finished run is there ({folder / 'ema.pth'}); add --overwrite to start a new run" in str(err.value)
+
+
+def test_new_run_over_an_unfinished_run_points_to_resume(reference_run, data_root, tmp_path):
+    last = unfinished_copy(reference_run, tmp_path, epoch=2)
+    with pytest.raises(train.UsageError) as err:
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+    assert f"an unfinished run is there (2 epochs done in {last}); continue it with --resume {last}" in str(err.value)
+
+
+def test_overwrite_replaces_the_earlier_run(reference_run, data_root, tmp_path):
+    import shutil
+    shutil.copytree(reference_run[0], tmp_path / "run")
+    save = tmp_path / "run" / "ema.pth"
+    argv = tiny(data_root, save, "--no-eval", "--overwrite", "--epochs", "1,2", "--ema-ratio", "0.5",
+                "--ema-extra", "0")
+    train.main(train.parse_args(argv))
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "run" / "ema_log.jsonl")] == [1, 2]
+    assert load(tmp_path / "run" / "ema_last.pth")["epoch"] == 2
+
+
+def test_demo_replaces_only_its_own_files():
+    assert train.parse_args(["--demo"]).overwrite
+    assert not train.parse_args(["--demo", "--save-path", os.path.join("params", "ema.pth")]).overwrite
+
+
+def test_resuming_a_finished_run_touches_nothing(reference_run, capsys):
+    folder, _, _ = reference_run
+    before = {name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime_ns)
+              for name in ("ema.pth", "ema_last.pth", "ema_log.jsonl")}
+    assert train.main(train.parse_args(["--resume", str(folder / "ema_last.pth"), "--no-eval"])) is None
+    out = capsys.readouterr().out
+    assert (f"resume: {folder / 'ema_last.pth'} is a finished run (all 4 epochs done) and its averaged weights "
+            f"are in {folder / 'ema.pth'}; nothing to do, nothing rewritten") in out
+    assert "saved the average" not in out
+    for name, (content, mtime) in before.items():
+        assert (folder / name).read_bytes() == content and (folder / name).stat().st_mtime_ns == mtime, name
+
+
+# --- the demo's untrained baseline -----------------------------------------------------------------
+
+class Recorded(Exception):
+    """Stops main() right after the demo's untrained copy was made."""
+
+
+def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run, data_root, tmp_path, monkeypatch):
+    copies = []
+
+    def record(model):
+        copies.append({k: v.clone() for k, v in model.state_dict().items()})
+        raise Recorded
+
+    monkeypatch.setattr(train, "copy_for_demo", record)
+    with pytest.raises(Recorded):  # a new demo-style run: the seeded initial weights
+        train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--demo", "--no-eval")))
+    last = unfinished_copy(reference_run, tmp_path, epoch=3)
+    with pytest.raises(Recorded):
+        train.main(train.parse_args(["--resume", str(last), "--demo", "--no-eval"]))
+    assert_same_state(copies[0], copies[1])
+    trained = load(last)["model"]
+    assert not torch.equal(copies[1]["class_list.0.weight"], trained["class_list.0.weight"])
+
+
+# --- stopping: non-finite loss, Ctrl-C, failed evaluation ----------------------------------------
+
+SHORT = ["--epochs", "1,2", "--ema-ratio", "0.5", "--ema-extra", "0"]  # 2 epochs at lr 0.05 (no warm-up, held)
+
+
+def test_non_finite_loss_in_epoch_1_says_rerun(monkeypatch, data_root, tmp_path):
+    monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
+    monkeypatch.setattr(NaNAfter, "after", 1)
+    NaNAfter.calls = 0
+    args = train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval", *SHORT))
+    with pytest.raises(train.TrainingError, match=r"at epoch 1, step 1 of 8; training stopped. No epoch had "
+                                                  r"finished, so there is nothing to resume: rerun with a lower "
+                                                  r"--lr, e.g. --lr 0.025$"):
+        train.main(args)
+
+
+def test_non_finite_loss_then_resume_with_a_lower_lr(monkeypatch, data_root, tmp_path, capsys):
+    real_loss = train.ReIDLoss
+    monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
+    NaNAfter.calls = 0
+    save = tmp_path / "ema.pth"
+    last = tmp_path / "ema_last.pth"
+    with pytest.raises(train.TrainingError) as err:
+        train.main(train.parse_args(tiny(data_root, save, "--no-eval", *SHORT)))
+    suggested = f"--resume {last} --lr 0.025"
+    assert f"The checkpoint {last} (1 finished epochs) is kept: resume it with a lower --lr, e.g. {suggested}" \
+        in str(err.value)
+    monkeypatch.setattr(train, "ReIDLoss", real_loss)
+    capsys.readouterr()
+    train.main(train.parse_args([*suggested.split(), "--no-eval"]))
+    err = capsys.readouterr().err
+    assert "warning: resuming with --lr 0.025 (checkpoint: 0.05): from here on the run follows another recipe" in err
+    assert [json.loads(line)["lr"] for line in open(tmp_path / "ema_log.jsonl")] == pytest.approx([0.05, 0.025])
+    assert save.exists()
+
+
+def cli_exit(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.cli(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+class InterruptAt(train.ReIDLoss):
+    """A second Ctrl-C at the `at`-th loss (StopFlag raises KeyboardInterrupt at once)."""
+    calls = 0
+    at = 1
+
+    def forward(self, logits, embeddings, labels):
+        InterruptAt.calls += 1
+        if InterruptAt.calls == InterruptAt.at:
+            raise KeyboardInterrupt
+        return super().forward(logits, embeddings, labels)
+
+
+@pytest.mark.parametrize("at, said", [
+    (1, "stopped at once in epoch 1; no epoch had finished, so nothing was saved: rerun the same command to start again"),
+    (10, "stopped at once in epoch 2; the checkpoint {last} holds 1 finished epochs: resume with --resume {last}"),
+])
+def test_second_ctrl_c_says_what_was_saved_and_exits_130(monkeypatch, data_root, tmp_path, capsys, at, said):
+    monkeypatch.setattr(train, "ReIDLoss", InterruptAt)
+    monkeypatch.setattr(InterruptAt, "at", at)
+    InterruptAt.calls = 0
+    code, err = cli_exit(tiny(data_root, tmp_path / "ema.pth", "--no-eval", *SHORT), capsys)
+    assert code == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "train.py: " + said.format(last=tmp_path / "ema_last.pth")
+
+
+def test_ctrl_c_in_the_final_evaluation_says_the_weights_are_saved(monkeypatch, data_root, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "final_evaluation", interrupted)
+    save = tmp_path / "ema.pth"
+    code, err = cli_exit(tiny(data_root, save, *SHORT), capsys)
+    assert code == 130 and "Traceback" not in err
+    assert f"train.py: interrupted during the final evaluation; the averaged weights are saved in {save} " \
+           f"(evaluate them with python test_market1501.py --weights {save} --net small --img-height 32 " \
+           f"--img-width 16 --dataset-root {data_root})" in err
+    assert save.exists()
+
+
+def test_unscorable_test_data_after_training_keeps_the_weights(data_root, tmp_path, capsys):
+    import re
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    gallery = root / "market1501" / "bounding_box_test"
+    for i, name in enumerate(sorted(os.listdir(gallery))):  # every gallery image becomes a distractor (id 0)
+        camera = re.match(r"-?\d+_c(\d+)", name).group(1)
+        os.rename(gallery / name, gallery / f"0000_c{camera}s9_{i:06d}_00.jpg")
+    save = tmp_path / "ema.pth"
+    code, err = cli_exit(tiny(str(root), save, *SHORT), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "train.py: error: none of the" in err and "queries has a correct gallery item" in err
+    assert f"Training finished and its averaged weights are saved in {save}; once the test data is fixed, " \
+           "evaluate them with python test_market1501.py" in err
+    assert save.exists()
+
+
+def test_pretrained_of_the_other_variant_speaks_train_py_flags(capsys, tmp_path):
+    from network import DBN, LEViT, VARIANTS
+    path = tmp_path / "large_backbone.pth"
+    torch.save(LEViT(**VARIANTS["large"]).state_dict(), path)
+    err = parse_error(capsys, ["--net", "small", "--pretrained", str(path)])
+    assert f"--pretrained {path} is a LEViT-large backbone (embed_dim 192) but --net small was given; " \
+           "pass --net large" in err and "net='large'" not in err
+    reid = tmp_path / "ema.pth"
+    torch.save(DBN(num_classes=3, pretrained=None).state_dict(), reid)
+    err = parse_error(capsys, ["--pretrained", str(reid)])
+    assert f"--pretrained {reid} is a trained DBN ReID model, not an ImageNet backbone" in err
+
+
+def test_one_ctrl_c_is_announced_once_whatever_the_workers(monkeypatch, capsys):
+    with train.StopFlag() as stop:
+        main_pid = os.getpid()
+        monkeypatch.setattr(os, "getpid", lambda: main_pid + 1)  # as seen in a forked loader worker
+        stop.handle(signal.SIGINT, None)
+        assert stop.signum == 0 and capsys.readouterr().err == ""
+        monkeypatch.setattr(os, "getpid", lambda: main_pid)
+        stop.handle(signal.SIGINT, None)
+    assert stop.signum == signal.SIGINT
+    assert capsys.readouterr().err.count("SIGINT: stopping after this step") == 1
+
+
+def test_warnings_are_one_clean_line(capsys):
+    from utils.console import warning_line
+    warning_line("skipping unreadable image a.jpg: truncated", UserWarning, "utils/checkpoint.py", 151,
+                 line="    return self.dataset[index]")
+    assert capsys.readouterr().err == "warning: skipping unreadable image a.jpg: truncated\n"

@@ -425,6 +425,8 @@ def main(dataset, argv=None):
     """
     if dataset not in IMAGE_SIZE:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(IMAGE_SIZE)}")
+    from utils.console import show_warnings_as_lines
+    show_warnings_as_lines()
     height, width = IMAGE_SIZE[dataset]
     parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
                                      description=f"Evaluate a DBN checkpoint on {dataset} (default input "
