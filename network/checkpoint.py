@@ -22,10 +22,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, unsafe, unreadable or of another architecture."""
 
 
+# where the released backbone files come from (no download address or checksum is known here)
+RELEASE_SOURCE = "the network/ folder of the release, the public LEViT ReID repository"
+
+
 def where_files_go():
     names = ", ".join(f"network/{f} ({v})" for v, f in RELEASED_FILES.items())
-    return (f"released backbone files go in the network/ folder under their release names: {names}; "
-            "ReID models are wherever train.py's --save-path wrote them")
+    return (f"released backbone files go in the network/ folder under their release names: {names}; they come "
+            f"from {RELEASE_SOURCE}; ReID models are wherever train.py's --save-path wrote them")
 
 
 def read_checkpoint(path):

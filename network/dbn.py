@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from .checkpoint import checkpoint_filter_fn, detect_architecture, read_checkpoint, unwrap_state_dict
+from .checkpoint import (RELEASE_SOURCE, checkpoint_filter_fn, detect_architecture, read_checkpoint,
+                         unwrap_state_dict)
 from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
 
 NETWORK_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -105,7 +106,7 @@ class DBN(Fusable, nn.Module):
                     warnings.warn(
                         f"DBN: no pretrained LEViT-{net} backbone at network/{RELEASED_FILES[net]}; "
                         "starting from random weights. Accuracy will be far below the README's figures; "
-                        "download the released backbone file into network/ to fix this.", stacklevel=3)
+                        f"copy the released file from {RELEASE_SOURCE} into network/ to fix this.", stacklevel=3)
                     _warned_no_pretrained = True
                 return None, None
             pretrained = path

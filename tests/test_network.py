@@ -347,7 +347,9 @@ def test_filter_fn_is_pure_and_keeps_the_reid_head(small_backbone_sd):
 def test_auto_pretrained_warns_once_then_loads(small_backbone_sd, tmp_path, monkeypatch):
     monkeypatch.setattr(network.dbn, "NETWORK_DIR", str(tmp_path))
     monkeypatch.setattr(network.dbn, "_warned_no_pretrained", False)
-    with pytest.warns(UserWarning, match=r"network/" + RELEASED_FILES["small"] + r".*far below the README"):
+    with pytest.warns(UserWarning, match=r"network/" + RELEASED_FILES["small"] + r".*far below the README.*copy "
+                                         r"the released file from the network/ folder of the release, the public "
+                                         r"LEViT ReID repository"):
         DBN(10, pretrained="auto")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -364,6 +366,7 @@ def test_missing_checkpoint_names_path_and_where_files_go(tmp_path):
     msg = str(err.value)
     assert str(path) in msg and f"network/{RELEASED_FILES['small']}" in msg
     assert f"network/{RELEASED_FILES['large']}" in msg
+    assert "they come from the network/ folder of the release, the public LEViT ReID repository" in msg
 
 
 class RunsCode:

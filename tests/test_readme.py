@@ -160,3 +160,9 @@ def test_benchmark_commands_parse():
     for module, args in commands:
         parser = bench.get_args_parser() if module == "utils.bench" else bench_eval.get_args_parser()
         parser.parse_args(shlex.split(args))
+
+
+def test_readme_says_where_the_released_backbones_come_from():
+    text = " ".join(section("Pretrained backbones").split())
+    assert "published in the `network/` folder of the release, the public LEViT ReID repository" in text
+    assert "no download address or checksum is known here" in text
