@@ -106,7 +106,8 @@ class DBN(Fusable, nn.Module):
                     warnings.warn(
                         f"DBN: no pretrained LEViT-{net} backbone at network/{RELEASED_FILES[net]}; "
                         "starting from random weights. Accuracy will be far below the README's figures; "
-                        f"copy the released file from {RELEASE_SOURCE} into network/ to fix this.", stacklevel=3)
+                        f"copy the released file into network/ (it comes from {RELEASE_SOURCE}) to fix this.",
+                        stacklevel=3)
                     _warned_no_pretrained = True
                 return None, None
             pretrained = path

@@ -348,8 +348,8 @@ def test_auto_pretrained_warns_once_then_loads(small_backbone_sd, tmp_path, monk
     monkeypatch.setattr(network.dbn, "NETWORK_DIR", str(tmp_path))
     monkeypatch.setattr(network.dbn, "_warned_no_pretrained", False)
     with pytest.warns(UserWarning, match=r"network/" + RELEASED_FILES["small"] + r".*far below the README.*copy "
-                                         r"the released file from the network/ folder of the release, the public "
-                                         r"LEViT ReID repository"):
+                                         r"the released file into network/ \(it comes from the network/ folder of "
+                                         r"the release, the public LEViT ReID repository\)"):
         DBN(10, pretrained="auto")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
