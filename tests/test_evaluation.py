@@ -372,3 +372,21 @@ def test_ctrl_c_exits_130_without_a_traceback(capsys, weights, data_root, monkey
         evaluation.main("market1501", ["--weights", weights, "--dataset-root", data_root, *SMALL])
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip().endswith("test_market1501.py: interrupted; nothing was written")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_unreadable_image_warning_is_one_clean_line(weights, data_root, tmp_path, workers):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(data_root, "market1501"), root / "market1501")
+    gallery = root / "market1501" / "bounding_box_test"
+    bad = gallery / sorted(n for n in os.listdir(gallery) if not n.startswith("-"))[0]  # not junk (left out)
+    bad.write_bytes(b"not an image")
+    result = subprocess.run([sys.executable, "test_market1501.py", "--weights", weights, "--dataset-root", str(root),
+                             *SMALL[:4], "--num-workers", workers, "--device", "cpu"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "skipping unreadable image" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: skipping unreadable image {bad}: ")
+    assert "UnreadableImageWarning" not in result.stderr and ".py:" not in result.stderr
