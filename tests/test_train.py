@@ -569,3 +569,20 @@ def test_warnings_are_one_clean_line(capsys):
     warning_line("skipping unreadable image a.jpg: truncated", UserWarning, "utils/checkpoint.py", 151,
                  line="    return self.dataset[index]")
     assert capsys.readouterr().err == "warning: skipping unreadable image a.jpg: truncated\n"
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_with_workers_prints_one_message(data_root, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group, the loader workers too."""
+    proc = run_script(tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--num-workers", "2"), start_new_session=True)
+    last = tmp_path / "ema_last.pth"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    code, _, err = finish(proc)
+    assert code == 130 and "Traceback" not in err, err
+    assert err.count("SIGINT: stopping after this step") == 1
+    assert "interrupted in epoch" in err
