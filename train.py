@@ -35,8 +35,8 @@ from network import DBN, VARIANTS, CheckpointError
 from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
-from utils.evaluation import EvaluationError, default_workers
 from utils.console import show_warnings_as_lines
+from utils.evaluation import EvaluationError, default_workers
 from utils.malloc import keep_freed_memory
 from utils.schedule import averaging_start, build_scheduler, lr_factor
 
@@ -380,9 +380,13 @@ def check_save_path(args):
     if os.path.isdir(path):
         raise UsageError(f"--save-path {path} is a folder; give a file name, e.g. {os.path.join(path, 'ema.pth')}")
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        if args.dry_run:  # creates nothing: the nearest existing folder must let us create the rest
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        else:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
     except OSError as err:
         raise UsageError(f"--save-path {path}: cannot write in {folder} ({err.strerror or err}); "
                          "choose a writable --save-path") from None
@@ -392,11 +396,13 @@ def check_save_path(args):
                                                if os.path.exists(p)]
     if not files:
         return
-    try:
-        done = load_training_checkpoint(last)["epoch"] if os.path.isfile(last) else None
-    except CheckpointError:
-        done = None
-    total = args.epochs[1] + args.ema_extra
+    done = total = None
+    if os.path.isfile(last):
+        try:
+            earlier = load_training_checkpoint(last)
+            done, total = earlier["epoch"], earlier["args"]["epochs"][1] + earlier["args"]["ema_extra"]
+        except (CheckpointError, KeyError, TypeError, IndexError):  # not one of ours: named below anyway
+            done = None
     if done is not None and done < total:
         what = f"an unfinished run is there ({done} epochs done in {last}); continue it with --resume {last}, or "
     elif os.path.isfile(path):

@@ -372,6 +372,10 @@ def test_unwritable_save_folder_is_refused_before_training(data_root, tmp_path, 
     with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\); choose a writable"):
         train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval")))
     assert not (tmp_path / "ema_last.pth").exists()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a dry run creates nothing to try
+    with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\)"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--dry-run")))
+    assert not (tmp_path / "new").exists()
 
 
 def test_new_run_over_a_finished_run_is_refused(reference_run, data_root):
