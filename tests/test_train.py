@@ -319,6 +319,9 @@ def test_a_few_unreadable_images_are_skipped_counted_and_training_goes_on(data_r
         if record["skipped"]:
             assert f"epoch {record['epoch']}: {record['skipped']} unreadable images skipped" in err
     assert any(bad in str(w.message) for w in recwarn)
+    # named before epoch 1 too, and the run goes on (1 of 64 is within the bound patched above)
+    assert "1 of the 64 training images cannot be read:" in err and bad in err
+    assert "warning: training goes on without them (at most 50% may be unreadable)" in err
 
 
 @pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
@@ -590,3 +593,32 @@ def test_ctrl_c_to_the_process_group_with_workers_prints_one_message(data_root, 
     assert code == 130 and "Traceback" not in err, err
     assert err.count("SIGINT: stopping after this step") == 1
     assert "interrupted in epoch" in err
+
+
+def test_unreadable_pretrained_file_is_a_usage_error(capsys, tmp_path):
+    path = tmp_path / "backbone.pth"
+    path.write_bytes(b"KKK")
+    err = parse_error(capsys, ["--pretrained", str(path)])
+    assert f"--pretrained: cannot read {path} as a torch checkpoint" in err
+
+
+def test_save_path_that_is_a_folder_or_holds_only_a_log(data_root, tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(train.UsageError, match=r"--save-path .*run is a folder; give a file name, e.g. .*ema.pth"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "run", "--dry-run")))
+    (tmp_path / "ema_log.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(train.UsageError) as err:
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+    assert f"files of an earlier run are there ({tmp_path / 'ema_log.jsonl'}); add --overwrite" in str(err.value)
+
+
+def test_ctrl_c_in_the_batchnorm_pass_points_to_resume(monkeypatch, data_root, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "update_bn", interrupted)
+    save = tmp_path / "ema.pth"
+    code, err = cli_exit(tiny(data_root, save, "--no-eval", *SHORT), capsys)
+    last = tmp_path / "ema_last.pth"
+    assert code == 130 and "Traceback" not in err and not save.exists()
+    assert f"train.py: interrupted during the BatchNorm pass after the last epoch, before {save} was written; " \
+           f"every epoch is in {last}: --resume {last} redoes the pass and saves" in err
