@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -35,8 +36,10 @@ from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, released_pat
 from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
+from utils.console import show_warnings_as_lines
+from utils.evaluation import EvaluationError, default_workers
 from utils.malloc import keep_freed_memory
-from utils.schedule import averaging_start, build_scheduler
+from utils.schedule import averaging_start, build_scheduler, lr_factor
 
 # --demo: the values of the flags a user did not give (explicit flags win)
 DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net="small", pretrained="none",
@@ -46,7 +49,9 @@ DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net
 DEMO_DATA = dict(ids=48, images_per_id=8, cameras=3, seed=0)  # synthetic market1501 for --demo
 # flags that may change when resuming; every other flag is the recipe and must match the checkpoint
 RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "save_path",
-             "dist_timeout"}
+             "dist_timeout", "overwrite"}
+# recipe flags that a resumed run may change (a way out of a non-finite loss), with a warning
+RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
 MAX_SKIPPED = 0.01  # stop when more than this share of an epoch's images cannot be read
 
 
@@ -141,13 +146,14 @@ def get_args_parser(add_help=True):
     g.add_argument("--img-height", default=256, type=int, help="input height")
     g.add_argument("--img-width", default=128, type=int, help="input width")
     g.add_argument("--instance-num", default=4, type=int, help="K: images per identity in a batch")
-    g.add_argument("--num-workers", default=4, type=int, help="data loading processes (0: in the main process)")
+    g.add_argument("--num-workers", default=default_workers(), type=int,
+                   help="data loading processes (0: in the main process); 4, or the available cores if fewer")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", default=64, type=int,
                    help="global batch P x K (split across processes under torchrun)")
     g.add_argument("--lr", default=1.2e-1, type=float, help="peak learning rate (SGD, Nesterov momentum 0.9, wd 5e-4)")
-    g.add_argument("--epochs", default=(5, 75), type=epochs_type, metavar="W,T",
+    g.add_argument("--epochs", default="5,75", type=epochs_type, metavar="W,T",
                    help="linear warm-up from lr/100 over W epochs, cosine from lr at W towards 0 at T")
     g.add_argument("--ema-ratio", default=0.8, type=float,
                    help="average the weights from epoch floor(T*ratio) on (and hold the lr there)")
@@ -174,6 +180,9 @@ def get_args_parser(add_help=True):
                    help="where the averaged weights go; <stem>_last.pth (resumable checkpoint) and "
                         "<stem>_log.jsonl (one JSON line per epoch) are written beside it")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue from a <stem>_last.pth checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run even if --save-path already holds one (its files are replaced); "
+                        "without it a new run there is refused (--demo replaces its own params/demo.pth)")
     g.add_argument("--eval", default=True, action=argparse.BooleanOptionalAction,
                    help="evaluate the averaged model on the test split at the end")
     g.add_argument("--dry-run", action="store_true",
@@ -201,8 +210,25 @@ def parse_args(argv=None):
         parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "dry_run") and k in vars(args)})
     if args.demo or args.resume:
         args = parser.parse_args(argv)
+    if args.demo and not args.resume and args.save_path == DEMO["save_path"]:
+        args.overwrite = True  # a second `train.py --demo` replaces the demo's own files (README)
     check_args(args, parser)
     return args
+
+
+def check_pretrained(args, parser):
+    """--pretrained PATH must be a readable LEViT backbone of --net (said in train.py's flags)."""
+    from network import detect_architecture, read_checkpoint, unwrap_state_dict
+    try:
+        arch = detect_architecture(unwrap_state_dict(read_checkpoint(args.pretrained)))
+    except CheckpointError as err:
+        parser.error(f"--pretrained: {err}")
+    if arch["kind"] == "dbn":
+        parser.error(f"--pretrained {args.pretrained} is a trained DBN ReID model, not an ImageNet backbone; "
+                     "evaluate it with test_<dataset>.py --weights, or continue its run with --resume <stem>_last.pth")
+    if arch["kind"] == "backbone" and arch["variant"] not in (None, args.net):
+        parser.error(f"--pretrained {args.pretrained} is a LEViT-{arch['variant']} backbone (embed_dim "
+                     f"{arch['embed_dim']}) but --net {args.net} was given; pass --net {arch['variant']}")
 
 
 def check_args(args, parser):
@@ -223,9 +249,14 @@ def check_args(args, parser):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if not 0 < args.ema_ratio <= 1:
         parser.error(f"--ema-ratio must be in (0, 1], got {args.ema_ratio}")
-    if averaging_start(total, args.ema_ratio) < 1:
+    start = averaging_start(total, args.ema_ratio)
+    if start < 1:
         parser.error(f"--ema-ratio {args.ema_ratio} with T={total}: averaging would start at epoch "
                      f"floor(T*ratio) = 0; use a ratio of at least {1 / total:.3g}")
+    if lr_factor(start, warmup, total, args.ema_ratio) == 0:
+        parser.error(f"--ema-ratio {args.ema_ratio} with --epochs {warmup},{total}: the lr is held from epoch "
+                     f"floor(T*ratio) = {start} on at the cosine's value there, which is 0 at T, so every averaged "
+                     f"epoch would train at lr 0; use a ratio below {start / total:g} (the release's: 0.8)")
     if args.ema_extra < 0:
         parser.error(f"--ema-extra must be 0 or more, got {args.ema_extra}")
     if args.erasing != 0 and not 0.02 <= args.erasing <= 1:
@@ -242,6 +273,8 @@ def check_args(args, parser):
         parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
     if args.pretrained not in ("none", "auto") and not os.path.isfile(args.pretrained):
         parser.error(f"--pretrained {args.pretrained}: file not found (give a backbone file, 'auto' or 'none')")
+    if args.pretrained not in ("none", "auto") and not args.resume:
+        check_pretrained(args, parser)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; use --device cpu (or auto)")
     if args.gpus and torch.cuda.is_available() and args.device != "cpu":
@@ -331,6 +364,89 @@ def model_summary(model, args):
             f"per {args.img_height}x{args.img_width} image")
 
 
+def check_training_images(items, saved):
+    """Open the header of every training image before training: list every unreadable one and
+    stop (TrainingError) when they are more than MAX_SKIPPED of the training set."""
+    from PIL import Image
+    from datasets.image_dataset import DECODE_ERRORS
+    bad = []
+    for path, *_ in items:
+        try:
+            with Image.open(path):  # the header only: cheap
+                pass
+        except DECODE_ERRORS as err:  # Pillow's message repeats the path
+            bad.append((path, str(err).replace(f"'{path}'", "").replace(path, "").strip(" :") or type(err).__name__))
+    if not bad:
+        return
+    if du.is_main():
+        tqdm.write(f"{len(bad)} of the {len(items)} training images cannot be read:", file=sys.stderr)
+        for path, err in bad:
+            tqdm.write(f"  {path}: {err}", file=sys.stderr)
+    if len(bad) > MAX_SKIPPED * len(items):
+        then = f"resume with --resume {saved[0]}" if saved else "rerun"
+        raise TrainingError(f"{len(bad)} of the {len(items)} training images cannot be read (more than "
+                            f"{MAX_SKIPPED:.0%}; listed above); fix or remove them and {then}")
+    if du.is_main():
+        tqdm.write(f"warning: training goes on without them (at most {MAX_SKIPPED:.0%} may be unreadable)",
+                   file=sys.stderr)
+
+
+def check_save_path(args):
+    """Before any training: --save-path must be writable and, for a new run, hold no earlier run
+    (unless --overwrite). Raises UsageError saying what is there and what to do."""
+    path = args.save_path
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"--save-path {path}: cannot write there, {existing} is a file, not a folder; "
+                         "choose another --save-path")
+    if os.path.isdir(path):
+        raise UsageError(f"--save-path {path} is a folder; give a file name, e.g. {os.path.join(path, 'ema.pth')}")
+    try:
+        if args.dry_run:  # creates nothing: the nearest existing folder must let us create the rest
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        else:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+    except OSError as err:
+        raise UsageError(f"--save-path {path}: cannot write in {folder} ({err.strerror or err}); "
+                         "choose a writable --save-path") from None
+    if args.resume or args.overwrite:
+        return
+    last, files = last_checkpoint_path(path), [p for p in (path, last_checkpoint_path(path), log_path(path))
+                                               if os.path.exists(p)]
+    if not files:
+        return
+    done = total = None
+    if os.path.isfile(last):
+        try:
+            earlier = load_training_checkpoint(last)
+            done, total = earlier["epoch"], earlier["args"]["epochs"][1] + earlier["args"]["ema_extra"]
+        except (CheckpointError, KeyError, TypeError, IndexError):  # not one of ours: named below anyway
+            done = None
+    if done is not None and done < total:
+        what = f"an unfinished run is there ({done} epochs done in {last}); continue it with --resume {last}, or "
+    elif os.path.isfile(path):
+        what = f"a finished run is there ({path}); "
+    else:
+        what = f"files of an earlier run are there ({', '.join(files)}); " + (
+            f"continue it with --resume {last}, or " if done is not None else "")
+    raise UsageError(f"--save-path {path}: {what}add --overwrite to start a new run that replaces its files, "
+                     "or choose another --save-path")
+
+
+def remove_earlier_run(save_path):
+    """A new run with --overwrite: the earlier run's weights, checkpoint and log go first, so that
+    no file of it is left beside the new run's."""
+    for path in (save_path, last_checkpoint_path(save_path), log_path(save_path)):
+        if os.path.isfile(path):
+            os.remove(path)
+
+
 def build_train_set(dataset, args):
     from datasets.image_dataset import ImageDataset
     from datasets.transforms import build_transform
@@ -362,13 +478,16 @@ def build_loader(train_set, sampler, args, epoch, info, device, skip=0):
 
 class StopFlag:
     """SIGINT / SIGTERM handler: the first signal asks the loop to stop at the end of the step (a
-    checkpoint is written), a second one raises KeyboardInterrupt at once."""
+    checkpoint is written), a second one raises KeyboardInterrupt at once. Data-loading workers
+    (forked, so they inherit the handler) ignore it: the main process stops them."""
 
     def __init__(self):
         self.signum = 0
         self.previous = {}
+        self.pid = os.getpid()
 
     def __enter__(self):
+        self.pid = os.getpid()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self.handle)
         return self
@@ -378,6 +497,8 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a loader worker: Ctrl-C reaches the whole process group
+            return
         if self.signum:
             raise KeyboardInterrupt
         self.signum = signum
@@ -389,12 +510,13 @@ class StopFlag:
 # --- training ---------------------------------------------------------------------------------
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
-                    meter, stop=None, start_step=0):
+                    meter, stop=None, start_step=0, saved=None):
     """One epoch (0-based `epoch`) from batch `start_step` on: forward, loss, backward, step, log.
 
     `meter` (dict of sums) is updated in place. Returns the number of batches done in this epoch;
     fewer than the epoch has when `stop` (a StopFlag) was raised. Raises TrainingError on a
-    non-finite loss or when more than MAX_SKIPPED of the epoch's images cannot be read.
+    non-finite loss or when more than MAX_SKIPPED of the epoch's images cannot be read; its
+    message says how to go on from `saved` (see saved_state).
     """
     model.train()
     steps, per_rank = start_step + len(loader), args.batch_size // du.get_world_size()
@@ -403,51 +525,61 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
                unit="batch", disable=not du.is_main(), dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
     step = start_step
-    for imgs, labels, _, skipped in loader:
-        meter["skipped"] += skipped
-        if meter["skipped"] > MAX_SKIPPED * planned_images:
-            raise TrainingError(f"epoch {epoch + 1}: {meter['skipped']} images could not be read (more than "
-                                f"{MAX_SKIPPED:.0%} of the epoch's {planned_images}); the warnings above name "
-                                "them; fix or remove them and resume")
-        if imgs.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
-            if du.get_world_size() > 1:  # the other processes would wait for this one's gradients
-                raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch "
-                                    "could be read (see the warnings above)")
-            step += 1
-            bar.update(1)
-            continue
-        imgs = imgs.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with autocast:
-            logits, embeddings = model(imgs)
-        loss, terms = criterion(logits, embeddings, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    try:  # the bar's line is finished whatever ends the epoch, so no message is glued to it
+        for imgs, labels, _, skipped in loader:
+            meter["skipped"] += skipped
+            if meter["skipped"] > MAX_SKIPPED * planned_images:
+                then = (f"resume with --resume {saved[0]}" if saved else
+                        "rerun (no epoch had finished, nothing to resume)")
+                raise TrainingError(f"epoch {epoch + 1}: {meter['skipped']} images could not be read (more than "
+                                    f"{MAX_SKIPPED:.0%} of the epoch's {planned_images}); the warnings above name "
+                                    f"them; fix or remove them and {then}")
+            if imgs.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
+                if du.get_world_size() > 1:  # the other processes would wait for this one's gradients
+                    raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch "
+                                        "could be read (see the warnings above)")
+                step += 1
+                bar.update(1)
+                continue
+            imgs = imgs.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast:
+                logits, embeddings = model(imgs)
+            loss, terms = criterion(logits, embeddings, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
-        # one small all-reduce per step: mean loss for the log and a common decision to stop
-        status = torch.stack([loss.detach().float(), *terms.values(),
-                              torch.tensor(float(stop.signum if stop else 0), device=loss.device)])
-        du.all_reduce_mean(status)
-        values = status.tolist()
-        if not math.isfinite(values[0]):
-            raise TrainingError(f"non-finite loss ({values[0]}) at epoch {epoch + 1}, step {step + 1} of {steps}; "
-                                "training stopped. The checkpoint of the last finished epoch is kept: resume it "
-                                "with a lower --lr (or --amp false)")
-        step += 1
-        meter["steps"] += 1
-        meter["images"] += imgs.shape[0]
-        for name, value in zip(["loss", *terms], values[:-1]):
-            meter[name] = meter.get(name, 0.0) + value
-        elapsed = meter["seconds"] + time.perf_counter() - start
-        bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                        img_s=f"{meter['images'] * du.get_world_size() / max(elapsed, 1e-9):.0f}")
-        bar.update(1)
-        if values[-1]:  # some process was asked to stop
-            break
+            # one small all-reduce per step: mean loss for the log and a common decision to stop
+            status = torch.stack([loss.detach().float(), *terms.values(),
+                                  torch.tensor(float(stop.signum if stop else 0), device=loss.device)])
+            du.all_reduce_mean(status)
+            values = status.tolist()
+            if not math.isfinite(values[0]):
+                lower = f"--lr {args.lr / 2:g}" + (" (or --amp false)" if amp_settings(args, device)[0] else "")
+                if saved:
+                    then = (f"The checkpoint {saved[0]} ({saved[1]} finished epochs) is kept: resume it with a lower "
+                            f"--lr, e.g. --resume {saved[0]} {lower} (a changed --lr is allowed on resume)")
+                else:
+                    then = ("No epoch had finished, so there is nothing to resume: rerun with a lower --lr, "
+                            f"e.g. {lower}")
+                raise TrainingError(f"non-finite loss ({values[0]}) at epoch {epoch + 1}, step {step + 1} of {steps}; "
+                                    f"training stopped. {then}")
+            step += 1
+            meter["steps"] += 1
+            meter["images"] += imgs.shape[0]
+            for name, value in zip(["loss", *terms], values[:-1]):
+                meter[name] = meter.get(name, 0.0) + value
+            elapsed = meter["seconds"] + time.perf_counter() - start
+            bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{meter['images'] * du.get_world_size() / max(elapsed, 1e-9):.0f}")
+            bar.update(1)
+            if values[-1]:  # some process was asked to stop
+                break
+    finally:
+        bar.close()
     meter["seconds"] += time.perf_counter() - start
-    bar.close()
     return step
 
 
@@ -491,13 +623,34 @@ def save_training_state(path, model, optimizer, scheduler, scaler, averaged, epo
 
 
 def check_resume_args(stored, args):
-    changed = [k for k in stored if k not in RUN_FLAGS and k in vars(args)
-               and _plain(stored[k]) != _plain(getattr(args, k))]
+    """Refuse recipe flags that differ from the checkpoint's, except RESUME_CHANGES (warned about).
+    Returns the changed RESUME_CHANGES flags."""
+    def differ(names):
+        return [k for k in names if _plain(stored[k]) != _plain(getattr(args, k))]
+
+    def detail(names):
+        return ", ".join(f"--{k.replace('_', '-')} {_plain(getattr(args, k))} (checkpoint: {_plain(stored[k])})"
+                         for k in names)
+
+    names = [k for k in stored if k not in RUN_FLAGS and k in vars(args)]
+    changed = differ(k for k in names if k not in RESUME_CHANGES)
     if changed:
-        detail = ", ".join(f"--{k.replace('_', '-')} {_plain(getattr(args, k))} (checkpoint: {_plain(stored[k])})"
-                           for k in changed)
-        raise UsageError(f"--resume continues the run with its own settings; these differ: {detail}. "
+        raise UsageError(f"--resume continues the run with its own settings; these differ: {detail(changed)}. "
                          "Drop those flags, or start a new run with another --save-path")
+    allowed = differ(k for k in names if k in RESUME_CHANGES)
+    if allowed and du.is_main():
+        print(f"warning: resuming with {detail(allowed)}: from here on the run follows another recipe (no longer "
+              "its own nor the release's) and is not bit-identical to an uninterrupted run", file=sys.stderr)
+    return allowed
+
+
+def set_base_lr(optimizer, scheduler, lr):
+    """A new peak lr for a resumed run: the schedule's factor of the current epoch times `lr`."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = lr, lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _plain(value):
@@ -538,6 +691,7 @@ def _run(args, device, info, dp_ids):
     if main_rank:
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
         print(model_summary(model, args))
+    check_save_path(args)
     if args.dry_run:
         if main_rank:
             last = sampler.last_batch_size()  # the release's partial last batch
@@ -547,10 +701,16 @@ def _run(args, device, info, dp_ids):
         return None
 
     checkpoint = load_training_checkpoint(args.resume) if args.resume else None
+    epochs_total, start_avg = args.epochs[1] + args.ema_extra, averaging_start(args.epochs[1], args.ema_ratio)
+    changed = check_resume_args(checkpoint["args"], args) if checkpoint is not None else []
+    if checkpoint is not None and checkpoint["epoch"] >= epochs_total and os.path.isfile(args.save_path):
+        if main_rank:
+            print(f"resume: {args.resume} is a finished run (all {epochs_total} epochs done) and its averaged "
+                  f"weights are in {args.save_path}; nothing to do, nothing rewritten")
+        return None
+    untrained = copy_for_demo(model) if args.demo else None  # the seeded initial weights, resumed or not
     if checkpoint is not None:
-        check_resume_args(checkpoint["args"], args)
         model.load_state_dict(checkpoint["model"])
-    untrained = copy_for_demo(model) if args.demo else None
     model.to(device)
     averaged = AveragedModel(model, use_buffers=False)  # uniform running mean of the weights, BN stats later
     if args.sync_bn and info.distributed:
@@ -573,17 +733,20 @@ def _run(args, device, info, dp_ids):
     criterion = ReIDLoss(normalize=args.norm, global_triplet=info.distributed)
     train_set = SeededDataset(build_train_set(dataset, args))
 
-    epochs_total, start_avg = total + args.ema_extra, averaging_start(total, args.ema_ratio)
     start_epoch, start_step, meter = 0, 0, new_meter()
     last_path, log_file = last_checkpoint_path(args.save_path), log_path(args.save_path)
+    saved = None  # (path, finished epochs, batches of the next) of the newest checkpoint of this run
     seed_everything(args.seed + info.rank)  # per-process randomness (erasing, stochastic depth)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if "lr" in changed:
+            set_base_lr(optimizer, scheduler, args.lr)
         if scaler.is_enabled() and checkpoint["scaler"]:
             scaler.load_state_dict(checkpoint["scaler"])
         averaged.load_state_dict(checkpoint["averaged"])
         start_epoch, start_step = checkpoint["epoch"], checkpoint.get("step", 0)
+        saved = (args.resume, start_epoch, start_step)
         meter = checkpoint.get("meter") or new_meter()
         if len(checkpoint["rng"]) == info.world_size:
             set_rng_state(checkpoint["rng"][info.rank])
@@ -595,42 +758,64 @@ def _run(args, device, info, dp_ids):
             print(f"resume: {args.resume}, {start_epoch} epochs done" +
                   (f", epoch {start_epoch + 1} from batch {start_step + 1}" if start_step else ""))
         del checkpoint
+    elif main_rank:
+        remove_earlier_run(args.save_path)  # --overwrite (check_save_path refused otherwise)
+    if start_epoch < epochs_total:
+        check_training_images(dataset.train, saved)
 
     with StopFlag() as stop:
-        for epoch in range(start_epoch, epochs_total):
-            loader = build_loader(train_set, sampler, args, epoch, info, device, skip=start_step)
-            steps = train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
-                                    meter, stop, start_step)
-            if steps < len(sampler):  # interrupted: a mid-epoch checkpoint, exact to resume
-                save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged, epoch,
-                                    steps, meter, args, sampler)
-                raise Interrupted(stop.signum or signal.SIGINT,
-                                  f"interrupted in epoch {epoch + 1} after batch {steps}; resume with "
-                                  f"--resume {last_path}")
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            if epoch + 1 >= start_avg:
-                averaged.update_parameters(model_without_ddp)
-            if main_rank:
-                append_log(log_file, epoch_record(epoch, meter, lr, info.world_size))
-                if meter["skipped"]:
-                    print(f"epoch {epoch + 1}: {meter['skipped']} unreadable images skipped (named in the warnings "
-                          "above)", file=sys.stderr, flush=True)
-            start_step, meter = 0, new_meter()
-            save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged, epoch + 1, 0,
-                                meter, args, sampler)
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, epochs_total):
+                loader = build_loader(train_set, sampler, args, epoch, info, device, skip=start_step)
+                steps = train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
+                                        meter, stop, start_step, saved)
+                if steps < len(sampler):  # interrupted: a mid-epoch checkpoint, exact to resume
+                    save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged,
+                                        epoch, steps, meter, args, sampler)
+                    raise Interrupted(stop.signum or signal.SIGINT,
+                                      f"interrupted in epoch {epoch + 1} after batch {steps}; resume with "
+                                      f"--resume {last_path}")
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                if epoch + 1 >= start_avg:
+                    averaged.update_parameters(model_without_ddp)
+                if main_rank:
+                    append_log(log_file, epoch_record(epoch, meter, lr, info.world_size))
+                    if meter["skipped"]:
+                        print(f"epoch {epoch + 1}: {meter['skipped']} unreadable images skipped (named in the "
+                              "warnings above)", file=sys.stderr, flush=True)
+                start_step, meter = 0, new_meter()
+                save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged,
+                                    epoch + 1, 0, meter, args, sampler)
+                saved = (last_path, epoch + 1, 0)
+        except KeyboardInterrupt:  # a second Ctrl-C (StopFlag): stop at once, the last checkpoint stands
+            raise Interrupted(signal.SIGINT, f"stopped at once in epoch {epoch + 1}; " + saved_state(saved)) from None
 
     # BatchNorm statistics of the averaged weights: one pass over the training data (as the release)
-    loader = build_loader(train_set, sampler, args, epochs_total, info, device)
-    recompute_bn(averaged.module, loader, device, dp_ids, autocast)
+    try:
+        loader = build_loader(train_set, sampler, args, epochs_total, info, device)
+        recompute_bn(averaged.module, loader, device, dp_ids, autocast)
+        if main_rank:
+            save_model(averaged.module, dataset, args)
+    except KeyboardInterrupt:
+        raise Interrupted(signal.SIGINT, f"interrupted during the BatchNorm pass after the last epoch, before "
+                                         f"{args.save_path} was written; every epoch is in {last_path}: "
+                                         f"--resume {last_path} redoes the pass and saves") from None
     if main_rank:
-        save_model(averaged.module, dataset, args)
         print(f"saved the average of {int(averaged.n_averaged)} epochs' weights ({start_avg}..{epochs_total}) "
               f"to {args.save_path}")
     du.cleanup()
     if not (main_rank and args.eval):
         return None
-    metrics = final_evaluation(averaged.module, untrained, dataset, args, device)
+    try:
+        metrics = final_evaluation(averaged.module, untrained, dataset, args, device)
+    except KeyboardInterrupt:
+        raise Interrupted(signal.SIGINT, f"interrupted during the final evaluation; the averaged weights are "
+                                         f"saved in {args.save_path} ({evaluate_command(args)})") from None
+    except EvaluationError as err:
+        raise DatasetError(f"{err}\nTraining finished and its averaged weights are saved in {args.save_path}; "
+                           f"once the test data is fixed, {evaluate_command(args)}") from None
     save_model(averaged.module, dataset, args, metrics)  # the same weights, now with their test metrics
     return metrics
 
@@ -657,6 +842,20 @@ def recompute_bn(model, loader, device, dp_ids, autocast):
     with autocast:
         update_bn((batch for batch in loader if batch[0].shape[0]), bn_model, device=device)
     du.average_bn_statistics(model)
+
+
+def evaluate_command(args):
+    return (f"evaluate them with python test_{args.dataset}.py --weights {args.save_path} --net {args.net} "
+            f"--img-height {args.img_height} --img-width {args.img_width} --dataset-root {args.dataset_root}")
+
+
+def saved_state(saved):
+    """What the newest checkpoint of the run holds, and how to go on from it."""
+    if saved is None:
+        return "no epoch had finished, so nothing was saved: rerun the same command to start again"
+    path, epochs, step = saved
+    where = f"{epochs} finished epochs" + (f" and {step} batches of the next" if step else "")
+    return f"the checkpoint {path} holds {where}: resume with --resume {path}"
 
 
 def final_evaluation(model, untrained, dataset, args, device):
@@ -690,8 +889,11 @@ def ensure_demo_data(root):
 
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def cli(argv=None):
+    """`python train.py ...`: parse, run, and turn the known failures into a message and an exit status
+    (2: usage, data or checkpoint; 1: training stopped; 128 + signal: interrupted), no traceback."""
+    show_warnings_as_lines()
+    args = parse_args(argv)
     try:
         main(args)
     except (DatasetError, CheckpointError, UsageError) as err:
@@ -703,3 +905,7 @@ if __name__ == "__main__":
     except Interrupted as err:
         print(f"train.py: {err}", file=sys.stderr)
         sys.exit(128 + int(err.signum))
+
+
+if __name__ == "__main__":
+    cli()

@@ -6,6 +6,7 @@ image. Items are `(path, label, camid)` tuples with `path` under the dataset fol
 """
 import os
 import re
+import shlex
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -66,6 +67,11 @@ class FileIndex:
         return name in names
 
 
+def _plain_name(name):
+    """Folder name without case and punctuation: Market-1501-v15.09.15 -> market1501v150915."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
 def _count(items, k):
     return len({item[k] for item in items})
 
@@ -82,6 +88,7 @@ class Dataset:
     name = None
     family = "reid"
     folder = None  # the dataset folder under --dataset-root ("": --dataset-root itself)
+    official_folders = ()  # what the official download unpacks to, when it is another name than `folder`
     layout = ""  # the tree under the dataset folder, shown when a path is missing
 
     def __init__(self, dataset_root):
@@ -90,7 +97,8 @@ class Dataset:
         self.root = os.path.join(dataset_root, self.folder) if self.folder else os.path.normpath(dataset_root)
         self.train, self.num_classes = [], 0
         self.query = self.gallery = self.test = None
-        self.require_dir(self.root)
+        if not os.path.isdir(self.root):
+            raise self.missing_root()
         self.load()
 
     def load(self):
@@ -103,6 +111,32 @@ class Dataset:
 
     def missing(self, path, what):
         return DatasetError(f"{what} not found: {path}\nexpected layout ({self.name}):\n{self.layout_tree()}")
+
+    def missing_root(self):
+        """The dataset folder is absent: name a sibling that looks like it under another name (the
+        official download's, another case) and say to rename it; or notice that --dataset-root is
+        the dataset folder itself."""
+        top = self.folder.split("/")[0]  # cuhk03-np/detected: the folder under --dataset-root
+        expected = os.path.join(self.dataset_root, top)
+        wanted = [_plain_name(n) for n in (top, *self.official_folders)]
+        if os.path.isdir(self.dataset_root) and not os.path.isdir(expected):
+            for name in sorted(os.listdir(self.dataset_root)):
+                plain = _plain_name(name)
+                if os.path.isdir(os.path.join(self.dataset_root, name)) and (
+                        plain in wanted or plain.startswith(wanted[0])):
+                    found = os.path.join(self.dataset_root, name)
+                    return DatasetError(
+                        f"dataset folder not found: {expected}; found {found}, which looks like the same folder "
+                        f"under another name (as an official download unpacks): rename it to {top}, e.g. "
+                        f"mv {shlex.quote(found)} {shlex.quote(expected)}\nexpected layout ({self.name}):\n"
+                        f"{self.layout_tree()}")
+        if _plain_name(os.path.basename(os.path.normpath(self.dataset_root))) in wanted:
+            return DatasetError(
+                f"dataset folder not found: {self.root}; --dataset-root {self.dataset_root} looks like the "
+                f"{top} folder itself: pass the folder that holds it, --dataset-root "
+                f"{os.path.dirname(os.path.normpath(self.dataset_root)) or '.'}\nexpected layout ({self.name}):\n"
+                f"{self.layout_tree()}")
+        return self.missing(self.root, "dataset folder")
 
     def require_dir(self, path):
         if not os.path.isdir(path):

@@ -26,5 +26,6 @@ from datasets.base import FolderDataset
 class Market1501(FolderDataset):
     name = "market1501"
     folder = "market1501"
+    official_folders = ("Market-1501-v15.09.15", "Market-1501")
     pattern = re.compile(r"^(-?\d+)_c(\d+)s\d+_")
     example = "0002_c1s1_000451_03.jpg"

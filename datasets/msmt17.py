@@ -39,6 +39,7 @@ LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
 class MSMT17(FolderDataset):
     name = "msmt17"
     folder = "MSMT17"
+    official_folders = ("MSMT17_V1", "MSMT17_V2")
     pattern = re.compile(r"^(-?\d+)_c(\d+)_")
     example = "0000_c01_0001.jpg"
     layout = """\

@@ -5,7 +5,6 @@ loads strictly into `model` or raises `CheckpointError` saying what is wrong and
 """
 import os
 import pickle
-import zipfile
 
 import torch
 
@@ -23,10 +22,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, unsafe, unreadable or of another architecture."""
 
 
+# where the released backbone files come from (no download address or checksum is known here)
+RELEASE_SOURCE = "the network/ folder of the release, the public LEViT ReID repository"
+
+
 def where_files_go():
     names = ", ".join(f"network/{f} ({v})" for v, f in RELEASED_FILES.items())
-    return (f"released backbone files go in the network/ folder under their release names: {names}; "
-            "ReID models are wherever train.py's --save-path wrote them")
+    return (f"released backbone files go in the network/ folder under their release names: {names}; they come "
+            f"from {RELEASE_SOURCE}; ReID models are wherever train.py's --save-path wrote them")
 
 
 def read_checkpoint(path):
@@ -47,8 +50,10 @@ def read_checkpoint(path):
         raise CheckpointError(
             f"cannot read {path} as a torch checkpoint: it is corrupt, not written by torch.save, or uses "
             f"pickle features that torch.load(weights_only=True) refuses ({reason}); nothing in it was executed") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - the unpickler of a random or text file raises anything
+        # (IndexError, KeyError, UnicodeDecodeError, ...): every failure to read is the same refusal
+        raise CheckpointError(f"cannot read {path} as a torch checkpoint: it is corrupt or not written by "
+                              f"torch.save ({type(e).__name__}: {e}); nothing in it was executed") from None
 
 
 def unwrap_state_dict(obj):
@@ -277,8 +282,10 @@ def read_reid_checkpoint(path):
     state_dict, info = checkpoint_info(read_checkpoint(path), source=os.fspath(path))
     arch = detect_architecture(state_dict)
     if arch["kind"] == "backbone":
-        raise CheckpointError(f"{path} is {describe(arch)} (ImageNet weights), not a trained ReID model; "
-                              "train one with train.py (--pretrained takes this file)")
+        name = f"LEViT-{arch['variant']}" if arch["variant"] else "LEViT"
+        net = f" --net {arch['variant']}" if arch["variant"] else ""
+        raise CheckpointError(f"{path} is a {name} backbone (ImageNet weights), not a trained ReID model. To "
+                              f"train from this backbone: python train.py{net} --pretrained {path} ...")
     return state_dict, info
 
 

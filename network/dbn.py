@@ -17,8 +17,8 @@ import warnings
 import torch
 from torch import nn
 
-from .checkpoint import (checkpoint_filter_fn, detect_architecture, load_reid_weights, read_checkpoint,
-                         read_reid_checkpoint, resolve_settings, unwrap_state_dict)
+from .checkpoint import (RELEASE_SOURCE, checkpoint_filter_fn, detect_architecture, load_reid_weights,
+                         read_checkpoint, read_reid_checkpoint, resolve_settings, unwrap_state_dict)
 from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
 
 NETWORK_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -188,7 +188,8 @@ class DBN(Fusable, nn.Module):
                     warnings.warn(
                         f"DBN: no pretrained LEViT-{net} backbone at network/{RELEASED_FILES[net]}; "
                         "starting from random weights. Accuracy will be far below the README's figures; "
-                        "download the released backbone file into network/ to fix this.", stacklevel=3)
+                        f"copy the released file into network/ (it comes from {RELEASE_SOURCE}) to fix this.",
+                        stacklevel=3)
                     _warned_no_pretrained = True
                 return None, None
             pretrained = path

@@ -365,3 +365,29 @@ def test_many_files_parse_without_a_check_per_file(tmp_path, monkeypatch):
     data = build_dataset("msmt17", str(tmp_path))
     assert len(calls) < 50
     assert len(data.train) == 20000 and data.num_classes == 1000 and data.train[-1][1:] == (999, 14)
+
+
+@pytest.mark.parametrize("name, sibling, folder", [
+    ("market1501", "Market-1501-v15.09.15", "market1501"), ("msmt17", "MSMT17_V1", "MSMT17"),
+    ("msmt17", "MSMT17_V2", "MSMT17"), ("dukemtmc", "dukemtmc-reid", "DukeMTMC-reID"), ("veri776", "veri", "VeRi"),
+    ("vehicleid", "vehicleid_v1.0", "VehicleID_V1.0"), ("cub200", "cub_200_2011", "CUB_200_2011"),
+    ("university1652", "University-Release-1652", "University-Release"), ("npdetected", "CUHK03-NP", "cuhk03-np"),
+])
+def test_missing_folder_notices_a_sibling_under_another_name(tmp_path, name, sibling, folder):
+    (tmp_path / sibling).mkdir()
+    with pytest.raises(DatasetError) as err:
+        build_dataset(name, str(tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"dataset folder not found: {tmp_path / folder}; found {tmp_path / sibling}, which "
+                              f"looks like the same folder under another name (as an official download unpacks): "
+                              f"rename it to {folder}, e.g. mv ")
+    assert "expected layout" in message
+
+
+def test_dataset_root_that_is_the_dataset_folder_itself(tmp_path):
+    root = tmp_path / "market1501"
+    root.mkdir()
+    with pytest.raises(DatasetError) as err:
+        build_dataset("market1501", str(root))
+    assert (f"--dataset-root {root} looks like the market1501 folder itself: pass the folder that holds it, "
+            f"--dataset-root {tmp_path}") in str(err.value)

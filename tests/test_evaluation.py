@@ -233,6 +233,20 @@ def test_missing_weights_file(capsys, data_root, tmp_path):
     assert f"weights file not found: {missing}" in err and "--weights" in err
 
 
+def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert evaluation.get_args_parser().get_default("num_workers") == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert evaluation.get_args_parser().get_default("num_workers") == 4
+
+
+def test_text_file_as_weights_is_refused(capsys, data_root, tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("hello world\n")
+    err = run_error(capsys, "market1501", "--weights", str(path), "--dataset-root", data_root, *SMALL)
+    assert f"cannot read {path} as a torch checkpoint" in err
+
+
 def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(evaluation, "keep_freed_memory", lambda: calls.append("cpu") or True)
@@ -287,3 +301,119 @@ def test_script_exit_status_and_help(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "default input 256x128" in result.stdout and "(default: params/ema.pth)" in result.stdout
+
+
+# --- input size, device, pictures ------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, size", [(["--img-height", "0"], "0x128"), (["--img-width", "8"], "256x8"),
+                                         (["--img-height", "15", "--img-width", "64"], "15x64")])
+def test_input_size_is_validated_as_train_py_does(capsys, weights, flags, size):
+    err = run_error(capsys, "market1501", "--weights", weights, *flags)
+    assert f"--img-height/--img-width must be at least 16 (output stride 16), got {size}" in err
+
+
+def test_bare_weights_without_an_input_size_warn_which_size_is_evaluated(capsys, weights, data_root):
+    cpu = ["--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
+    _, lines, err = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *cpu,
+                        "--img-height", "32", "--img-width", "16")
+    assert "warning" not in err and RANK_RE.match(lines[-1])
+    with pytest.raises(SystemExit):  # stop before the (slow at 256x128) evaluation: no dataset here
+        evaluation.main("market1501", ["--weights", weights, "--dataset-root", "no/such/root", *cpu])
+    err = capsys.readouterr().err
+    assert (f"warning: {weights} holds bare weights, which do not record the input size they were trained at; "
+            "evaluating at 256x128 (this dataset's default)") in err
+    assert "python train.py --demo: 128x64), pass --img-height H --img-width W" in err
+
+
+def test_backbone_as_weights_speaks_the_command_line(capsys, data_root, tmp_path):
+    from network import LEViT, VARIANTS
+    path = str(tmp_path / "backbone.pth")
+    torch.save(LEViT(**VARIANTS["large"]).state_dict(), path)
+    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    assert f"{path} is a LEViT-large backbone (ImageNet weights), not a trained ReID model" in err
+    assert f"python train.py --net large --pretrained {path}" in err and "DBN(" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "gpu"], "expected auto, cpu, cuda or cuda:N (a GPU id), got 'gpu'"),
+    (["--gpus", "0,1"], "expected one GPU id (an integer >= 0): evaluation runs on one GPU; got '0,1'"),
+    (["--gpus", "1", "--device", "cpu"], "--gpus 1 and --device cpu disagree; give one of them"),
+])
+def test_device_flag_errors(capsys, weights, flags, message):
+    assert message in run_error(capsys, "market1501", "--weights", weights, *flags)
+
+
+def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, weights):
+    parser = argparse.ArgumentParser(parents=[evaluation.get_args_parser()])
+    if not torch.cuda.is_available():
+        err = run_error(capsys, "market1501", "--weights", weights, "--device", "cuda:1")
+        assert "--device cuda:1: no CUDA device is available; use --device cpu (or auto)" in err
+        err = run_error(capsys, "market1501", "--weights", weights, "--gpus", "1")
+        assert "--gpus 1: no CUDA device is available" in err
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    count = torch.cuda.device_count()
+    for flags in (["--device", f"cuda:{count - 1}"], ["--gpus", str(count - 1)],
+                  ["--gpus", str(count - 1), "--device", "cuda"]):
+        assert evaluation._device(parser.parse_args(flags), parser) == torch.device("cuda", count - 1)
+    with pytest.raises(SystemExit):
+        evaluation._device(parser.parse_args(["--gpus", str(count)]), parser)
+    assert f"cuda:{count}: no GPU {count} (this machine has {count}" in capsys.readouterr().err
+
+
+def test_vis_dir_chooses_the_pictures_folder(capsys, weights, data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL, "--vis", "1",
+                      "--vis-dir", "out/pictures")
+    assert len(os.listdir(tmp_path / "out" / "pictures")) == 1 and not (tmp_path / "figs").exists()
+    assert "written to out/pictures/market1501_rank_*.png" in "\n".join(lines)
+
+
+# --- data that cannot be scored, Ctrl-C -----------------------------------------------------------
+
+def test_check_scorable_on_hand_built_ids():
+    # query id 1 seen by camera 0; the gallery has id 1 only under camera 0 (junk) and id 2 elsewhere
+    with pytest.raises(evaluation.EvaluationError, match=r"none of the 2 queries has a correct gallery item"):
+        evaluation.check_scorable([1, 2], [0, 1], [1, 2, 3], [0, 1, 0])
+    evaluation.check_scorable([1, 2], [0, 1], [1, 2, 2], [0, 1, 0])  # id 2 under camera 0: scorable
+
+
+def test_no_query_with_a_correct_gallery_item_is_a_clear_error(capsys, weights, data_root, tmp_path):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(data_root, "market1501"), root / "market1501")
+    gallery = root / "market1501" / "bounding_box_test"
+    for i, name in enumerate(sorted(os.listdir(gallery))):  # every gallery image becomes a distractor (id 0)
+        camera = re.match(r"-?\d+_c(\d+)", name).group(1)
+        os.rename(gallery / name, gallery / f"0000_c{camera}s9_{i:06d}_00.jpg")
+    err = run_error(capsys, "market1501", "--weights", weights, "--dataset-root", str(root), *SMALL)
+    assert "error: none of the" in err and "queries has a correct gallery item" in err
+    assert "Check that query and gallery are the dataset's own folders" in err
+
+
+def test_ctrl_c_exits_130_without_a_traceback(capsys, weights, data_root, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main("market1501", ["--weights", weights, "--dataset-root", data_root, *SMALL])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip().endswith("test_market1501.py: interrupted; nothing was written")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_unreadable_image_warning_is_one_clean_line(weights, data_root, tmp_path, workers):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(data_root, "market1501"), root / "market1501")
+    gallery = root / "market1501" / "bounding_box_test"
+    bad = gallery / sorted(n for n in os.listdir(gallery) if not n.startswith("-"))[0]  # not junk (left out)
+    bad.write_bytes(b"not an image")
+    result = subprocess.run([sys.executable, "test_market1501.py", "--weights", weights, "--dataset-root", str(root),
+                             *SMALL[:4], "--num-workers", workers, "--device", "cpu"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "skipping unreadable image" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: skipping unreadable image {bad}: ")
+    assert "UnreadableImageWarning" not in result.stderr and ".py:" not in result.stderr

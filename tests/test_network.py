@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import network.dbn
 from network import (DBN, LEViT, RELEASED_FILES, VARIANTS, CheckpointError, checkpoint_filter_fn,
-                     load_reid_weights)
+                     load_reid_weights, read_checkpoint)
 from network.levit import LocalEnhanceAttention, ScaledNormalize
 
 PARAMS = {("backbone", "small"): 2_819_306, ("backbone", "large"): 9_650_300,
@@ -473,7 +473,9 @@ def test_filter_fn_is_pure_and_keeps_the_reid_head(small_backbone_sd):
 def test_auto_pretrained_warns_once_then_loads(small_backbone_sd, tmp_path, monkeypatch):
     monkeypatch.setattr(network.dbn, "NETWORK_DIR", str(tmp_path))
     monkeypatch.setattr(network.dbn, "_warned_no_pretrained", False)
-    with pytest.warns(UserWarning, match=r"network/" + RELEASED_FILES["small"] + r".*far below the README"):
+    with pytest.warns(UserWarning, match=r"network/" + RELEASED_FILES["small"] + r".*far below the README.*copy "
+                                         r"the released file into network/ \(it comes from the network/ folder of "
+                                         r"the release, the public LEViT ReID repository\)"):
         DBN(10, pretrained="auto")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -490,6 +492,7 @@ def test_missing_checkpoint_names_path_and_where_files_go(tmp_path):
     msg = str(err.value)
     assert str(path) in msg and f"network/{RELEASED_FILES['small']}" in msg
     assert f"network/{RELEASED_FILES['large']}" in msg
+    assert "they come from the network/ folder of the release, the public LEViT ReID repository" in msg
 
 
 class RunsCode:
@@ -528,6 +531,19 @@ def test_unreadable_and_non_state_dict_files(tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, other)
     with pytest.raises(CheckpointError, match=r"not a LEViT backbone or DBN ReID state_dict"):
         DBN(10, pretrained=str(other))
+
+
+@pytest.mark.parametrize("content", [b"KKK", b"hello world\n", bytes(range(256)) * 4],
+                         ids=["index-error", "key-error", "binary"])
+def test_any_file_torch_cannot_read_is_the_same_refusal(tmp_path, content):
+    """Text and random bytes make the unpickler raise IndexError, KeyError, UnicodeDecodeError...:
+    every one becomes the CheckpointError of an unreadable file."""
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"cannot read .*notes.pth as a torch checkpoint: it is corrupt"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"cannot read .*notes.pth as a torch checkpoint"):
+        DBN(10, pretrained=str(path))
 
 
 def test_wrong_variant_lists_mismatches_and_names_the_variant(tmp_path):

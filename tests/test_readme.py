@@ -224,3 +224,16 @@ def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypat
     scope = {}
     exec(compile(code[0], "README.md", "exec"), scope)
     assert scope["feats"].shape == (2, 1920) and scope["feats"].dtype == np.float32
+
+
+def test_readme_says_where_the_released_backbones_come_from():
+    text = " ".join(section("Pretrained backbones").split())
+    assert "published in the `network/` folder of the release, the public LEViT ReID repository" in text
+    assert "no download address or checksum is known here" in text
+
+
+def test_readme_evaluates_the_demo_at_its_training_size():
+    h, w = train.DEMO["img_height"], train.DEMO["img_width"]
+    command = (f"python test_market1501.py --weights {train.DEMO['save_path']} --dataset-root "
+               f"{train.DEMO['dataset_root']} --img-height {h} --img-width {w}")
+    assert command in EVAL_COMMANDS

@@ -78,12 +78,22 @@ def assert_same_state(a, b):
     (["--gpus", "a,b"], "expected comma-separated GPU ids"),
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--img-height", "8"], "must be at least 16"),
+    (["--epochs", "0,1", "--ema-ratio", "1"], "every averaged epoch would train at lr 0"),
+    (["--epochs", "5,75", "--ema-ratio", "1"], "use a ratio below 1"),
     (["--pretrained", "no/such/file.pth"], "--pretrained no/such/file.pth: file not found"),
     (["--drop-path", "1"], "--drop-path must be in [0, 1) (0 = off), got 1.0"),
     (["--resume", "no/such/run_last.pth"], "--resume no/such/run_last.pth: file not found"),
 ])
 def test_invalid_flags_are_rejected_with_the_rule(capsys, argv, message):
     assert message in parse_error(capsys, argv)
+
+
+@pytest.mark.parametrize("content", [b"KKK", b"hello world\n"], ids=["index-error", "key-error"])
+def test_unreadable_resume_file_is_a_usage_error(capsys, tmp_path, content):
+    path = tmp_path / "run_last.pth"
+    path.write_bytes(content)
+    err = parse_error(capsys, ["--resume", str(path)])
+    assert f"cannot read {path} as a torch checkpoint" in err and "Traceback" not in err
 
 
 def test_freeze_word_must_match_a_parameter(capsys):
@@ -95,8 +105,15 @@ def test_help_groups_flags_and_states_defaults():
     text = train.get_args_parser().format_help()
     for group in ("model:", "data:", "optimisation:", "hardware:", "run:"):
         assert group in text
-    assert "(default: 5,75)" in text.replace("(5, 75)", "5,75") or "(default: (5, 75))" in text
+    assert "(default: 5,75)" in text and "(5, 75)" not in text  # as it is typed
     assert "{market1501,dukemtmc,msmt17" in text
+
+
+def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert train.parse_args([]).num_workers == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert train.parse_args([]).num_workers == 4
 
 
 def test_seed_is_stored_and_defaults_match_the_release():
@@ -303,8 +320,8 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resumes_exactly(reference_run, data_ro
 
 def test_resume_refuses_a_changed_recipe(reference_run, capsys):
     folder, _, _ = reference_run
-    args = train.parse_args(["--resume", str(folder / "ema_last.pth"), "--lr", "0.3", "--no-eval"])
-    with pytest.raises(train.UsageError, match=r"--lr 0.3 \(checkpoint: 0.05\)"):
+    args = train.parse_args(["--resume", str(folder / "ema_last.pth"), "--erasing", "0.2", "--no-eval"])
+    with pytest.raises(train.UsageError, match=r"these differ: --erasing 0.2 \(checkpoint: 0.3\)"):
         train.main(args)
 
 
@@ -387,18 +404,43 @@ def test_non_finite_loss_stops_with_epoch_and_step(monkeypatch, data_root, tmp_p
     assert not (tmp_path / "ema.pth").exists()
 
 
-def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, recwarn):
+def break_one_identity(data_root, tmp_path):
+    """A copy of the data with every image of one identity (drawn in every pass) unreadable:
+    (dataset root, the broken file names)."""
     import shutil
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
     train_dir = root / "market1501" / "bounding_box_train"
     first_id = sorted(os.listdir(train_dir))[0][:4]
     names = sorted(n for n in os.listdir(train_dir) if n.startswith(first_id))
-    for name in names:  # every image of one identity: drawn in every pass
+    for name in names:
         (train_dir / name).write_bytes(b"not a jpeg")
+    return root, names
+
+
+def test_unreadable_images_are_all_listed_before_epoch_1(data_root, tmp_path, capsys):
+    root, names = break_one_identity(data_root, tmp_path)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
-    with pytest.raises(train.TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\)"):
+    with pytest.raises(train.TrainingError, match=r"^8 of the 64 training images cannot be read \(more than 1%; "
+                                                  r"listed above\); fix or remove them and rerun$"):
+        train.main(args)
+    err = capsys.readouterr().err
+    assert "8 of the 64 training images cannot be read:" in err
+    assert all(name in err for name in names)  # every one, not only those read before a stop
+    assert not (tmp_path / "ema_last.pth").exists()
+
+
+def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, recwarn, monkeypatch):
+    """Images that break after the check before epoch 1 (which is left out here): skipped with a
+    warning, then the run stops; in epoch 1 there is nothing to resume."""
+    root, names = break_one_identity(data_root, tmp_path)
+    monkeypatch.setattr(train, "check_training_images", lambda items, saved: None)
+    args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
+                                 "--ema-ratio", "0.5", "--ema-extra", "0"))
+    with pytest.raises(train.TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\); "
+                                                  r"the warnings above name them; fix or remove them and rerun "
+                                                  r"\(no epoch had finished, nothing to resume\)"):
         train.main(args)
     warned = " ".join(str(w.message) for w in recwarn)
     assert "skipping unreadable image" in warned and any(name in warned for name in names)
@@ -424,6 +466,9 @@ def test_a_few_unreadable_images_are_skipped_counted_and_training_goes_on(data_r
         if record["skipped"]:
             assert f"epoch {record['epoch']}: {record['skipped']} unreadable images skipped" in err
     assert any(bad in str(w.message) for w in recwarn)
+    # named before epoch 1 too, and the run goes on (1 of 64 is within the bound patched above)
+    assert "1 of the 64 training images cannot be read:" in err and bad in err
+    assert "warning: training goes on without them (at most 50% may be unreadable)" in err
 
 
 @pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
@@ -458,3 +503,277 @@ def test_saved_model_holds_the_final_metrics(capsys, data_root, tmp_path):
     saved = load(save)
     assert saved["metrics"] == metrics and 0 <= saved["metrics"]["mAP"] <= 1
     assert saved["img_height"] == 32 and saved["args"]["eval"] is True
+
+
+# --- the save location, earlier runs, finished runs ------------------------------------------------
+
+def unfinished_copy(reference_run, folder, epoch):
+    """The reference run's checkpoint, marked as written after `epoch` epochs, alone in `folder`."""
+    checkpoint = load(reference_run[0] / "ema_last.pth")
+    checkpoint["epoch"] = epoch
+    path = folder / "ema_last.pth"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_save_path_under_a_file_is_refused_before_training(data_root, tmp_path):
+    (tmp_path / "README.md").write_text("notes\n")
+    save = tmp_path / "README.md" / "ema.pth"
+    with pytest.raises(train.UsageError, match=r"cannot write there, .*README.md is a file, not a folder"):
+        train.main(train.parse_args(tiny(data_root, save, "--dry-run")))
+
+
+def test_unwritable_save_folder_is_refused_before_training(data_root, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(train.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\); choose a writable"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval")))
+    assert not (tmp_path / "ema_last.pth").exists()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a dry run creates nothing to try
+    with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\)"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--dry-run")))
+    assert not (tmp_path / "new").exists()
+
+
+def test_new_run_over_a_finished_run_is_refused(reference_run, data_root):
+    folder, _, _ = reference_run
+    with pytest.raises(train.UsageError) as err:
+        train.main(train.parse_args(tiny(data_root, folder / "ema.pth", "--dry-run")))
+    assert f"a finished run is there ({folder / 'ema.pth'}); add --overwrite to start a new run" in str(err.value)
+
+
+def test_new_run_over_an_unfinished_run_points_to_resume(reference_run, data_root, tmp_path):
+    last = unfinished_copy(reference_run, tmp_path, epoch=2)
+    with pytest.raises(train.UsageError) as err:
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+    assert f"an unfinished run is there (2 epochs done in {last}); continue it with --resume {last}" in str(err.value)
+
+
+def test_overwrite_replaces_the_earlier_run(reference_run, data_root, tmp_path):
+    import shutil
+    shutil.copytree(reference_run[0], tmp_path / "run")
+    save = tmp_path / "run" / "ema.pth"
+    argv = tiny(data_root, save, "--no-eval", "--overwrite", "--epochs", "1,2", "--ema-ratio", "0.5",
+                "--ema-extra", "0")
+    train.main(train.parse_args(argv))
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "run" / "ema_log.jsonl")] == [1, 2]
+    assert load(tmp_path / "run" / "ema_last.pth")["epoch"] == 2
+
+
+def test_demo_replaces_only_its_own_files():
+    assert train.parse_args(["--demo"]).overwrite
+    assert not train.parse_args(["--demo", "--save-path", os.path.join("params", "ema.pth")]).overwrite
+
+
+def test_resuming_a_finished_run_touches_nothing(reference_run, capsys):
+    folder, _, _ = reference_run
+    before = {name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime_ns)
+              for name in ("ema.pth", "ema_last.pth", "ema_log.jsonl")}
+    assert train.main(train.parse_args(["--resume", str(folder / "ema_last.pth"), "--no-eval"])) is None
+    out = capsys.readouterr().out
+    assert (f"resume: {folder / 'ema_last.pth'} is a finished run (all 4 epochs done) and its averaged weights "
+            f"are in {folder / 'ema.pth'}; nothing to do, nothing rewritten") in out
+    assert "saved the average" not in out
+    for name, (content, mtime) in before.items():
+        assert (folder / name).read_bytes() == content and (folder / name).stat().st_mtime_ns == mtime, name
+
+
+# --- the demo's untrained baseline -----------------------------------------------------------------
+
+class Recorded(Exception):
+    """Stops main() right after the demo's untrained copy was made."""
+
+
+def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run, data_root, tmp_path, monkeypatch):
+    copies = []
+
+    def record(model):
+        copies.append({k: v.clone() for k, v in model.state_dict().items()})
+        raise Recorded
+
+    monkeypatch.setattr(train, "copy_for_demo", record)
+    with pytest.raises(Recorded):  # a new demo-style run: the seeded initial weights
+        train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--demo", "--no-eval")))
+    last = unfinished_copy(reference_run, tmp_path, epoch=3)
+    with pytest.raises(Recorded):
+        train.main(train.parse_args(["--resume", str(last), "--demo", "--no-eval"]))
+    assert_same_state(copies[0], copies[1])
+    trained = load(last)["model"]
+    assert not torch.equal(copies[1]["class_list.0.weight"], trained["class_list.0.weight"])
+
+
+# --- stopping: non-finite loss, Ctrl-C, failed evaluation ----------------------------------------
+
+SHORT = ["--epochs", "1,2", "--ema-ratio", "0.5", "--ema-extra", "0"]  # 2 epochs at lr 0.05 (no warm-up, held)
+
+
+def test_non_finite_loss_in_epoch_1_says_rerun(monkeypatch, data_root, tmp_path):
+    monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
+    monkeypatch.setattr(NaNAfter, "after", 1)
+    NaNAfter.calls = 0
+    args = train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval", *SHORT))
+    with pytest.raises(train.TrainingError, match=r"at epoch 1, step 1 of 8; training stopped. No epoch had "
+                                                  r"finished, so there is nothing to resume: rerun with a lower "
+                                                  r"--lr, e.g. --lr 0.025$"):
+        train.main(args)
+
+
+def test_non_finite_loss_then_resume_with_a_lower_lr(monkeypatch, data_root, tmp_path, capsys):
+    real_loss = train.ReIDLoss
+    monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
+    NaNAfter.calls = 0
+    save = tmp_path / "ema.pth"
+    last = tmp_path / "ema_last.pth"
+    with pytest.raises(train.TrainingError) as err:
+        train.main(train.parse_args(tiny(data_root, save, "--no-eval", *SHORT)))
+    suggested = f"--resume {last} --lr 0.025"
+    assert f"The checkpoint {last} (1 finished epochs) is kept: resume it with a lower --lr, e.g. {suggested}" \
+        in str(err.value)
+    monkeypatch.setattr(train, "ReIDLoss", real_loss)
+    capsys.readouterr()
+    train.main(train.parse_args([*suggested.split(), "--no-eval"]))
+    err = capsys.readouterr().err
+    assert "warning: resuming with --lr 0.025 (checkpoint: 0.05): from here on the run follows another recipe" in err
+    assert [json.loads(line)["lr"] for line in open(tmp_path / "ema_log.jsonl")] == pytest.approx([0.05, 0.025])
+    assert save.exists()
+
+
+def cli_exit(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.cli(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+class InterruptAt(train.ReIDLoss):
+    """A second Ctrl-C at the `at`-th loss (StopFlag raises KeyboardInterrupt at once)."""
+    calls = 0
+    at = 1
+
+    def forward(self, logits, embeddings, labels):
+        InterruptAt.calls += 1
+        if InterruptAt.calls == InterruptAt.at:
+            raise KeyboardInterrupt
+        return super().forward(logits, embeddings, labels)
+
+
+@pytest.mark.parametrize("at, said", [
+    (1, "stopped at once in epoch 1; no epoch had finished, so nothing was saved: rerun the same command to start again"),
+    (10, "stopped at once in epoch 2; the checkpoint {last} holds 1 finished epochs: resume with --resume {last}"),
+])
+def test_second_ctrl_c_says_what_was_saved_and_exits_130(monkeypatch, data_root, tmp_path, capsys, at, said):
+    monkeypatch.setattr(train, "ReIDLoss", InterruptAt)
+    monkeypatch.setattr(InterruptAt, "at", at)
+    InterruptAt.calls = 0
+    code, err = cli_exit(tiny(data_root, tmp_path / "ema.pth", "--no-eval", *SHORT), capsys)
+    assert code == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "train.py: " + said.format(last=tmp_path / "ema_last.pth")
+
+
+def test_ctrl_c_in_the_final_evaluation_says_the_weights_are_saved(monkeypatch, data_root, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "final_evaluation", interrupted)
+    save = tmp_path / "ema.pth"
+    code, err = cli_exit(tiny(data_root, save, *SHORT), capsys)
+    assert code == 130 and "Traceback" not in err
+    assert f"train.py: interrupted during the final evaluation; the averaged weights are saved in {save} " \
+           f"(evaluate them with python test_market1501.py --weights {save} --net small --img-height 32 " \
+           f"--img-width 16 --dataset-root {data_root})" in err
+    assert save.exists()
+
+
+def test_unscorable_test_data_after_training_keeps_the_weights(data_root, tmp_path, capsys):
+    import re
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    gallery = root / "market1501" / "bounding_box_test"
+    for i, name in enumerate(sorted(os.listdir(gallery))):  # every gallery image becomes a distractor (id 0)
+        camera = re.match(r"-?\d+_c(\d+)", name).group(1)
+        os.rename(gallery / name, gallery / f"0000_c{camera}s9_{i:06d}_00.jpg")
+    save = tmp_path / "ema.pth"
+    code, err = cli_exit(tiny(str(root), save, *SHORT), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "train.py: error: none of the" in err and "queries has a correct gallery item" in err
+    assert f"Training finished and its averaged weights are saved in {save}; once the test data is fixed, " \
+           "evaluate them with python test_market1501.py" in err
+    assert save.exists()
+
+
+def test_pretrained_of_the_other_variant_speaks_train_py_flags(capsys, tmp_path):
+    from network import DBN, LEViT, VARIANTS
+    path = tmp_path / "large_backbone.pth"
+    torch.save(LEViT(**VARIANTS["large"]).state_dict(), path)
+    err = parse_error(capsys, ["--net", "small", "--pretrained", str(path)])
+    assert f"--pretrained {path} is a LEViT-large backbone (embed_dim 192) but --net small was given; " \
+           "pass --net large" in err and "net='large'" not in err
+    reid = tmp_path / "ema.pth"
+    torch.save(DBN(num_classes=3, pretrained=None).state_dict(), reid)
+    err = parse_error(capsys, ["--pretrained", str(reid)])
+    assert f"--pretrained {reid} is a trained DBN ReID model, not an ImageNet backbone" in err
+
+
+def test_one_ctrl_c_is_announced_once_whatever_the_workers(monkeypatch, capsys):
+    with train.StopFlag() as stop:
+        main_pid = os.getpid()
+        monkeypatch.setattr(os, "getpid", lambda: main_pid + 1)  # as seen in a forked loader worker
+        stop.handle(signal.SIGINT, None)
+        assert stop.signum == 0 and capsys.readouterr().err == ""
+        monkeypatch.setattr(os, "getpid", lambda: main_pid)
+        stop.handle(signal.SIGINT, None)
+    assert stop.signum == signal.SIGINT
+    assert capsys.readouterr().err.count("SIGINT: stopping after this step") == 1
+
+
+def test_warnings_are_one_clean_line(capsys):
+    from utils.console import warning_line
+    warning_line("skipping unreadable image a.jpg: truncated", UserWarning, "utils/checkpoint.py", 151,
+                 line="    return self.dataset[index]")
+    assert capsys.readouterr().err == "warning: skipping unreadable image a.jpg: truncated\n"
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_with_workers_prints_one_message(data_root, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group, the loader workers too."""
+    proc = run_script(tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--num-workers", "2"), start_new_session=True)
+    last = tmp_path / "ema_last.pth"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    code, _, err = finish(proc)
+    assert code == 130 and "Traceback" not in err, err
+    assert err.count("SIGINT: stopping after this step") == 1
+    assert "interrupted in epoch" in err
+
+
+def test_unreadable_pretrained_file_is_a_usage_error(capsys, tmp_path):
+    path = tmp_path / "backbone.pth"
+    path.write_bytes(b"KKK")
+    err = parse_error(capsys, ["--pretrained", str(path)])
+    assert f"--pretrained: cannot read {path} as a torch checkpoint" in err
+
+
+def test_save_path_that_is_a_folder_or_holds_only_a_log(data_root, tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(train.UsageError, match=r"--save-path .*run is a folder; give a file name, e.g. .*ema.pth"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "run", "--dry-run")))
+    (tmp_path / "ema_log.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(train.UsageError) as err:
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+    assert f"files of an earlier run are there ({tmp_path / 'ema_log.jsonl'}); add --overwrite" in str(err.value)
+
+
+def test_ctrl_c_in_the_batchnorm_pass_points_to_resume(monkeypatch, data_root, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "update_bn", interrupted)
+    save = tmp_path / "ema.pth"
+    code, err = cli_exit(tiny(data_root, save, "--no-eval", *SHORT), capsys)
+    last = tmp_path / "ema_last.pth"
+    assert code == 130 and "Traceback" not in err and not save.exists()
+    assert f"train.py: interrupted during the BatchNorm pass after the last epoch, before {save} was written; " \
+           f"every epoch is in {last}: --resume {last} redoes the pass and saves" in err

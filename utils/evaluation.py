@@ -52,6 +52,16 @@ MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
 
 
+def default_workers(most=4):
+    """Loader processes by default (train.py and the test scripts): `most`, but no more than the
+    cores this process may use, since PyTorch warns when a DataLoader has more workers than that."""
+    return max(1, min(most, len(os.sched_getaffinity(0))))
+
+
+class EvaluationError(RuntimeError):
+    """The test split cannot be scored (e.g. no query has a correct gallery item); the message says why."""
+
+
 def _size_table():
     rows = {}
     for name, size in IMAGE_SIZE.items():
@@ -84,15 +94,19 @@ def get_args_parser(add_help=False):
                              "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
                              "test_custom.py: the dataset folder itself")
     parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
-    parser.add_argument("--num-workers", default=4, type=int, help="data loading processes")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: cuda when available, otherwise cpu")
+    parser.add_argument("--num-workers", default=default_workers(), type=int,
+                        help="data loading processes (4, or the available cores if fewer)")
+    parser.add_argument("--device", default="auto", type=device_type, metavar="{auto,cpu,cuda,cuda:N}",
+                        help="auto: cuda when available, otherwise cpu; cuda:N picks GPU N")
+    parser.add_argument("--gpus", default=None, type=gpu_type, metavar="ID",
+                        help="GPU id to evaluate on, as train.py's --gpus (one id; same as --device cuda:ID)")
     parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
                         help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
     parser.add_argument("--rerank", action="store_true",
                         help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring (ranking datasets)")
     parser.add_argument("--vis", default=0, type=int, metavar="N",
-                        help="write rank-list pictures of N queries to figs/<dataset>_rank_<query>.png")
+                        help="write rank-list pictures of N queries to <vis-dir>/<dataset>_rank_<query>.png")
+    parser.add_argument("--vis-dir", default="figs", metavar="DIR", help="folder of the --vis pictures")
     parser.add_argument("--test-size", default=800, type=int, choices=[800, 1600, 2400],
                         help="vehicleid: test list (test_list_<N>.txt)")
     parser.add_argument("--trials", default=10, type=int, help="vehicleid: number of seeded gallery draws")
@@ -115,9 +129,8 @@ def _option(args, name):
 def image_size(dataset_name, args):
     """(height, width): --img-height/--img-width, else the dataset's default from IMAGE_SIZE."""
     height, width = IMAGE_SIZE.get(dataset_name, (256, 128))
-    height = _option(args, "img_height") or height
-    width = _option(args, "img_width") or width
-    return height, width
+    given = _option(args, "img_height"), _option(args, "img_width")
+    return (height if given[0] is None else given[0]), (width if given[1] is None else given[1])
 
 
 @torch.no_grad()
@@ -174,6 +187,7 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
     from utils.metrics import evaluate_rank_blocks, evaluate_rank_features
 
     ap = _option(args, "ap")
+    check_scorable(q_pids, q_camids, g_pids, g_camids)
     keep_rows = np.asarray(keep_rows, dtype=np.int64)
     if _option(args, "rerank"):
         from utils.rerank import re_ranking_blocks
@@ -200,6 +214,24 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
     return metrics, rows
 
 
+def check_scorable(q_pids, q_camids, g_pids, g_camids):
+    """Raise EvaluationError unless some query has a correct gallery item: the same id seen by
+    another camera (same id and camera is junk). Otherwise CMC and mAP are undefined."""
+    q_pids, q_camids, g_pids, g_camids = (np.asarray(a, dtype=np.int64) for a in (q_pids, q_camids, g_pids, g_camids))
+    ids, per_id = np.unique(g_pids, return_counts=True)
+    pairs, per_pair = np.unique(np.stack([g_pids, g_camids], 1), axis=0, return_counts=True) if len(g_pids) else (
+        np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    id_count = dict(zip(ids.tolist(), per_id.tolist()))
+    pair_count = {tuple(p): n for p, n in zip(pairs.tolist(), per_pair.tolist())}
+    if any(id_count.get(p, 0) > pair_count.get((p, c), 0) for p, c in zip(q_pids.tolist(), q_camids.tolist())):
+        return
+    raise EvaluationError(
+        f"none of the {len(q_pids)} queries has a correct gallery item (the same id seen by another camera; "
+        f"{len(g_pids)} gallery images), so CMC and mAP are undefined. Check that query and gallery are the "
+        "dataset's own folders (not swapped, emptied or from another dataset) and that the file names carry "
+        "the ids and cameras (<id>_c<camera>...): a query id must appear in the gallery under another camera")
+
+
 def _vis_rows(args, num_query):
     """Indices of the --vis N pictured queries, spread evenly over the query list."""
     n = min(_option(args, "vis"), num_query)
@@ -207,14 +239,15 @@ def _vis_rows(args, num_query):
 
 
 def _pictures(dataset, prefix, rows, dist, query, gallery, args, junk_same_camera=True):
-    """Rank-list pictures of the queries `rows` (distance rows `dist`), as figs/<prefix>_rank_<query>.png."""
+    """Rank-list pictures of the queries `rows` (distance rows `dist`), as <vis-dir>/<prefix>_rank_<query>.png."""
     from utils.vis import cell_size, save_rank_lists
 
     if not len(rows):
         return
-    written = save_rank_lists(dist, [query[i] for i in rows], gallery, "figs", prefix, query_ids=rows,
+    folder = _option(args, "vis_dir")
+    written = save_rank_lists(dist, [query[i] for i in rows], gallery, folder, prefix, query_ids=rows,
                               junk_same_camera=junk_same_camera, cell=cell_size(*image_size(dataset.name, args)))
-    print(f"rank-list pictures: {len(written)} written to figs/{prefix}_rank_*.png")
+    print(f"rank-list pictures: {len(written)} written to {os.path.join(folder, prefix)}_rank_*.png")
 
 
 def _evaluate_split(model, dataset, query, gallery, args, device, views=(None, None), prefix=None):
@@ -308,13 +341,15 @@ def evaluate(model, dataset, args):
     return metrics, RANK_LINE.format(**metrics)
 
 
-def load_model(args, device):
+def load_model(args, device, dataset_name):
     """DBN of the --weights checkpoint, in eval mode (BatchNorm folded) on `device`.
 
     The variant and the input size come from the file where it records them (train.py's
-    --save-path format); --net, --img-height and --img-width fill in what it does not say and
-    must agree with what it does. Sets args.net (and the size, when the file gives it).
-    Raises network.CheckpointError (missing or unreadable file, a flag that contradicts it).
+    --save-path format, or the args of a _last.pth); --net, --img-height and --img-width fill in
+    what it does not say and must agree with what it does. Sets args.net, args.img_height and
+    args.img_width; where neither the file nor the flags give the size it is the dataset's default,
+    with a warning (a bare state_dict does not say what size it was trained at).
+    Raises network.CheckpointError (missing or unreadable file, a backbone, a flag that contradicts it).
     """
     from network import DBN, CheckpointError
 
@@ -324,17 +359,55 @@ def load_model(args, device):
                               "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
     model, info = DBN.from_checkpoint(path, net=_option(args, "net"), img_height=_option(args, "img_height"),
                                       img_width=_option(args, "img_width"))
-    args.net, args.img_height, args.img_width = info["variant"], info["img_height"], info["img_width"]
+    args.net = info["variant"]
+    if None in (info["img_height"], info["img_width"]):
+        args.img_height, args.img_width = image_size(dataset_name, args)
+        print(f"warning: {path} holds bare weights, which do not record the input size they were trained at; "
+              f"evaluating at {args.img_height}x{args.img_width} (this dataset's default). If it was trained at "
+              "another size (python train.py --demo: 128x64), pass --img-height H --img-width W",
+              file=sys.stderr)
+    else:
+        args.img_height, args.img_width = info["img_height"], info["img_width"]
     model = model.fuse()  # conv+BN folded: same features, faster
     return model.to(device)
 
 
-def _device(name, parser):
+def device_type(text):
+    """--device: auto, cpu, cuda or cuda:N."""
+    if text in ("auto", "cpu", "cuda"):
+        return text
+    name, _, index = str(text).partition(":")
+    if name == "cuda" and index.isdigit():
+        return f"cuda:{int(index)}"
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (a GPU id), got {text!r}")
+
+
+def gpu_type(text):
+    if not str(text).strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected one GPU id (an integer >= 0): evaluation runs on one GPU; "
+                                         f"got {text!r}")
+    return int(text)
+
+
+def _device(args, parser):
+    """torch.device of --device / --gpus (--gpus ID is --device cuda:ID)."""
+    name = args.device
+    if args.gpus is not None:
+        if name not in ("auto", "cuda", f"cuda:{args.gpus}"):
+            parser.error(f"--gpus {args.gpus} and --device {name} disagree; give one of them")
+        name = f"cuda:{args.gpus}"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available; use --device cpu (or auto)")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        flag = f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}"
+        parser.error(f"{flag}: no CUDA device is available; use --device cpu (or auto)")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"{name}: no GPU {device.index} (this machine has {torch.cuda.device_count()}: ids "
+                     f"0..{torch.cuda.device_count() - 1})")
+    return device
 
 
 def main(dataset, argv=None):
@@ -346,6 +419,8 @@ def main(dataset, argv=None):
     """
     if dataset not in IMAGE_SIZE:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(IMAGE_SIZE)}")
+    from utils.console import show_warnings_as_lines
+    show_warnings_as_lines()
     height, width = IMAGE_SIZE[dataset]
     parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
                                      description=f"Evaluate a DBN checkpoint on {dataset} (default input "
@@ -355,26 +430,32 @@ def main(dataset, argv=None):
     for name in ("img_height", "img_width", "batch_size", "trials"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    shown = image_size(dataset, args)  # a flag left out stands for the dataset's default here
+    if min(shown) < 16:  # as train.py
+        parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
+                     f"{shown[0]}x{shown[1]}")
     if args.num_workers < 0 or args.vis < 0:
         parser.error("--num-workers and --vis must be 0 or more")
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
-    device = _device(args.device, parser)
+    device = _device(args, parser)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults for each batch's activations (utils/malloc.py)
     from datasets import DatasetError, build_dataset
     from network import CheckpointError
 
     try:
-        model = load_model(args, device)  # the variant and the input size recorded in --weights
-        args.img_height, args.img_width = image_size(dataset, args)  # else the dataset's default
+        model = load_model(args, device, dataset)  # the variant and the input size recorded in --weights
         print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
         data = build_dataset(dataset, args.dataset_root)
-    except (DatasetError, CheckpointError) as err:
+        print(data.summary())
+        metrics, line = evaluate(model, data, args)
+    except (DatasetError, CheckpointError, EvaluationError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(data.summary())
-    metrics, line = evaluate(model, data, args)
+    except KeyboardInterrupt:
+        print(f"test_{dataset}.py: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
     if "mINP" in metrics:
         print(MINP_LINE.format(**metrics))
     print(line)
