@@ -101,9 +101,8 @@ def test_unreadable_descriptions_are_errors(small, tmp_path):
     path = save(LEViT(num_classes=10).state_dict(), tmp_path)
     with pytest.raises(CheckpointError) as err:
         DBN.from_checkpoint(path)
-    assert str(err.value) == (f"{path} is a LEViT backbone like LEViT-small (stem 16, embed_dim 96, mlp_ratio 1, "
-                              "heads [1, 2]) (ImageNet weights), not a trained ReID model; train one with train.py "
-                              "(--pretrained takes this file)")
+    assert str(err.value) == (f"{path} is a LEViT-small backbone (ImageNet weights), not a trained ReID model. "
+                              f"To train from this backbone: python train.py --net small --pretrained {path} ...")
 
 
 def test_test_script_takes_variant_and_size_from_the_file(tmp_path, capsys):

@@ -427,8 +427,8 @@ def main(dataset, argv=None):
                                                  f"{height}x{width}); the last line printed is the result "
                                                  "in the release's format.")
     args = parser.parse_args(argv)
-    for name in ("img_height", "img_width", "batch_size", "trials"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    for name in ("batch_size", "trials"):
+        if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     shown = image_size(dataset, args)  # a flag left out stands for the dataset's default here
     if min(shown) < 16:  # as train.py
