@@ -289,10 +289,11 @@ def read_reid_checkpoint(path):
     return state_dict, info
 
 
-def resolve_settings(info, net=None, img_height=None, img_width=None):
+def resolve_settings(info, net=None, img_height=None, img_width=None, fallback_net=None):
     """The variant and input size to use: what the file says, or the flags where it says nothing.
 
-    A flag that contradicts the file raises CheckpointError naming both. Returns
+    A flag that contradicts the file raises CheckpointError naming both; `fallback_net` is the
+    variant where neither the file nor `net` says. Returns
     (net, img_height, img_width); the size is None where neither the file nor a flag gives it.
     """
     source, variant = info["source"], info["variant"]
@@ -300,7 +301,7 @@ def resolve_settings(info, net=None, img_height=None, img_width=None):
         embed = VARIANTS[variant]["embed_dim"]
         raise CheckpointError(f"{source} holds a LEViT-{variant} DBN (embed_dim {embed}) but --net {net} was "
                               f"given; pass --net {variant} (or leave --net out: the file says which)")
-    net = net or variant
+    net = net or variant or fallback_net
     if net is None:
         raise CheckpointError(f"{source}: cannot tell the variant from the weights (no released LEViT variant "
                               "has their widths); pass --net small or --net large")

@@ -152,7 +152,7 @@ class DBN(Fusable, nn.Module):
         self.to(memory_format=torch.channels_last)  # as LEViT: fast grouped convs on CPU
 
     @classmethod
-    def from_checkpoint(cls, path, net=None, img_height=None, img_width=None, device="cpu"):
+    def from_checkpoint(cls, path, net=None, img_height=None, img_width=None, device="cpu", fallback_net=None):
         """(model in eval mode on `device`, info) from a DBN file: what train.py writes to --save-path,
         its _last.pth checkpoint or a bare state_dict such as the release's params/ema.pth.
 
@@ -160,10 +160,11 @@ class DBN(Fusable, nn.Module):
         bare state_dict); `net`, `img_height`, `img_width` are the flags: used where the file says
         nothing, a CheckpointError naming both where they contradict it. `info` holds the file's
         description (network.checkpoint.INFO_KEYS, "format_version", "source") with "variant",
-        "img_height" and "img_width" resolved (the size stays None when neither gives it).
+        "img_height" and "img_width" resolved (the size stays None when neither gives it);
+        `fallback_net` is the variant used when neither the file nor `net` says.
         """
         state_dict, info = read_reid_checkpoint(path)
-        net, height, width = resolve_settings(info, net, img_height, img_width)
+        net, height, width = resolve_settings(info, net, img_height, img_width, fallback_net)
         mlp_ratio = info["mlp_ratio"] if info["mlp_ratio"] not in (None, VARIANTS[net]["mlp_ratio"]) else None
         model = cls(num_classes=info["num_classes"] or 1, num_parts=tuple(info["num_parts"] or (1, 2)), net=net,
                     pretrained=None, mlp_ratio=mlp_ratio)

@@ -417,3 +417,88 @@ def test_unreadable_image_warning_is_one_clean_line(weights, data_root, tmp_path
     lines = [line for line in result.stderr.splitlines() if "skipping unreadable image" in line]
     assert len(lines) == 1 and lines[0].startswith(f"warning: skipping unreadable image {bad}: ")
     assert "UnreadableImageWarning" not in result.stderr and ".py:" not in result.stderr
+
+
+# --- --save-features, --metrics-json, the scripts' constants --------------------------------------
+
+def test_save_features_and_metrics_json(capsys, weights, data_root, tmp_path):
+    """The .npz holds the features the scores were computed from (L2-normalised, in the order of
+    the paths it lists, with their ids and cameras); the JSON holds the metrics main() returns."""
+    import json
+    from datasets import build_dataset
+    npz, report = tmp_path / "out" / "feats.npz", tmp_path / "out" / "metrics.json"
+    metrics, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL,
+                            "--save-features", str(npz), "--metrics-json", str(report))
+    assert RANK_RE.match(lines[-1]) and f"metrics written to {report}" in lines
+    saved = np.load(npz)
+    data = build_dataset("market1501", data_root)
+    for split, items in (("query", data.query), ("gallery", data.gallery)):
+        assert saved[f"{split}_paths"].tolist() == [item[0] for item in items]
+        assert saved[f"{split}_pids"].tolist() == [item[1] for item in items]
+        assert saved[f"{split}_camids"].tolist() == [item[2] for item in items]
+        feats = saved[f"{split}_features"]
+        assert feats.dtype == np.float32 and feats.shape == (len(items), 1920)
+        assert np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+    from utils.metrics import evaluate_rank_features
+    q, g = (torch.from_numpy(saved[f"{s}_features"]) for s in ("query", "gallery"))
+    cmc, mAP = evaluate_rank_features(q, g, saved["query_pids"], saved["gallery_pids"], saved["query_camids"],
+                                      saved["gallery_camids"])
+    assert mAP == pytest.approx(metrics["mAP"], abs=1e-9) and cmc[0] == pytest.approx(metrics["top1"], abs=1e-9)
+    stored = json.loads(report.read_text())
+    assert stored["metrics"] == pytest.approx(metrics) and (stored["img_height"], stored["img_width"]) == (64, 32)
+    assert stored["net"] == "small" and stored["dataset"] == "market1501"
+
+
+@pytest.mark.parametrize("dataset, split", [("car196", "test"), ("vehicleid", "test")])
+def test_save_features_of_the_single_split_datasets(capsys, weights, data_root, tmp_path, dataset, split):
+    npz = tmp_path / "feats.npz"
+    run(capsys, dataset, "--weights", weights, "--dataset-root", data_root, *SMALL, "--trials", "2",
+        "--save-features", str(npz))
+    saved = np.load(npz)
+    assert sorted(saved.files) == sorted(f"{split}_{k}" for k in ("features", "paths", "pids", "camids"))
+    assert len(saved[f"{split}_paths"]) == len(saved[f"{split}_features"]) == len(saved[f"{split}_pids"]) > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--save-features", "feats.txt"], "--save-features feats.txt: give a file name ending in .npz"),
+    (["--metrics-json", "."], "--metrics-json . is a folder; give a file name"),
+])
+def test_output_flag_errors(capsys, weights, flags, message):
+    assert message in run_error(capsys, "market1501", "--weights", weights, *flags)
+
+
+def test_each_script_states_its_defaults_as_constants():
+    """WEIGHTS, NET and IMG_HEIGHT/IMG_WIDTH at the top of every test_<dataset>.py, passed to main();
+    the size constants are the dataset's default size."""
+    import ast
+    for name in DATASETS + ("custom",):
+        script = os.path.join(ROOT, f"test_{name}.py")
+        tree = ast.parse(open(script).read())
+        values = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets] if isinstance(node.targets[0], ast.Name) else \
+                    [e.id for e in node.targets[0].elts]
+                consts = ast.literal_eval(node.value)
+                values.update(zip(names, consts if len(names) > 1 else [consts]))
+        assert values == {"WEIGHTS": "params/ema.pth", "NET": "small", "IMG_HEIGHT": evaluation.IMAGE_SIZE[name][0],
+                          "IMG_WIDTH": evaluation.IMAGE_SIZE[name][1]}, script
+        assert f'main("{name}", weights=WEIGHTS, net=NET, img_height=IMG_HEIGHT, img_width=IMG_WIDTH)' in \
+            open(script).read()
+
+
+def test_script_constants_are_defaults_that_flags_and_the_checkpoint_override(capsys, weights, data_root, tmp_path):
+    from network import DBN, make_checkpoint
+    common = ["--dataset-root", data_root, "--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
+    # a bare state_dict: the script's size is used (no --img-height/--img-width), its weights path too
+    metrics = evaluation.main("market1501", common, weights=weights, img_height=64, img_width=32)
+    out, err = capsys.readouterr()
+    assert f"weights={weights}" in out and "img_height=64 img_width=32" in out
+    assert "evaluating at 64x32" in err
+    # a described checkpoint: its own size wins over the script's constants
+    described = str(tmp_path / "described.pth")
+    torch.save(make_checkpoint(random_dbn(), 32, 16, dataset="market1501", transform="reid"), described)
+    evaluation.main("market1501", common, weights=described, net="large", img_height=64, img_width=32)
+    out, err = capsys.readouterr()
+    assert "net=small" in out and "img_height=32 img_width=16" in out and "warning" not in err
+    assert 0 <= metrics["mAP"] <= 1

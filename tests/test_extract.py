@@ -52,7 +52,7 @@ def test_query_features_equal_the_test_scripts(setup, capsys, tmp_path):
     # the test script's query features: its model loading and its data loading
     args = evaluation.get_args_parser().parse_args(["--weights", weights, *SMALL])
     device = torch.device("cpu")
-    model = evaluation.load_model(args, device, "market1501")
+    model = evaluation.load_model(args, device, evaluation.IMAGE_SIZE["market1501"])
     data = build_dataset("market1501", root)
     feats, index = evaluation._item_features(model, data.query, data, args, device, desc="query")
     assert [data.query[i][0] for i in index] == saved["paths"].tolist()

@@ -21,6 +21,7 @@ Protocols (see the dataset table in the README):
 The result line in the release's format is the last line printed.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -116,6 +117,12 @@ def get_args_parser(add_help=False):
                              "not comparable)")
     parser.add_argument("--direction", default="satellite2drone", choices=["satellite2drone", "drone2satellite"],
                         help="university1652: query view -> gallery view")
+    parser.add_argument("--save-features", default=None, metavar="FILE.npz",
+                        help="also write the test features: <split>_features (N, D) float32 L2-normalised, "
+                             "<split>_paths, <split>_pids and <split>_camids for each split (query, gallery; "
+                             "test for vehicleid, car196, cub200)")
+    parser.add_argument("--metrics-json", default=None, metavar="FILE",
+                        help="also write every metric printed (and the per-trial ones of vehicleid) as JSON")
     return parser
 
 
@@ -255,10 +262,29 @@ def _evaluate_split(model, dataset, query, gallery, args, device, views=(None, N
     gf, gi = _item_features(model, gallery, dataset, args, device, view=views[1], desc="gallery")
     query, gallery = [query[i] for i in qi], [gallery[i] for i in gi]
     ids = [np.array([item[k] for item in items], dtype=np.int64) for items in (query, gallery) for k in (1, 2)]
+    save_features(_option(args, "save_features"), query=(qf, query), gallery=(gf, gallery))
     rows = _vis_rows(args, len(query))
     metrics, dist = rank_metrics(qf, gf, *ids, args, keep_rows=rows)
     _pictures(dataset, prefix or dataset.name, rows, dist, query, gallery, args)
     return metrics
+
+
+def save_features(path, **splits):
+    """--save-features: for each split name, (features (N, D), items (path, pid[, camid])) as
+    <split>_features float32, <split>_paths, <split>_pids and <split>_camids (-1 when unknown) in
+    one .npz. Nothing is written when `path` is None."""
+    if path is None:
+        return
+    arrays = {}
+    for name, (feats, items) in splits.items():
+        arrays[f"{name}_features"] = np.asarray(feats, dtype=np.float32)
+        arrays[f"{name}_paths"] = np.array([item[0] for item in items], dtype=str)
+        arrays[f"{name}_pids"] = np.array([item[1] for item in items], dtype=np.int64)
+        arrays[f"{name}_camids"] = np.array([item[2] if len(item) > 2 else -1 for item in items], dtype=np.int64)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays)
+    counts = ", ".join(f"{name} {len(items)}" for name, (_, items) in splits.items())
+    print(f"features ({counts}) written to {path}")
 
 
 def _evaluate_vehicleid(model, dataset, args, device):
@@ -268,6 +294,8 @@ def _evaluate_vehicleid(model, dataset, args, device):
     feats, index = _item_features(model, [(p, 0, 0) for p in paths], dataset, args, device,
                                   desc=f"test_list_{size}")
     row = {paths[i]: r for r, i in enumerate(index.tolist())}
+    pid_of = {item[0]: item[1] for query, gallery in trials for item in query + gallery}
+    save_features(_option(args, "save_features"), test=(feats, [(paths[i], pid_of[paths[i]]) for i in index.tolist()]))
     results = []
     for seed, (query, gallery) in enumerate(trials):
         query = [item for item in query if item[0] in row]
@@ -297,6 +325,7 @@ def _evaluate_retrieval(model, dataset, args, device):
     feats, index = _item_features(model, dataset.test, dataset, args, device, desc="test")
     items = [(dataset.test[i][0], dataset.test[i][1], 0) for i in index]
     labels = np.array([item[1] for item in items], dtype=np.int64)
+    save_features(_option(args, "save_features"), test=(feats, [item[:2] for item in items]))
     recall = recall_at_k(feats, labels, ks=(1, 2, 4, 8))
     clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=_option(args, "kmeans"))
     metrics = {f"R{k}": float(recall[k]) for k in (1, 2, 4, 8)}
@@ -341,14 +370,15 @@ def evaluate(model, dataset, args):
     return metrics, RANK_LINE.format(**metrics)
 
 
-def load_model(args, device, dataset_name):
+def load_model(args, device, default_size, default_net=None):
     """DBN of the --weights checkpoint, in eval mode (BatchNorm folded) on `device`.
 
     The variant and the input size come from the file where it records them (train.py's
     --save-path format, or the args of a _last.pth); --net, --img-height and --img-width fill in
     what it does not say and must agree with what it does. Sets args.net, args.img_height and
-    args.img_width; where neither the file nor the flags give the size it is the dataset's default,
-    with a warning (a bare state_dict does not say what size it was trained at).
+    args.img_width; where neither the file nor the flags give the size it is `default_size` (the
+    script's, by default the dataset's), with a warning (a bare state_dict does not say what size
+    it was trained at); `default_net` is the variant where neither says (weights of no released width).
     Raises network.CheckpointError (missing or unreadable file, a backbone, a flag that contradicts it).
     """
     from network import DBN, CheckpointError
@@ -358,10 +388,11 @@ def load_model(args, device, dataset_name):
         raise CheckpointError(f"weights file not found: {path} (pass --weights PATH: the file train.py "
                               "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
     model, info = DBN.from_checkpoint(path, net=_option(args, "net"), img_height=_option(args, "img_height"),
-                                      img_width=_option(args, "img_width"))
+                                      img_width=_option(args, "img_width"), fallback_net=default_net)
     args.net = info["variant"]
     if None in (info["img_height"], info["img_width"]):
-        args.img_height, args.img_width = image_size(dataset_name, args)
+        args.img_height = info["img_height"] or default_size[0]
+        args.img_width = info["img_width"] or default_size[1]
         print(f"warning: {path} holds bare weights, which do not record the input size they were trained at; "
               f"evaluating at {args.img_height}x{args.img_width} (this dataset's default). If it was trained at "
               "another size (python train.py --demo: 128x64), pass --img-height H --img-width W",
@@ -410,10 +441,13 @@ def _device(args, parser):
     return device
 
 
-def main(dataset, argv=None):
+def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=None, img_width=None):
     """Entry point of test_<dataset>.py: parse argv, load --weights, evaluate, print the result line last
     (the ranking datasets' mINP line just above it).
 
+    `weights`, `net`, `img_height`, `img_width` are the script's own defaults (the constants at the top of
+    each test_<dataset>.py): --weights when the flag is not given; the variant and the input size when
+    neither the flags nor the checkpoint say (None: the dataset's size from IMAGE_SIZE).
     A missing or malformed dataset or checkpoint prints the reason to stderr and exits with status 2.
     Returns the metrics dict.
     """
@@ -421,21 +455,28 @@ def main(dataset, argv=None):
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(IMAGE_SIZE)}")
     from utils.console import show_warnings_as_lines
     show_warnings_as_lines()
-    height, width = IMAGE_SIZE[dataset]
+    height, width = img_height or IMAGE_SIZE[dataset][0], img_width or IMAGE_SIZE[dataset][1]
     parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
                                      description=f"Evaluate a DBN checkpoint on {dataset} (default input "
                                                  f"{height}x{width}); the last line printed is the result "
                                                  "in the release's format.")
+    parser.set_defaults(weights=weights)
     args = parser.parse_args(argv)
     for name in ("batch_size", "trials"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    shown = image_size(dataset, args)  # a flag left out stands for the dataset's default here
+    shown = (height if args.img_height is None else args.img_height,  # a flag left out: the script's default
+             width if args.img_width is None else args.img_width)
     if min(shown) < 16:  # as train.py
         parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
                      f"{shown[0]}x{shown[1]}")
     if args.num_workers < 0 or args.vis < 0:
         parser.error("--num-workers and --vis must be 0 or more")
+    if args.save_features is not None and not args.save_features.endswith(".npz"):
+        parser.error(f"--save-features {args.save_features}: give a file name ending in .npz")
+    for flag, path in (("--save-features", args.save_features), ("--metrics-json", args.metrics_json)):
+        if path is not None and os.path.isdir(path):
+            parser.error(f"{flag} {path} is a folder; give a file name")
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)
@@ -445,7 +486,7 @@ def main(dataset, argv=None):
     from network import CheckpointError
 
     try:
-        model = load_model(args, device, dataset)  # the variant and the input size recorded in --weights
+        model = load_model(args, device, (height, width), net)  # the variant and the input size recorded in --weights
         print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
         data = build_dataset(dataset, args.dataset_root)
         print(data.summary())
@@ -456,6 +497,12 @@ def main(dataset, argv=None):
     except KeyboardInterrupt:
         print(f"test_{dataset}.py: interrupted; nothing was written", file=sys.stderr)
         sys.exit(130)
+    if args.metrics_json is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(args.metrics_json)), exist_ok=True)
+        with open(args.metrics_json, "w") as f:
+            json.dump({"dataset": dataset, "weights": args.weights, "net": args.net,
+                       "img_height": args.img_height, "img_width": args.img_width, "metrics": metrics}, f, indent=1)
+        print(f"metrics written to {args.metrics_json}")
     if "mINP" in metrics:
         print(MINP_LINE.format(**metrics))
     print(line)
