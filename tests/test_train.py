@@ -1,10 +1,10 @@
 """train.py on generated data: flag checks, a short real run, exact resume after SIGKILL and
 Ctrl-C, a non-finite loss, unreadable images. (The README's commands: tests/test_readme.py.)"""
+import functools
 import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -12,38 +12,22 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT
+import conftest
+from conftest import ROOT, assert_same_state, load, start, tiny_run
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
-TINY = ["--dataset", "market1501", "--net", "small", "--pretrained", "none", "--img-height", "32",
-        "--img-width", "16", "--batch-size", "8", "--instance-num", "4", "--lr", "0.05", "--epochs", "1,3",
-        "--ema-ratio", "0.67", "--ema-extra", "1", "--erasing", "0.3", "--device", "cpu", "--num-workers", "0",
-        "--seed", "3"]
+IMAGES_PER_ID = 8  # of the data_root fixture (conftest)
 EPOCHS = 4  # T + ema_extra
 BATCHES = 8
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from datasets.synthetic import generate
-    root = str(tmp_path_factory.mktemp("data"))
-    generate("market1501", root, ids=8, images_per_id=8, cameras=2, seed=0)
-    return root
-
-
-def tiny(root, save_path, *extra):
-    return [*TINY, "--dataset-root", root, "--save-path", str(save_path), *extra]
+tiny = functools.partial(tiny_run, batch_size=8, epochs="1,3", ema_ratio=0.67, ema_extra=1)
 
 
 def run_script(argv, **kwargs):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return start([sys.executable, os.path.join(ROOT, "train.py"), *argv], **kwargs)
 
 
 def finish(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+    return conftest.finish(proc, timeout)
 
 
 def parse_error(capsys, argv):
@@ -51,18 +35,6 @@ def parse_error(capsys, argv):
         train.parse_args(argv)
     assert info.value.code == 2
     return capsys.readouterr().err
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_state(a, b):
-    """Same weights: two state_dicts, or the "state_dict" of two --save-path files."""
-    a, b = (x["state_dict"] if "format" in x else x for x in (a, b))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 # --- flags ------------------------------------------------------------------------------------
