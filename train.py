@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets import DATASET_NAMES, DatasetError, build_dataset
+from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset
 from losses import ReIDLoss
 from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, released_path
 from utils import distributed as du
@@ -139,10 +139,7 @@ def get_args_parser(add_help=True):
 
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="market1501", choices=DATASET_NAMES, help="training dataset")
-    g.add_argument("--dataset-root", default="data",
-                   help="folder holding the dataset folders (market1501/, MSMT17/, DukeMTMC-reID/, VeRi/, "
-                        "VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
-                        "--dataset custom: the dataset folder itself")
+    g.add_argument("--dataset-root", default="data", help=DATASET_ROOT_HELP)
     g.add_argument("--img-height", default=256, type=int, help="input height")
     g.add_argument("--img-width", default=128, type=int, help="input width")
     g.add_argument("--instance-num", default=4, type=int, help="K: images per identity in a batch")

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from datasets import DATASET_ROOT_HELP, DatasetError, build_dataset
 from utils.features import dbn_features
 from utils.malloc import keep_freed_memory
 
@@ -89,10 +90,7 @@ def get_args_parser(add_help=False):
     parser.add_argument("--weights", default="params/ema.pth",
                         help="DBN checkpoint: the file train.py writes to --save-path (or its _last.pth "
                              "checkpoint) or the release's params/ema.pth")
-    parser.add_argument("--dataset-root", default="data",
-                        help="folder holding the dataset folders (market1501/, DukeMTMC-reID/, MSMT17/, "
-                             "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
-                             "test_custom.py: the dataset folder itself")
+    parser.add_argument("--dataset-root", default="data", help=DATASET_ROOT_HELP)
     parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
     parser.add_argument("--num-workers", default=default_workers(), type=int,
                         help="data loading processes (4, or the available cores if fewer)")
@@ -441,7 +439,6 @@ def main(dataset, argv=None):
     device = _device(args, parser)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults for each batch's activations (utils/malloc.py)
-    from datasets import DatasetError, build_dataset
     from network import CheckpointError
 
     try:
