@@ -37,7 +37,8 @@ from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
 from utils.console import show_warnings_as_lines
-from utils.evaluation import EvaluationError, default_workers
+from utils.cli import HelpFormatter, bool_type, default_workers, require_at_least
+from utils.evaluation import EvaluationError
 from utils.malloc import keep_freed_memory
 from utils.schedule import averaging_start, build_scheduler, lr_factor
 
@@ -93,24 +94,6 @@ def gpus_type(text):
     if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
         raise argparse.ArgumentTypeError(f"expected distinct GPU ids >= 0, e.g. 0,1; got {text!r}")
     return ids
-
-
-def bool_type(text):
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "y", "t", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "f", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" except for flags without a meaningful default."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def get_args_parser(add_help=True):
@@ -232,9 +215,7 @@ def check_args(args, parser):
     """Reject invalid values up front, naming the flag and what is allowed."""
     args.epochs = tuple(args.epochs)
     warmup, total = args.epochs
-    for name in ("batch_size", "instance_num", "img_height", "img_width"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_at_least(parser, args, 1, "batch_size", "instance_num", "img_height", "img_width")
     if args.batch_size % args.instance_num:
         parser.error(f"--batch-size {args.batch_size} is not divisible by --instance-num {args.instance_num}: "
                      f"a batch is P identities x K={args.instance_num} images (e.g. --batch-size "
@@ -254,8 +235,7 @@ def check_args(args, parser):
         parser.error(f"--ema-ratio {args.ema_ratio} with --epochs {warmup},{total}: the lr is held from epoch "
                      f"floor(T*ratio) = {start} on at the cosine's value there, which is 0 at T, so every averaged "
                      f"epoch would train at lr 0; use a ratio below {start / total:g} (the release's: 0.8)")
-    if args.ema_extra < 0:
-        parser.error(f"--ema-extra must be 0 or more, got {args.ema_extra}")
+    require_at_least(parser, args, 0, "ema_extra")
     if args.erasing != 0 and not 0.02 <= args.erasing <= 1:
         parser.error(f"--erasing is the largest erased area fraction: 0 (off) or in [0.02, 1], got {args.erasing}")
     if not 0 <= args.drop < 1:
@@ -264,10 +244,7 @@ def check_args(args, parser):
         args.drop_path = VARIANTS[args.net]["drop_path"]
     if not 0 <= args.drop_path < 1:
         parser.error(f"--drop-path must be in [0, 1) (0 = off), got {args.drop_path}")
-    if args.std < 0:
-        parser.error(f"--std must be 0 or more, got {args.std}")
-    if args.num_workers < 0:
-        parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
+    require_at_least(parser, args, 0, "std", "num_workers")
     if args.pretrained not in ("none", "auto") and not os.path.isfile(args.pretrained):
         parser.error(f"--pretrained {args.pretrained}: file not found (give a backbone file, 'auto' or 'none')")
     if args.pretrained not in ("none", "auto") and not args.resume:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import DATASET_ROOT_HELP, DatasetError, build_dataset
+from utils.cli import HelpFormatter, default_workers, require_at_least
 from utils.features import dbn_features
 from utils.malloc import keep_freed_memory
 
@@ -53,12 +54,6 @@ MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
 
 
-def default_workers(most=4):
-    """Loader processes by default (train.py and the test scripts): `most`, but no more than the
-    cores this process may use, since PyTorch warns when a DataLoader has more workers than that."""
-    return max(1, min(most, len(os.sched_getaffinity(0))))
-
-
 class EvaluationError(RuntimeError):
     """The test split cannot be scored (e.g. no query has a correct gallery item); the message says why."""
 
@@ -68,15 +63,6 @@ def _size_table():
     for name, size in IMAGE_SIZE.items():
         rows.setdefault(size, []).append(name)
     return "; ".join(f"{h}x{w}: {', '.join(names)}" for (h, w), names in rows.items())
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" except for flags whose default is None or off."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def get_args_parser(add_help=False):
@@ -425,15 +411,12 @@ def main(dataset, argv=None):
                                                  f"{height}x{width}); the last line printed is the result "
                                                  "in the release's format.")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "trials"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_at_least(parser, args, 1, "batch_size", "trials")
     shown = image_size(dataset, args)  # a flag left out stands for the dataset's default here
     if min(shown) < 16:  # as train.py
         parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
                      f"{shown[0]}x{shown[1]}")
-    if args.num_workers < 0 or args.vis < 0:
-        parser.error("--num-workers and --vis must be 0 or more")
+    require_at_least(parser, args, 0, "num_workers", "vis")
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)

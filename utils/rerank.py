@@ -28,6 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from utils.checks import positive_int
+
 # Distance entries per block of full rows (float32 plus int64 sort keys: 12 bytes each, ~200 MB).
 _ROW_ELEMENTS = 1 << 24
 # (query, item) pairs expanded at once in the Jaccard step.
@@ -97,8 +99,7 @@ class _MatrixRows:
 
 def _check(k1, k2, lambda_value):
     for name, k in (("k1", k1), ("k2", k2)):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"{name} must be a positive integer, got {k!r}")
+        positive_int(name, k)
     if not 0 <= lambda_value <= 1:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
 
@@ -224,8 +225,8 @@ def re_ranking_blocks(qf, gf, k1=20, k2=6, lambda_value=0.3, block=None):
     the matrix products run on the device of `qf`), yielded as float32 (B, G) numpy blocks in query
     order (B = `block` queries, default chosen from the gallery size)."""
     _check(k1, k2, lambda_value)
-    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1):
-        raise ValueError(f"block must be a positive integer or None, got {block!r}")
+    if block is not None:
+        positive_int("block", block, " or None")
     return _blocks(_FeatureRows(qf, gf), k1, k2, lambda_value, block)
 
 

@@ -1,0 +1,37 @@
+"""Command-line pieces shared by train.py, the test scripts, extract.py, search.py and export.py."""
+import argparse
+import os
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only for flags that take a value and have a meaningful default."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def default_workers(most=4):
+    """Loader processes by default (--num-workers): `most`, but no more than the cores this process
+    may use, since PyTorch warns when a DataLoader has more workers than that."""
+    return max(1, min(most, len(os.sched_getaffinity(0))))
+
+
+def bool_type(text):
+    """argparse type of a true/false flag value (the release's `--norm false`)."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "y", "t", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "f", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def require_at_least(parser, args, minimum, *names):
+    """parser.error naming the first flag among `names` (attributes of `args`) whose value is below `minimum`."""
+    for name in names:
+        value = getattr(args, name)
+        if value < minimum:
+            rule = "0 or more" if minimum == 0 else f"at least {minimum}"
+            parser.error(f"--{name.replace('_', '-')} must be {rule}, got {value}")
