@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset
 from losses import ReIDLoss
-from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, released_path
+from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, out_of_range, released_path
 from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
@@ -236,14 +236,11 @@ def check_args(args, parser):
                      f"floor(T*ratio) = {start} on at the cosine's value there, which is 0 at T, so every averaged "
                      f"epoch would train at lr 0; use a ratio below {start / total:g} (the release's: 0.8)")
     require_at_least(parser, args, 0, "ema_extra")
-    if args.erasing != 0 and not 0.02 <= args.erasing <= 1:
-        parser.error(f"--erasing is the largest erased area fraction: 0 (off) or in [0.02, 1], got {args.erasing}")
-    if not 0 <= args.drop < 1:
-        parser.error(f"--drop must be in [0, 1), got {args.drop}")
     if args.drop_path is None:
         args.drop_path = VARIANTS[args.net]["drop_path"]
-    if not 0 <= args.drop_path < 1:
-        parser.error(f"--drop-path must be in [0, 1) (0 = off), got {args.drop_path}")
+    problem = out_of_range(erasing=args.erasing, drop=args.drop, drop_path=args.drop_path)
+    if problem:
+        parser.error(f"--{problem[0].replace('_', '-')} {problem[1]}")
     require_at_least(parser, args, 0, "std", "num_workers")
     if args.pretrained not in ("none", "auto") and not os.path.isfile(args.pretrained):
         parser.error(f"--pretrained {args.pretrained}: file not found (give a backbone file, 'auto' or 'none')")
@@ -318,7 +315,7 @@ def build_model(args, num_classes):
     pretrained = None if args.pretrained == "none" else args.pretrained
     if pretrained == "auto":  # missing_pretrained() has let a run through: use the file if it is there
         pretrained = released_path(args.net) if os.path.isfile(released_path(args.net)) else None
-    model = DBN(num_classes=num_classes, num_parts=(1, 2), std=args.std, net=args.net, drop=args.drop,
+    model = DBN(num_classes=num_classes, std=args.std, net=args.net, drop=args.drop,
                 erasing=args.erasing, pretrained=pretrained, drop_path=args.drop_path)
     words = [w.strip() for w in args.freeze.split(",") if w.strip()]
     for name, param in model.named_parameters():

@@ -21,8 +21,6 @@ API:
   (smaller = closer) for `utils.metrics.evaluate_rank`; fine while Q x G floats fit in memory.
 - `re_ranking_blocks(qf, gf, ...)`: the same rows, yielded as (B, G) blocks in query order, for
   `utils.metrics.evaluate_rank_blocks` at any scale.
-- `re_ranking_distances(q_g_dist, q_q_dist, g_g_dist, ...)`: the original code's signature (Euclidean
-  distance matrices, squared inside), for small sets.
 """
 import numpy as np
 import scipy.sparse as sp
@@ -73,28 +71,6 @@ class _FeatureRows:
             dot = (self._items(a) * self._items(b)).sum(1)
             out[s:s + step] = ((self.sq[a] + self.sq[b]) + dot * -2).clamp_(min=0).add_(0.0).cpu()
         return out.numpy()
-
-
-class _MatrixRows:
-    """Squares of given Euclidean distance matrices, row i being column i of [[qq, qg], [qg^T, gg]]
-    (the original code normalises columns and transposes)."""
-
-    def __init__(self, q_g_dist, q_q_dist, g_g_dist):
-        qg, qq, gg = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
-                      for x in (q_g_dist, q_q_dist, g_g_dist))
-        Q, G = qg.shape if qg.ndim == 2 else (-1, -1)
-        if qg.ndim != 2 or qq.shape != (Q, Q) or gg.shape != (G, G):
-            raise ValueError(f"expected q_g_dist (Q, G), q_q_dist (Q, Q), g_g_dist (G, G), got {qg.shape}, "
-                             f"{qq.shape}, {gg.shape}")
-        # (N, N) transposed and squared as the original code does it
-        self.m = np.power(np.block([[qq.T, qg], [qg.T, gg.T]]), 2).astype(np.float32) + np.float32(0)
-        self.num_query, self.num_items = Q, Q + G
-
-    def rows(self, i0, i1):
-        return torch.from_numpy(self.m[i0:i1].copy())  # callers divide in place
-
-    def pairs(self, i, j):
-        return self.m[i, j]
 
 
 def _check(k1, k2, lambda_value):
@@ -234,13 +210,5 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3):
     """Re-ranked (Q, G) float32 distance matrix of features `qf` and `gf` (smaller = closer)."""
     _check(k1, k2, lambda_value)
     source = _FeatureRows(qf, gf)
-    G = source.num_items - source.num_query
-    return np.concatenate(list(_blocks(source, k1, k2, lambda_value, None)) or [np.zeros((0, G), np.float32)])
-
-
-def re_ranking_distances(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
-    """The original code's signature: Euclidean distance matrices in (squared inside), (Q, G) float32 out."""
-    _check(k1, k2, lambda_value)
-    source = _MatrixRows(q_g_dist, q_q_dist, g_g_dist)
     G = source.num_items - source.num_query
     return np.concatenate(list(_blocks(source, k1, k2, lambda_value, None)) or [np.zeros((0, G), np.float32)])
