@@ -37,7 +37,7 @@ from utils import distributed as du
 from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
 from utils.console import show_warnings_as_lines
-from utils.cli import HelpFormatter, bool_type, default_workers, require_at_least
+from utils.cli import HelpFormatter, bool_type, check_gpu, default_workers, require_at_least
 from utils.evaluation import EvaluationError
 from utils.malloc import keep_freed_memory
 from utils.schedule import averaging_start, build_scheduler, lr_factor
@@ -196,6 +196,11 @@ def parse_args(argv=None):
     return args
 
 
+def freeze_words(text):
+    """--freeze stem,layer1 -> ["stem", "layer1"]: parameters whose names contain one are not trained."""
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
 def check_pretrained(args, parser):
     """--pretrained PATH must be a readable LEViT backbone of --net (said in train.py's flags)."""
     from network import detect_architecture, read_checkpoint, unwrap_state_dict
@@ -216,10 +221,6 @@ def check_args(args, parser):
     args.epochs = tuple(args.epochs)
     warmup, total = args.epochs
     require_at_least(parser, args, 1, "batch_size", "instance_num", "img_height", "img_width")
-    if args.batch_size % args.instance_num:
-        parser.error(f"--batch-size {args.batch_size} is not divisible by --instance-num {args.instance_num}: "
-                     f"a batch is P identities x K={args.instance_num} images (e.g. --batch-size "
-                     f"{max(1, round(args.batch_size / args.instance_num)) * args.instance_num})")
     if min(args.img_height, args.img_width) < 16:
         parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
                      f"{args.img_height}x{args.img_width}")
@@ -246,14 +247,12 @@ def check_args(args, parser):
         parser.error(f"--pretrained {args.pretrained}: file not found (give a backbone file, 'auto' or 'none')")
     if args.pretrained not in ("none", "auto") and not args.resume:
         check_pretrained(args, parser)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available; use --device cpu (or auto)")
+    if args.device == "cuda":
+        check_gpu(parser, "--device cuda")
     if args.gpus and torch.cuda.is_available() and args.device != "cpu":
-        bad = [i for i in args.gpus if i >= torch.cuda.device_count()]
-        if bad:
-            parser.error(f"--gpus {','.join(map(str, args.gpus))}: no GPU {bad[0]} (this machine has "
-                         f"{torch.cuda.device_count()}: ids 0..{torch.cuda.device_count() - 1})")
-    words = [w.strip() for w in args.freeze.split(",") if w.strip()]
+        for index in args.gpus:
+            check_gpu(parser, f"--gpus {','.join(map(str, args.gpus))}", index)
+    words = freeze_words(args.freeze)
     if words:
         with torch.device("meta"):
             names = [n for n, _ in DBN(num_classes=2, net=args.net, pretrained=None).named_parameters()]
@@ -317,7 +316,7 @@ def build_model(args, num_classes):
         pretrained = released_path(args.net) if os.path.isfile(released_path(args.net)) else None
     model = DBN(num_classes=num_classes, std=args.std, net=args.net, drop=args.drop,
                 erasing=args.erasing, pretrained=pretrained, drop_path=args.drop_path)
-    words = [w.strip() for w in args.freeze.split(",") if w.strip()]
+    words = freeze_words(args.freeze)
     for name, param in model.named_parameters():
         if any(w in name for w in words):
             param.requires_grad_(False)

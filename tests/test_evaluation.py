@@ -358,7 +358,7 @@ def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, weights):
         assert evaluation._device(parser.parse_args(flags), parser) == torch.device("cuda", count - 1)
     with pytest.raises(SystemExit):
         evaluation._device(parser.parse_args(["--gpus", str(count)]), parser)
-    assert f"cuda:{count}: no GPU {count} (this machine has {count}" in capsys.readouterr().err
+    assert f"--gpus {count}: no GPU {count} (this machine has {count}" in capsys.readouterr().err
 
 
 def test_vis_dir_chooses_the_pictures_folder(capsys, weights, data_root, tmp_path, monkeypatch):

@@ -42,7 +42,6 @@ def parse_error(capsys, argv):
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "5"], "expected two integers W,T"),
     (["--epochs", "75,5"], "expected 0 <= W < T"),
-    (["--batch-size", "30", "--instance-num", "4"], "--batch-size 30 is not divisible by --instance-num 4"),
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--net", "huge"], "invalid choice: 'huge'"),
     (["--ema-ratio", "1.5"], "--ema-ratio must be in (0, 1]"),
@@ -66,6 +65,14 @@ def test_unreadable_resume_file_is_a_usage_error(capsys, tmp_path, content):
     path.write_bytes(content)
     err = parse_error(capsys, ["--resume", str(path)])
     assert f"cannot read {path} as a torch checkpoint" in err and "Traceback" not in err
+
+
+def test_batch_of_partial_identities_is_a_usage_error_before_training(data_root, tmp_path):
+    # the sampler's rule (datasets/sampler.py), checked once the number of processes is known
+    with pytest.raises(train.UsageError, match=r"--batch-size 30 --instance-num 4 on 1 process\(es\): batch_size 30 "
+                                               r"must be a multiple of num_instances \(K\) x world_size = 4 x 1 = 4"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--batch-size", "30", "--no-eval")))
+    assert not (tmp_path / "ema_last.pth").exists()
 
 
 def test_freeze_word_must_match_a_parameter(capsys):

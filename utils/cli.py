@@ -2,6 +2,8 @@
 import argparse
 import os
 
+import torch
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: ...)" only for flags that take a value and have a meaningful default."""
@@ -35,3 +37,13 @@ def require_at_least(parser, args, minimum, *names):
         if value < minimum:
             rule = "0 or more" if minimum == 0 else f"at least {minimum}"
             parser.error(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+
+
+def check_gpu(parser, flag, index=None):
+    """parser.error unless CUDA is available and, when `index` is given, this machine has GPU `index`;
+    `flag` (e.g. "--gpus 0,1") starts the message."""
+    if not torch.cuda.is_available():
+        parser.error(f"{flag}: no CUDA device is available; use --device cpu (or auto)")
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        parser.error(f"{flag}: no GPU {index} (this machine has {count}: ids 0..{count - 1})")

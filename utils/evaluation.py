@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import DATASET_ROOT_HELP, DatasetError, build_dataset
-from utils.cli import HelpFormatter, default_workers, require_at_least
+from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.features import dbn_features
 from utils.malloc import keep_freed_memory
 
@@ -384,13 +384,8 @@ def _device(args, parser):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        flag = f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}"
-        parser.error(f"{flag}: no CUDA device is available; use --device cpu (or auto)")
     device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        parser.error(f"{name}: no GPU {device.index} (this machine has {torch.cuda.device_count()}: ids "
-                     f"0..{torch.cuda.device_count() - 1})")
+    check_gpu(parser, f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}", device.index)
     return device
 
 
