@@ -39,7 +39,7 @@ from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_ch
 from utils.console import show_warnings_as_lines
 from utils.cli import HelpFormatter, bool_type, check_gpu, default_workers, require_at_least
 from utils.evaluation import EvaluationError
-from utils.malloc import keep_freed_memory
+from utils.malloc import tune_allocator
 from utils.schedule import averaging_start, build_scheduler, lr_factor
 
 # --demo: the values of the flags a user did not give (explicit flags win)
@@ -629,8 +629,7 @@ def _plain(value):
 
 def main(args):
     device, info, dp_ids = resolve_device(args)
-    if device.type == "cpu":
-        keep_freed_memory()  # reuse freed activations instead of faulting fresh pages in every step
+    tune_allocator(device)
     try:
         return _run(args, device, info, dp_ids)
     finally:

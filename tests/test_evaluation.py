@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils import evaluation
+from utils import evaluation, malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("market1501", "dukemtmc", "msmt17", "veri776", "vehicleid", "car196", "cub200",
@@ -249,7 +249,7 @@ def test_text_file_as_weights_is_refused(capsys, data_root, tmp_path):
 
 def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(evaluation, "keep_freed_memory", lambda: calls.append("cpu") or True)
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("cpu") or True)
     run_error(capsys, "market1501", "--weights", str(tmp_path / "nothing.pth"), "--dataset-root", data_root,
               *SMALL)
     assert calls == ["cpu"]

@@ -14,6 +14,7 @@ import torch
 import train
 import conftest
 from conftest import ROOT, assert_same_state, load, start, tiny_run
+from utils import malloc
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
 IMAGES_PER_ID = 8  # of the data_root fixture (conftest)
@@ -208,7 +209,7 @@ def test_a_partial_last_batch_trains(capsys, data_root, tmp_path):
 
 def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("cpu") or True)
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("cpu") or True)
     train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
     assert calls == ["cpu"]
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from datasets import DATASET_ROOT_HELP, DatasetError, build_dataset
 from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.features import dbn_features
-from utils.malloc import keep_freed_memory
+from utils.malloc import tune_allocator
 
 # Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
 # release's training commands for each dataset.
@@ -415,8 +415,7 @@ def main(dataset, argv=None):
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)
-    if device.type == "cpu":
-        keep_freed_memory()  # no page faults for each batch's activations (utils/malloc.py)
+    tune_allocator(device)
     from network import CheckpointError
 
     try:
