@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset
+from datasets.seeded import SeededBatches, SeededDataset
 from losses import ReIDLoss
 from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, out_of_range, released_path
 from utils import distributed as du
-from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
+from utils.checkpoint import (atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
 from utils.console import show_warnings_as_lines
 from utils.cli import HelpFormatter, bool_type, check_gpu, default_workers, require_at_least
@@ -437,7 +438,7 @@ def build_sampler(dataset, args, info):
 
 def build_loader(train_set, sampler, args, epoch, info, device, skip=0):
     """Loader of one epoch (0-based `epoch`), starting at batch `skip`: same batches and augmentation
-    for a given seed and epoch whatever --num-workers (see utils.checkpoint.SeededBatches)."""
+    for a given seed and epoch whatever --num-workers (see datasets.seeded.SeededBatches)."""
     from datasets.image_dataset import collate_skip
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(args.seed * 1000003 + epoch)

@@ -14,7 +14,7 @@ on the uint8 tensor and the conversion to float comes last. They are the release
   exactly that; with fill=0 it would also darken the pixels next to the filled corners.
 
 The random steps draw from torch's global generator, so `torch.manual_seed` (or
-utils.checkpoint.SeededDataset) makes them reproducible.
+datasets.seeded.SeededDataset) makes them reproducible.
 
 - reid (market1501, dukemtmc, msmt17, veri776, vehicleid, npdetected, nplabeled)
     train: resize HxW, pad 8 symmetric, random crop HxW, horizontal flip (p 0.5)
