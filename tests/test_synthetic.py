@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.io
 from PIL import Image
 
 from datasets import DATASET_NAMES, build_dataset, synthetic
@@ -125,9 +126,8 @@ def test_metric_class_split(roots, name):
 
 
 def test_cars_annotations_mat(roots):
-    scipy_io = pytest.importorskip("scipy.io")
     folder = os.path.join(roots[0], "CARS")
-    mat = scipy_io.loadmat(os.path.join(folder, "cars_annos.mat"))
+    mat = scipy.io.loadmat(os.path.join(folder, "cars_annos.mat"))
     ann = mat["annotations"]
     assert ann.shape == (1, 2 * IDS * PER_ID)
     assert ann.dtype.names == ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test")

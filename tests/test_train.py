@@ -82,9 +82,16 @@ def test_freeze_word_must_match_a_parameter(capsys):
 
 
 def test_help_groups_flags_and_states_defaults():
-    text = train.get_args_parser().format_help()
+    parser = train.get_args_parser()
+    groups = {group.title: {action.dest for action in group._group_actions} for group in parser._action_groups}
+    assert {"net", "pretrained", "erasing", "freeze"} <= groups["model"]
+    assert {"dataset", "dataset_root", "instance_num", "num_workers"} <= groups["data"]
+    assert {"batch_size", "lr", "epochs", "ema_ratio", "seed"} <= groups["optimisation"]
+    assert {"device", "gpus", "dist_timeout"} == groups["hardware"]
+    assert {"save_path", "resume", "eval", "dry_run", "demo"} <= groups["run"]
+    text = parser.format_help()
     for group in ("model:", "data:", "optimisation:", "hardware:", "run:"):
-        assert group in text
+        assert f"\n{group}\n" in text
     assert "(default: 5,75)" in text and "(5, 75)" not in text  # as it is typed
     assert "{market1501,dukemtmc,msmt17" in text
 
@@ -96,8 +103,9 @@ def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
     assert train.parse_args([]).num_workers == 4
 
 
-def test_seed_is_stored_and_defaults_match_the_release():
+def test_defaults_match_the_release():
     args = train.parse_args([])
+    assert (args.seed, args.erasing, args.norm, args.dataset, args.pretrained) == (613, 0.45, True, "market1501", "auto")
     assert (args.net, args.img_height, args.img_width, args.batch_size, args.lr) == ("small", 256, 128, 64, 0.12)
     assert (args.epochs, args.ema_ratio, args.ema_extra, args.instance_num) == ((5, 75), 0.8, 25, 4)
 
