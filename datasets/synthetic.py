@@ -185,7 +185,7 @@ def _write_vehicleid(folder, rng, ids, images_per_id, cameras):
 
 def _write_cars(folder, rng, ids, images_per_id, cameras):
     """car_ims/000001.jpg ... and cars_annos.mat: struct array `annotations` and cell array `class_names`."""
-    import scipy.io
+    import scipy.io  # here: only car196 writes a .mat file, and scipy.io is slow to import
     cams = [Camera(rng, c) for c in range(cameras)]
     records = []
     for cls in range(1, 2 * ids + 1):

@@ -201,7 +201,7 @@ def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch
     from utils import metrics
     calls = []
     real = metrics.kmeans
-    monkeypatch.setattr(metrics, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
+    monkeypatch.setattr(evaluation, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
     data = build_dataset("car196", data_root)
     results = {}
     for method in (None, "kmeans++"):

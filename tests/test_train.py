@@ -14,7 +14,7 @@ import torch
 import train
 import conftest
 from conftest import ROOT, assert_same_state, load, start, tiny_run
-from utils import malloc
+from utils import malloc, run_files
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
 IMAGES_PER_ID = 8  # of the data_root fixture (conftest)
@@ -105,7 +105,7 @@ def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
 
 def test_defaults_match_the_release():
     args = train.parse_args([])
-    assert (args.seed, args.erasing, args.norm, args.dataset, args.pretrained) == (613, 0.45, True, "market1501", "auto")
+    assert (args.seed, args.erasing, args.norm, args.pretrained) == (613, 0.45, True, "auto")
     assert (args.net, args.img_height, args.img_width, args.batch_size, args.lr) == ("small", 256, 128, 64, 0.12)
     assert (args.epochs, args.ema_ratio, args.ema_extra, args.instance_num) == ((5, 75), 0.8, 25, 4)
 
@@ -423,7 +423,7 @@ def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, re
     """Images that break after the check before epoch 1 (which is left out here): skipped with a
     warning, then the run stops; in epoch 1 there is nothing to resume."""
     root, names = break_one_identity(data_root, tmp_path)
-    monkeypatch.setattr(train, "check_training_images", lambda items, saved: None)
+    monkeypatch.setattr(train, "check_training_images", lambda items, saved, max_skipped: None)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
     with pytest.raises(train.TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\); "
@@ -514,7 +514,7 @@ def test_save_path_under_a_file_is_refused_before_training(data_root, tmp_path):
 def test_unwritable_save_folder_is_refused_before_training(data_root, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(train.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(run_files.tempfile, "TemporaryFile", refuse)
     with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\); choose a writable"):
         train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval")))
     assert not (tmp_path / "ema_last.pth").exists()
@@ -580,7 +580,7 @@ def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run,
         copies.append({k: v.clone() for k, v in model.state_dict().items()})
         raise Recorded
 
-    monkeypatch.setattr(train, "copy_for_demo", record)
+    monkeypatch.setattr(train, "untrained_copy", record)
     with pytest.raises(Recorded):  # a new demo-style run: the seeded initial weights
         train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--demo", "--no-eval")))
     last = unfinished_copy(reference_run, tmp_path, epoch=3)

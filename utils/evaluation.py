@@ -30,9 +30,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import DATASET_ROOT_HELP, DatasetError, build_dataset
+from datasets.image_dataset import ImageDataset, collate_skip
+from datasets.transforms import build_transform
+from network import DBN, CheckpointError
 from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
+from utils.console import show_warnings_as_lines
 from utils.features import dbn_features
 from utils.malloc import tune_allocator
+from utils.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
+from utils.rerank import re_ranking_blocks
+from utils.vis import cell_size, save_rank_lists
 
 # Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
 # release's training commands for each dataset.
@@ -145,8 +152,6 @@ def _item_features(model, items, dataset, args, device, view=None, desc="feature
     The loader carries the item's index as its label, so an unreadable image (dropped by
     collate_skip with a warning) cannot shift the rows against the item list.
     """
-    from datasets.image_dataset import ImageDataset, collate_skip
-    from datasets.transforms import build_transform
 
     height, width = image_size(dataset.name, args)
     transform = build_transform(dataset.family, height, width, train=False, view=view)
@@ -168,13 +173,11 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
     queries in `keep_rows` as a (len(keep_rows), G) array, for the pictures). metrics["left_out"]
     counts the queries without a correct gallery item (left out of CMC and mAP).
     """
-    from utils.metrics import evaluate_rank_blocks, evaluate_rank_features
 
     ap = _option(args, "ap")
     check_scorable(q_pids, q_camids, g_pids, g_camids)
     keep_rows = np.asarray(keep_rows, dtype=np.int64)
     if _option(args, "rerank"):
-        from utils.rerank import re_ranking_blocks
         kept = {}
 
         def blocks():  # the re-ranked rows, keeping those of the pictured queries on the way
@@ -224,7 +227,6 @@ def _vis_rows(args, num_query):
 
 def _pictures(dataset, prefix, rows, dist, query, gallery, args, junk_same_camera=True):
     """Rank-list pictures of the queries `rows` (distance rows `dist`), as <vis-dir>/<prefix>_rank_<query>.png."""
-    from utils.vis import cell_size, save_rank_lists
 
     if not len(rows):
         return
@@ -276,7 +278,6 @@ def _evaluate_vehicleid(model, dataset, args, device):
 
 
 def _evaluate_retrieval(model, dataset, args, device):
-    from utils.metrics import kmeans, normalized_mutual_info, recall_at_k
 
     feats, index = _item_features(model, dataset.test, dataset, args, device, desc="test")
     items = [(dataset.test[i][0], dataset.test[i][1], 0) for i in index]
@@ -335,7 +336,6 @@ def load_model(args, device, dataset_name):
     with a warning (a bare state_dict does not say what size it was trained at).
     Raises network.CheckpointError (missing or unreadable file, a backbone, a flag that contradicts it).
     """
-    from network import DBN, CheckpointError
 
     path = args.weights
     if not os.path.isfile(path):
@@ -398,7 +398,6 @@ def main(dataset, argv=None):
     """
     if dataset not in IMAGE_SIZE:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(IMAGE_SIZE)}")
-    from utils.console import show_warnings_as_lines
     show_warnings_as_lines()
     height, width = IMAGE_SIZE[dataset]
     parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
@@ -416,7 +415,6 @@ def main(dataset, argv=None):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)
     tune_allocator(device)
-    from network import CheckpointError
 
     try:
         model = load_model(args, device, dataset)  # the variant and the input size recorded in --weights
