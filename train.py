@@ -44,7 +44,7 @@ from utils import distributed
 from utils.bench import count_flops, count_params
 from utils.checkpoint import (atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
-from utils.cli import HelpFormatter, bool_type, check_gpu, default_workers, require_at_least
+from utils.cli import BooleanFlag, HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
 from utils.evaluation import MINP_LINE, EvaluationError, evaluate
 from utils.malloc import tune_allocator
@@ -140,9 +140,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--ema-ratio", default=0.8, type=float,
                    help="average the weights from epoch floor(T*ratio) on (and hold the lr there)")
     g.add_argument("--ema-extra", default=25, type=int, help="epochs after T (total T + extra), all averaged")
-    g.add_argument("--norm", default=True, type=bool_type, metavar="{true,false}",
+    g.add_argument("--norm", default=True, action=BooleanFlag,
                    help="L2-normalise the embeddings inside the triplet loss")
-    g.add_argument("--amp", default=None, type=bool_type, nargs="?", const=True, metavar="{true,false}",
+    g.add_argument("--amp", default=None, action=BooleanFlag,
                    help="mixed precision: autocast in --amp-dtype, with a GradScaler for float16 "
                         "(default: on with CUDA, off on the CPU)")
     g.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16"],
@@ -165,7 +165,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--overwrite", action="store_true",
                    help="start a new run even if --save-path already holds one (its files are replaced); "
                         "without it a new run there is refused (--demo replaces its own params/demo.pth)")
-    g.add_argument("--eval", default=True, action=argparse.BooleanOptionalAction,
+    g.add_argument("--eval", default=True, action=BooleanFlag,
                    help="evaluate the averaged model on the test split at the end")
     g.add_argument("--dry-run", action="store_true",
                    help="check the flags, the dataset layout and the model, print their sizes and exit")

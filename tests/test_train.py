@@ -96,6 +96,21 @@ def test_help_groups_flags_and_states_defaults():
     assert "{market1501,dukemtmc,msmt17" in text
 
 
+@pytest.mark.parametrize("argv, values", [
+    ([], (True, None, True)),
+    (["--norm", "false", "--amp", "--eval", "false"], (False, True, False)),  # the release's --norm false
+    (["--no-norm", "--no-amp", "--no-eval"], (False, False, False)),
+    (["--norm", "--amp", "true", "--eval"], (True, True, True)),
+])
+def test_on_off_flags_take_no_and_true_false(argv, values):
+    args = train.parse_args(argv)
+    assert (args.norm, args.amp, args.eval) == values
+
+
+def test_a_no_flag_takes_no_value(capsys):
+    assert "--no-eval takes no value (or give --eval true|false)" in parse_error(capsys, ["--no-eval", "true"])
+
+
 def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert train.parse_args([]).num_workers == 2

@@ -13,6 +13,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _format_action_invocation(self, action):
+        if isinstance(action, BooleanFlag):
+            return f"{action.option_strings[0]} [{action.metavar}], {action.option_strings[1]}"
+        return super()._format_action_invocation(action)
+
+
+class BooleanFlag(argparse.Action):
+    """An on/off flag, as argparse.BooleanOptionalAction: `--name` and `--no-name`; `--name true|false`
+    is accepted too (the release's spelling, e.g. `--norm false`)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        if len(option_strings) != 1 or not option_strings[0].startswith("--"):
+            raise ValueError(f"BooleanFlag takes one --name, got {option_strings}")
+        name = option_strings[0]
+        super().__init__([name, f"--no-{name[2:]}"], dest, nargs="?", const=None, default=default,
+                         type=bool_type, metavar="{true,false}", help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value (or give {self.option_strings[0]} true|false)")
+            values = False
+        setattr(namespace, self.dest, True if values is None else values)
+
 
 def default_workers(most=4):
     """Loader processes by default (--num-workers): `most`, but no more than the cores this process

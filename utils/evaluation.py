@@ -110,7 +110,7 @@ def get_args_parser(add_help=False):
     return parser
 
 
-def _option(args, name):
+def eval_flag(args, name):
     """args.<name>, or the parser's default when `args` comes from another parser (train.py)."""
     if hasattr(args, name):
         return getattr(args, name)
@@ -120,7 +120,7 @@ def _option(args, name):
 def image_size(dataset_name, args):
     """(height, width): --img-height/--img-width, else the dataset's default from IMAGE_SIZE."""
     height, width = IMAGE_SIZE.get(dataset_name, (256, 128))
-    given = _option(args, "img_height"), _option(args, "img_width")
+    given = eval_flag(args, "img_height"), eval_flag(args, "img_width")
     return (height if given[0] is None else given[0]), (width if given[1] is None else given[1])
 
 
@@ -156,8 +156,8 @@ def _item_features(model, items, dataset, args, device, view=None, desc="feature
     height, width = image_size(dataset.name, args)
     transform = build_transform(dataset.family, height, width, train=False, view=view)
     tagged = [(item[0], i, item[2] if len(item) > 2 else 0) for i, item in enumerate(items)]
-    loader = DataLoader(ImageDataset(tagged, transform), batch_size=_option(args, "batch_size"),
-                        shuffle=False, num_workers=_option(args, "num_workers"),
+    loader = DataLoader(ImageDataset(tagged, transform), batch_size=eval_flag(args, "batch_size"),
+                        shuffle=False, num_workers=eval_flag(args, "num_workers"),
                         collate_fn=collate_skip, pin_memory=device.type == "cuda")
     feats, index, _ = extract_features(model, loader, device, desc=desc)
     if len(index) < len(items):
@@ -174,10 +174,10 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
     counts the queries without a correct gallery item (left out of CMC and mAP).
     """
 
-    ap = _option(args, "ap")
+    ap = eval_flag(args, "ap")
     check_scorable(q_pids, q_camids, g_pids, g_camids)
     keep_rows = np.asarray(keep_rows, dtype=np.int64)
-    if _option(args, "rerank"):
+    if eval_flag(args, "rerank"):
         kept = {}
 
         def blocks():  # the re-ranked rows, keeping those of the pictured queries on the way
@@ -221,7 +221,7 @@ def check_scorable(q_pids, q_camids, g_pids, g_camids):
 
 def _vis_rows(args, num_query):
     """Indices of the --vis N pictured queries, spread evenly over the query list."""
-    n = min(_option(args, "vis"), num_query)
+    n = min(eval_flag(args, "vis"), num_query)
     return np.unique(np.linspace(0, num_query - 1, n).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
 
 
@@ -230,7 +230,7 @@ def _pictures(dataset, prefix, rows, dist, query, gallery, args, junk_same_camer
 
     if not len(rows):
         return
-    folder = _option(args, "vis_dir")
+    folder = eval_flag(args, "vis_dir")
     written = save_rank_lists(dist, [query[i] for i in rows], gallery, folder, prefix, query_ids=rows,
                               junk_same_camera=junk_same_camera, cell=cell_size(*image_size(dataset.name, args)))
     print(f"rank-list pictures: {len(written)} written to {os.path.join(folder, prefix)}_rank_*.png")
@@ -248,7 +248,7 @@ def _evaluate_split(model, dataset, query, gallery, args, device, views=(None, N
 
 
 def _evaluate_vehicleid(model, dataset, args, device):
-    size, n = _option(args, "test_size"), _option(args, "trials")
+    size, n = eval_flag(args, "test_size"), eval_flag(args, "trials")
     trials = [dataset.make_trial(size, seed) for seed in range(n)]
     paths = sorted({item[0] for query, gallery in trials for item in query + gallery})
     feats, index = _item_features(model, [(p, 0, 0) for p in paths], dataset, args, device,
@@ -283,7 +283,7 @@ def _evaluate_retrieval(model, dataset, args, device):
     items = [(dataset.test[i][0], dataset.test[i][1], 0) for i in index]
     labels = np.array([item[1] for item in items], dtype=np.int64)
     recall = recall_at_k(feats, labels, ks=(1, 2, 4, 8))
-    clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=_option(args, "kmeans"))
+    clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=eval_flag(args, "kmeans"))
     metrics = {f"R{k}": float(recall[k]) for k in (1, 2, 4, 8)}
     metrics.update(NMI=float(normalized_mutual_info(labels, np.asarray(clusters))), num_images=len(items))
     rows = _vis_rows(args, len(items))
@@ -310,7 +310,7 @@ def evaluate(model, dataset, args):
             metrics = _evaluate_retrieval(model, dataset, args, device)
             return metrics, RECALL_LINE.format(**metrics)
         if dataset.family == "university":
-            direction = _option(args, "direction")
+            direction = eval_flag(args, "direction")
             views = tuple(direction.split("2"))
             query, gallery = dataset.make_split(direction)
             metrics = _evaluate_split(model, dataset, query, gallery, args, device, views=views,
@@ -341,8 +341,8 @@ def load_model(args, device, dataset_name):
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path} (pass --weights PATH: the file train.py "
                               "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
-    model, info = DBN.from_checkpoint(path, net=_option(args, "net"), img_height=_option(args, "img_height"),
-                                      img_width=_option(args, "img_width"))
+    model, info = DBN.from_checkpoint(path, net=eval_flag(args, "net"), img_height=eval_flag(args, "img_height"),
+                                      img_width=eval_flag(args, "img_width"))
     args.net = info["variant"]
     if None in (info["img_height"], info["img_width"]):
         args.img_height, args.img_width = image_size(dataset_name, args)
