@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from utils.checks import positive_int
-from utils.cli import HelpFormatter, require_at_least  # HelpFormatter: that of extract.py, search.py, export.py
+from utils.cli import HelpFormatter, default_workers, require_at_least  # HelpFormatter: that of extract.py, search.py, export.py
 
 DEFAULT_SIZE = (256, 128)  # a bare state_dict's input size when nothing else gives one (Market-1501's)
 
@@ -244,7 +244,8 @@ def get_args_parser(running=True):
         return parser
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     g.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
-    g.add_argument("--num-workers", default=4, type=int, help="image decoding processes (0: in the main process)")
+    g.add_argument("--num-workers", default=default_workers(), type=int,
+                   help="image decoding processes (0: in the main process); 4, or the available cores if fewer")
     return parser
 
 
