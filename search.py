@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from utils import features
+from utils.cli import require_at_least
 from utils.image_list import ImageListError, collect_images
 
 
@@ -82,8 +83,7 @@ def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     features.check_args(args, parser)
-    if args.topk < 1:
-        parser.error(f"--topk must be at least 1, got {args.topk}")
+    require_at_least(parser, args, 1, "topk")
     from network import CheckpointError
     npz = args.gallery.endswith(".npz")
     try:

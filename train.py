@@ -11,17 +11,18 @@ triplet terms (losses/), SGD with Nesterov momentum, the release's warm-up / cos
 (utils/schedule.py), uniform weight averaging of the epochs floor(T * ema_ratio) .. T + ema_extra
 (torch.optim.swa_utils) and a BatchNorm pass over the training data; the averaged DBN goes to
 --save-path with its variant, input size, dataset, args and final metrics (network.make_checkpoint).
-Files beside --save-path (utils/checkpoint.py): <stem>_last.pth, the resumable checkpoint
+Files beside --save-path (utils/run_files.py): <stem>_last.pth, the resumable checkpoint
 rewritten after every epoch, and <stem>_log.jsonl, one JSON line per epoch.
 """
 import argparse
-import json
+import copy
 import math
 import os
+import random
 import signal
 import sys
-import tempfile
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,16 +31,26 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets import DATASET_NAMES, DatasetError, build_dataset
+from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset
+from datasets.image_dataset import ImageDataset, collate_skip
+from datasets.sampler import PKSampler
+from datasets.seeded import SeededBatches, SeededDataset
+from datasets.synthetic import generate
+from datasets.transforms import build_transform
 from losses import ReIDLoss
-from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, released_path
-from utils import distributed as du
-from utils.checkpoint import (SeededBatches, SeededDataset, atomic_save, last_checkpoint_path, load_training_checkpoint,
+from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, make_checkpoint, released_path
+from utils import distributed
+from utils.bench import count_flops, count_params
+from utils.checkpoint import (atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
+from utils.cli import BooleanFlag, HelpFormatter, default_workers
 from utils.console import show_warnings_as_lines
-from utils.evaluation import EvaluationError, default_workers
-from utils.malloc import keep_freed_memory
-from utils.schedule import averaging_start, build_scheduler, lr_factor
+from utils.evaluation import MINP_LINE, EvaluationError, evaluate
+from utils.malloc import tune_allocator
+from utils.run_files import (TrainingError, UsageError, append_log, check_save_path, check_training_images,
+                             remove_earlier_run, saved_state)
+from utils.schedule import averaging_start, build_scheduler
+from utils.train_flags import check_args, epochs_type, freeze_words, gpus_type
 
 # --demo: the values of the flags a user did not give (explicit flags win)
 DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net="small", pretrained="none",
@@ -55,14 +66,6 @@ RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
 MAX_SKIPPED = 0.01  # stop when more than this share of an epoch's images cannot be read
 
 
-class UsageError(ValueError):
-    """A flag value that turns out to be invalid once the data or the checkpoint is known."""
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, unreadable images); the last checkpoint is kept."""
-
-
 class Interrupted(Exception):
     """Ctrl-C / SIGTERM: a checkpoint was written; exit status 128 + signal number."""
 
@@ -71,47 +74,7 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-# --- command line -----------------------------------------------------------------------------
-
-def epochs_type(text):
-    parts = str(text).split(",")
-    try:
-        warmup, total = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected two integers W,T (warm-up epochs, end of the cosine), e.g. 5,75; got {text!r}") from None
-    if not 0 <= warmup < total:
-        raise argparse.ArgumentTypeError(f"expected 0 <= W < T, e.g. 5,75; got W={warmup}, T={total}")
-    return warmup, total
-
-
-def gpus_type(text):
-    try:
-        ids = [int(p) for p in str(text).split(",") if p.strip() != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated GPU ids, e.g. 0,1; got {text!r}") from None
-    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
-        raise argparse.ArgumentTypeError(f"expected distinct GPU ids >= 0, e.g. 0,1; got {text!r}")
-    return ids
-
-
-def bool_type(text):
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "y", "t", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "f", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" except for flags without a meaningful default."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
-
+# --- command line (flag types and checks: utils/train_flags.py) -------------------------------
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(
@@ -139,10 +102,7 @@ def get_args_parser(add_help=True):
 
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="market1501", choices=DATASET_NAMES, help="training dataset")
-    g.add_argument("--dataset-root", default="data",
-                   help="folder holding the dataset folders (market1501/, MSMT17/, DukeMTMC-reID/, VeRi/, "
-                        "VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
-                        "--dataset custom: the dataset folder itself")
+    g.add_argument("--dataset-root", default="data", help=DATASET_ROOT_HELP)
     g.add_argument("--img-height", default=256, type=int, help="input height")
     g.add_argument("--img-width", default=128, type=int, help="input width")
     g.add_argument("--instance-num", default=4, type=int, help="K: images per identity in a batch")
@@ -158,9 +118,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--ema-ratio", default=0.8, type=float,
                    help="average the weights from epoch floor(T*ratio) on (and hold the lr there)")
     g.add_argument("--ema-extra", default=25, type=int, help="epochs after T (total T + extra), all averaged")
-    g.add_argument("--norm", default=True, type=bool_type, metavar="{true,false}",
+    g.add_argument("--norm", default=True, action=BooleanFlag,
                    help="L2-normalise the embeddings inside the triplet loss")
-    g.add_argument("--amp", default=None, type=bool_type, nargs="?", const=True, metavar="{true,false}",
+    g.add_argument("--amp", default=None, action=BooleanFlag,
                    help="mixed precision: autocast in --amp-dtype, with a GradScaler for float16 "
                         "(default: on with CUDA, off on the CPU)")
     g.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16"],
@@ -183,7 +143,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--overwrite", action="store_true",
                    help="start a new run even if --save-path already holds one (its files are replaced); "
                         "without it a new run there is refused (--demo replaces its own params/demo.pth)")
-    g.add_argument("--eval", default=True, action=argparse.BooleanOptionalAction,
+    g.add_argument("--eval", default=True, action=BooleanFlag,
                    help="evaluate the averaged model on the test split at the end")
     g.add_argument("--dry-run", action="store_true",
                    help="check the flags, the dataset layout and the model, print their sizes and exit")
@@ -216,88 +176,9 @@ def parse_args(argv=None):
     return args
 
 
-def check_pretrained(args, parser):
-    """--pretrained PATH must be a readable LEViT backbone of --net (said in train.py's flags)."""
-    from network import detect_architecture, read_checkpoint, unwrap_state_dict
-    try:
-        arch = detect_architecture(unwrap_state_dict(read_checkpoint(args.pretrained)))
-    except CheckpointError as err:
-        parser.error(f"--pretrained: {err}")
-    if arch["kind"] == "dbn":
-        parser.error(f"--pretrained {args.pretrained} is a trained DBN ReID model, not an ImageNet backbone; "
-                     "evaluate it with test_<dataset>.py --weights, or continue its run with --resume <stem>_last.pth")
-    if arch["kind"] == "backbone" and arch["variant"] not in (None, args.net):
-        parser.error(f"--pretrained {args.pretrained} is a LEViT-{arch['variant']} backbone (embed_dim "
-                     f"{arch['embed_dim']}) but --net {args.net} was given; pass --net {arch['variant']}")
-
-
-def check_args(args, parser):
-    """Reject invalid values up front, naming the flag and what is allowed."""
-    args.epochs = tuple(args.epochs)
-    warmup, total = args.epochs
-    for name in ("batch_size", "instance_num", "img_height", "img_width"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.batch_size % args.instance_num:
-        parser.error(f"--batch-size {args.batch_size} is not divisible by --instance-num {args.instance_num}: "
-                     f"a batch is P identities x K={args.instance_num} images (e.g. --batch-size "
-                     f"{max(1, round(args.batch_size / args.instance_num)) * args.instance_num})")
-    if min(args.img_height, args.img_width) < 16:
-        parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
-                     f"{args.img_height}x{args.img_width}")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        parser.error(f"--lr must be a positive number, got {args.lr}")
-    if not 0 < args.ema_ratio <= 1:
-        parser.error(f"--ema-ratio must be in (0, 1], got {args.ema_ratio}")
-    start = averaging_start(total, args.ema_ratio)
-    if start < 1:
-        parser.error(f"--ema-ratio {args.ema_ratio} with T={total}: averaging would start at epoch "
-                     f"floor(T*ratio) = 0; use a ratio of at least {1 / total:.3g}")
-    if lr_factor(start, warmup, total, args.ema_ratio) == 0:
-        parser.error(f"--ema-ratio {args.ema_ratio} with --epochs {warmup},{total}: the lr is held from epoch "
-                     f"floor(T*ratio) = {start} on at the cosine's value there, which is 0 at T, so every averaged "
-                     f"epoch would train at lr 0; use a ratio below {start / total:g} (the release's: 0.8)")
-    if args.ema_extra < 0:
-        parser.error(f"--ema-extra must be 0 or more, got {args.ema_extra}")
-    if args.erasing != 0 and not 0.02 <= args.erasing <= 1:
-        parser.error(f"--erasing is the largest erased area fraction: 0 (off) or in [0.02, 1], got {args.erasing}")
-    if not 0 <= args.drop < 1:
-        parser.error(f"--drop must be in [0, 1), got {args.drop}")
-    if args.drop_path is None:
-        args.drop_path = VARIANTS[args.net]["drop_path"]
-    if not 0 <= args.drop_path < 1:
-        parser.error(f"--drop-path must be in [0, 1) (0 = off), got {args.drop_path}")
-    if args.std < 0:
-        parser.error(f"--std must be 0 or more, got {args.std}")
-    if args.num_workers < 0:
-        parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
-    if args.pretrained not in ("none", "auto") and not os.path.isfile(args.pretrained):
-        parser.error(f"--pretrained {args.pretrained}: file not found (give a backbone file, 'auto' or 'none')")
-    if args.pretrained not in ("none", "auto") and not args.resume:
-        check_pretrained(args, parser)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available; use --device cpu (or auto)")
-    if args.gpus and torch.cuda.is_available() and args.device != "cpu":
-        bad = [i for i in args.gpus if i >= torch.cuda.device_count()]
-        if bad:
-            parser.error(f"--gpus {','.join(map(str, args.gpus))}: no GPU {bad[0]} (this machine has "
-                         f"{torch.cuda.device_count()}: ids 0..{torch.cuda.device_count() - 1})")
-    words = [w.strip() for w in args.freeze.split(",") if w.strip()]
-    if words:
-        with torch.device("meta"):
-            names = [n for n, _ in DBN(num_classes=2, net=args.net, pretrained=None).named_parameters()]
-        unknown = [w for w in words if not any(w in n for n in names)]
-        if unknown:
-            top = sorted({n.split(".")[0] for n in names})
-            parser.error(f"--freeze {unknown[0]!r} matches no parameter name; parameters start with "
-                         f"{', '.join(top)} (e.g. --freeze stem,layer1)")
-    return args
-
-
 # --- setup ------------------------------------------------------------------------------------
 
 def seed_everything(seed):
-    import random
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -306,19 +187,19 @@ def seed_everything(seed):
 def resolve_device(args):
     """(device, dist_info, DataParallel device ids or None), printing the one warning for --gpus without CUDA."""
     use_cuda = args.device != "cpu" and torch.cuda.is_available()
-    info = du.init_distributed(use_cuda, args.dist_timeout)
-    if info.distributed:
-        if args.gpus and len(args.gpus) > 1 and info.rank == 0:
+    dist_info = distributed.init_distributed(use_cuda, args.dist_timeout)
+    if dist_info.distributed:
+        if args.gpus and len(args.gpus) > 1 and dist_info.rank == 0:
             print(f"--gpus {','.join(map(str, args.gpus))} ignored under torchrun: each process uses "
                   f"{'cuda:LOCAL_RANK' if use_cuda else 'the CPU'}")
-        return torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu"), info, None
+        return torch.device("cuda", dist_info.local_rank) if use_cuda else torch.device("cpu"), dist_info, None
     if not use_cuda:
         if args.gpus and args.device == "auto":
             print(f"warning: --gpus {','.join(map(str, args.gpus))}: CUDA is not available on this machine; "
                   "training on the CPU", file=sys.stderr)
-        return torch.device("cpu"), info, None
+        return torch.device("cpu"), dist_info, None
     gpus = args.gpus or [0]
-    return torch.device("cuda", gpus[0]), info, (gpus if len(gpus) > 1 else None)
+    return torch.device("cuda", gpus[0]), dist_info, (gpus if len(gpus) > 1 else None)
 
 
 def amp_settings(args, device):
@@ -344,9 +225,9 @@ def build_model(args, num_classes):
     pretrained = None if args.pretrained == "none" else args.pretrained
     if pretrained == "auto":  # missing_pretrained() has let a run through: use the file if it is there
         pretrained = released_path(args.net) if os.path.isfile(released_path(args.net)) else None
-    model = DBN(num_classes=num_classes, num_parts=(1, 2), std=args.std, net=args.net, drop=args.drop,
+    model = DBN(num_classes=num_classes, std=args.std, net=args.net, drop=args.drop,
                 erasing=args.erasing, pretrained=pretrained, drop_path=args.drop_path)
-    words = [w.strip() for w in args.freeze.split(",") if w.strip()]
+    words = freeze_words(args.freeze)
     for name, param in model.named_parameters():
         if any(w in name for w in words):
             param.requires_grad_(False)
@@ -354,7 +235,6 @@ def build_model(args, num_classes):
 
 
 def model_summary(model, args):
-    from utils.bench import count_flops, count_params
     with torch.device("meta"):  # shapes only: counting needs no memory and no compute
         meta = DBN(num_classes=model.num_classes, net=args.net, pretrained=None, mlp_ratio=model.mlp_ratio)
     flops = count_flops(meta, args.img_height, args.img_width)
@@ -364,114 +244,27 @@ def model_summary(model, args):
             f"per {args.img_height}x{args.img_width} image")
 
 
-def check_training_images(items, saved):
-    """Open the header of every training image before training: list every unreadable one and
-    stop (TrainingError) when they are more than MAX_SKIPPED of the training set."""
-    from PIL import Image
-    from datasets.image_dataset import DECODE_ERRORS
-    bad = []
-    for path, *_ in items:
-        try:
-            with Image.open(path):  # the header only: cheap
-                pass
-        except DECODE_ERRORS as err:  # Pillow's message repeats the path
-            bad.append((path, str(err).replace(f"'{path}'", "").replace(path, "").strip(" :") or type(err).__name__))
-    if not bad:
-        return
-    if du.is_main():
-        tqdm.write(f"{len(bad)} of the {len(items)} training images cannot be read:", file=sys.stderr)
-        for path, err in bad:
-            tqdm.write(f"  {path}: {err}", file=sys.stderr)
-    if len(bad) > MAX_SKIPPED * len(items):
-        then = f"resume with --resume {saved[0]}" if saved else "rerun"
-        raise TrainingError(f"{len(bad)} of the {len(items)} training images cannot be read (more than "
-                            f"{MAX_SKIPPED:.0%}; listed above); fix or remove them and {then}")
-    if du.is_main():
-        tqdm.write(f"warning: training goes on without them (at most {MAX_SKIPPED:.0%} may be unreadable)",
-                   file=sys.stderr)
-
-
-def check_save_path(args):
-    """Before any training: --save-path must be writable and, for a new run, hold no earlier run
-    (unless --overwrite). Raises UsageError saying what is there and what to do."""
-    path = args.save_path
-    folder = os.path.dirname(os.path.abspath(path))
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"--save-path {path}: cannot write there, {existing} is a file, not a folder; "
-                         "choose another --save-path")
-    if os.path.isdir(path):
-        raise UsageError(f"--save-path {path} is a folder; give a file name, e.g. {os.path.join(path, 'ema.pth')}")
-    try:
-        if args.dry_run:  # creates nothing: the nearest existing folder must let us create the rest
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise PermissionError(13, "Permission denied")
-        else:
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-    except OSError as err:
-        raise UsageError(f"--save-path {path}: cannot write in {folder} ({err.strerror or err}); "
-                         "choose a writable --save-path") from None
-    if args.resume or args.overwrite:
-        return
-    last, files = last_checkpoint_path(path), [p for p in (path, last_checkpoint_path(path), log_path(path))
-                                               if os.path.exists(p)]
-    if not files:
-        return
-    done = total = None
-    if os.path.isfile(last):
-        try:
-            earlier = load_training_checkpoint(last)
-            done, total = earlier["epoch"], earlier["args"]["epochs"][1] + earlier["args"]["ema_extra"]
-        except (CheckpointError, KeyError, TypeError, IndexError):  # not one of ours: named below anyway
-            done = None
-    if done is not None and done < total:
-        what = f"an unfinished run is there ({done} epochs done in {last}); continue it with --resume {last}, or "
-    elif os.path.isfile(path):
-        what = f"a finished run is there ({path}); "
-    else:
-        what = f"files of an earlier run are there ({', '.join(files)}); " + (
-            f"continue it with --resume {last}, or " if done is not None else "")
-    raise UsageError(f"--save-path {path}: {what}add --overwrite to start a new run that replaces its files, "
-                     "or choose another --save-path")
-
-
-def remove_earlier_run(save_path):
-    """A new run with --overwrite: the earlier run's weights, checkpoint and log go first, so that
-    no file of it is left beside the new run's."""
-    for path in (save_path, last_checkpoint_path(save_path), log_path(save_path)):
-        if os.path.isfile(path):
-            os.remove(path)
-
-
 def build_train_set(dataset, args):
-    from datasets.image_dataset import ImageDataset
-    from datasets.transforms import build_transform
     return ImageDataset(dataset.train, build_transform(dataset.family, args.img_height, args.img_width, train=True))
 
 
-def build_sampler(dataset, args, info):
-    from datasets.sampler import PKSampler
+def build_sampler(dataset, args, dist_info):
     labels = [item[1] for item in dataset.train]
     views = [item[2] for item in dataset.train] if dataset.family == "university" else None
     try:
-        return PKSampler(labels, args.batch_size, args.instance_num, seed=args.seed, rank=info.rank,
-                         world_size=info.world_size, views=views)
+        return PKSampler(labels, args.batch_size, args.instance_num, seed=args.seed, rank=dist_info.rank,
+                         world_size=dist_info.world_size, views=views)
     except ValueError as err:  # a batch that does not split over the processes, too few identities: usage
-        raise UsageError(f"--batch-size {args.batch_size} --instance-num {args.instance_num} on {info.world_size} "
+        raise UsageError(f"--batch-size {args.batch_size} --instance-num {args.instance_num} on {dist_info.world_size} "
                          f"process(es): {err}") from None
 
 
-def build_loader(train_set, sampler, args, epoch, info, device, skip=0):
+def build_loader(train_set, sampler, args, epoch, dist_info, device, skip=0):
     """Loader of one epoch (0-based `epoch`), starting at batch `skip`: same batches and augmentation
-    for a given seed and epoch whatever --num-workers (see utils.checkpoint.SeededBatches)."""
-    from datasets.image_dataset import collate_skip
+    for a given seed and epoch whatever --num-workers (see datasets.seeded.SeededBatches)."""
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(args.seed * 1000003 + epoch)
-    return DataLoader(train_set, batch_sampler=SeededBatches(sampler, args.seed, epoch, info.rank, skip),
+    return DataLoader(train_set, batch_sampler=SeededBatches(sampler, args.seed, epoch, dist_info.rank, skip),
                       num_workers=args.num_workers, collate_fn=collate_skip, generator=generator,
                       pin_memory=device.type == "cuda")
 
@@ -502,7 +295,7 @@ class StopFlag:
         if self.signum:
             raise KeyboardInterrupt
         self.signum = signum
-        if du.is_main():
+        if distributed.is_main():
             print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
                   "(again to stop at once)", file=sys.stderr, flush=True)
 
@@ -510,32 +303,32 @@ class StopFlag:
 # --- training ---------------------------------------------------------------------------------
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
-                    meter, stop=None, start_step=0, saved=None):
+                    totals, stop=None, start_step=0, saved=None):
     """One epoch (0-based `epoch`) from batch `start_step` on: forward, loss, backward, step, log.
 
-    `meter` (dict of sums) is updated in place. Returns the number of batches done in this epoch;
+    `totals` (EpochTotals) is updated in place. Returns the number of batches done in this epoch;
     fewer than the epoch has when `stop` (a StopFlag) was raised. Raises TrainingError on a
     non-finite loss or when more than MAX_SKIPPED of the epoch's images cannot be read; its
     message says how to go on from `saved` (see saved_state).
     """
     model.train()
-    steps, per_rank = start_step + len(loader), args.batch_size // du.get_world_size()
+    steps, per_rank = start_step + len(loader), args.batch_size // distributed.get_world_size()
     planned_images = steps * per_rank
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs[1] + args.ema_extra}",
-               unit="batch", disable=not du.is_main(), dynamic_ncols=True, file=sys.stderr)
+               unit="batch", disable=not distributed.is_main(), dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
     step = start_step
     try:  # the bar's line is finished whatever ends the epoch, so no message is glued to it
         for imgs, labels, _, skipped in loader:
-            meter["skipped"] += skipped
-            if meter["skipped"] > MAX_SKIPPED * planned_images:
+            totals.skipped += skipped
+            if totals.skipped > MAX_SKIPPED * planned_images:
                 then = (f"resume with --resume {saved[0]}" if saved else
                         "rerun (no epoch had finished, nothing to resume)")
-                raise TrainingError(f"epoch {epoch + 1}: {meter['skipped']} images could not be read (more than "
+                raise TrainingError(f"epoch {epoch + 1}: {totals.skipped} images could not be read (more than "
                                     f"{MAX_SKIPPED:.0%} of the epoch's {planned_images}); the warnings above name "
                                     f"them; fix or remove them and {then}")
             if imgs.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
-                if du.get_world_size() > 1:  # the other processes would wait for this one's gradients
+                if distributed.get_world_size() > 1:  # the other processes would wait for this one's gradients
                     raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch "
                                         "could be read (see the warnings above)")
                 step += 1
@@ -554,7 +347,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
             # one small all-reduce per step: mean loss for the log and a common decision to stop
             status = torch.stack([loss.detach().float(), *terms.values(),
                                   torch.tensor(float(stop.signum if stop else 0), device=loss.device)])
-            du.all_reduce_mean(status)
+            distributed.all_reduce_mean(status)
             values = status.tolist()
             if not math.isfinite(values[0]):
                 lower = f"--lr {args.lr / 2:g}" + (" (or --amp false)" if amp_settings(args, device)[0] else "")
@@ -567,56 +360,59 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
                 raise TrainingError(f"non-finite loss ({values[0]}) at epoch {epoch + 1}, step {step + 1} of {steps}; "
                                     f"training stopped. {then}")
             step += 1
-            meter["steps"] += 1
-            meter["images"] += imgs.shape[0]
+            totals.steps += 1
+            totals.images += imgs.shape[0]
             for name, value in zip(["loss", *terms], values[:-1]):
-                meter[name] = meter.get(name, 0.0) + value
-            elapsed = meter["seconds"] + time.perf_counter() - start
+                totals.losses[name] = totals.losses.get(name, 0.0) + value
+            elapsed = totals.seconds + time.perf_counter() - start
             bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{meter['images'] * du.get_world_size() / max(elapsed, 1e-9):.0f}")
+                            img_s=f"{totals.images * distributed.get_world_size() / max(elapsed, 1e-9):.0f}")
             bar.update(1)
             if values[-1]:  # some process was asked to stop
                 break
     finally:
         bar.close()
-    meter["seconds"] += time.perf_counter() - start
+    totals.seconds += time.perf_counter() - start
     return step
 
 
-def new_meter():
-    return {"steps": 0, "images": 0, "skipped": 0, "seconds": 0.0}
+@dataclass
+class EpochTotals:
+    """Running totals of the epoch in progress (a mid-epoch checkpoint keeps them)."""
+    steps: int = 0  # batches trained on
+    images: int = 0  # of this process
+    skipped: int = 0  # unreadable images left out
+    seconds: float = 0.0
+    losses: dict = field(default_factory=dict)  # "loss" and each term of ReIDLoss -> its sum over the steps
+
+    COUNTERS = ("steps", "images", "skipped", "seconds")
+
+    def state_dict(self):
+        """A flat dict of numbers: the counters and the loss sums (the checkpoint's "meter")."""
+        return {**{k: getattr(self, k) for k in self.COUNTERS}, **self.losses}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(**{k: state[k] for k in cls.COUNTERS}, losses={k: v for k, v in state.items()
+                                                                  if k not in cls.COUNTERS})
+
+    def log_record(self, epoch, lr, world_size):
+        """The epoch's line of <stem>_log.jsonl: mean loss and terms per step, throughput, skipped images."""
+        terms = {k: v / max(self.steps, 1) for k, v in self.losses.items()}
+        return {"epoch": epoch + 1, "loss": terms.pop("loss", float("nan")), "terms": terms, "lr": lr,
+                "img_per_s": self.images * world_size / max(self.seconds, 1e-9),
+                "seconds": round(self.seconds, 3), "skipped": self.skipped}
 
 
-def epoch_record(epoch, meter, lr, world_size):
-    steps = max(meter["steps"], 1)
-    terms = {k: v / steps for k, v in meter.items() if k not in ("steps", "images", "skipped", "seconds")}
-    return {"epoch": epoch + 1, "loss": terms.pop("loss", float("nan")), "terms": terms, "lr": lr,
-            "img_per_s": meter["images"] * world_size / max(meter["seconds"], 1e-9),
-            "seconds": round(meter["seconds"], 3), "skipped": meter["skipped"]}
-
-
-def append_log(path, record, completed_epochs=None):
-    """Append one JSON line; with `completed_epochs`, first drop lines of epochs after it (a resumed run)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if completed_epochs is not None and os.path.isfile(path):
-        with open(path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line).get("epoch", 0) <= completed_epochs]
-        with open(path, "w") as f:
-            f.writelines(lines)
-    if record is not None:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def save_training_state(path, model, optimizer, scheduler, scaler, averaged, epoch, step, meter, args, sampler):
+def save_training_state(path, model, optimizer, scheduler, scaler, averaged, epoch, step, totals, args, sampler):
     """Gather every rank's random state, then rank 0 writes the checkpoint (all ranks must call)."""
-    rngs = du.all_gather_object(rng_state())
-    if not du.is_main():
+    rngs = distributed.all_gather_object(rng_state())
+    if not distributed.is_main():
         return
     atomic_save({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(), "averaged": averaged.state_dict(),
-        "n_averaged": int(averaged.n_averaged), "epoch": epoch, "step": step, "meter": dict(meter),
+        "n_averaged": int(averaged.n_averaged), "epoch": epoch, "step": step, "meter": totals.state_dict(),
         "sampler": {"seed": args.seed, "epoch": epoch, "batches_done": step, "world_size": len(rngs)},
         "rng": rngs, "world_size": len(rngs), "args": vars(args),
     }, path)
@@ -626,10 +422,10 @@ def check_resume_args(stored, args):
     """Refuse recipe flags that differ from the checkpoint's, except RESUME_CHANGES (warned about).
     Returns the changed RESUME_CHANGES flags."""
     def differ(names):
-        return [k for k in names if _plain(stored[k]) != _plain(getattr(args, k))]
+        return [k for k in names if json_form(stored[k]) != json_form(getattr(args, k))]
 
     def detail(names):
-        return ", ".join(f"--{k.replace('_', '-')} {_plain(getattr(args, k))} (checkpoint: {_plain(stored[k])})"
+        return ", ".join(f"--{k.replace('_', '-')} {json_form(getattr(args, k))} (checkpoint: {json_form(stored[k])})"
                          for k in names)
 
     names = [k for k in stored if k not in RUN_FLAGS and k in vars(args)]
@@ -638,7 +434,7 @@ def check_resume_args(stored, args):
         raise UsageError(f"--resume continues the run with its own settings; these differ: {detail(changed)}. "
                          "Drop those flags, or start a new run with another --save-path")
     allowed = differ(k for k in names if k in RESUME_CHANGES)
-    if allowed and du.is_main():
+    if allowed and distributed.is_main():
         print(f"warning: resuming with {detail(allowed)}: from here on the run follows another recipe (no longer "
               "its own nor the release's) and is not bit-identical to an uninterrupted run", file=sys.stderr)
     return allowed
@@ -653,23 +449,22 @@ def set_base_lr(optimizer, scheduler, lr):
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _plain(value):
+def json_form(value):
     return list(value) if isinstance(value, tuple) else value
 
 
 def main(args):
-    device, info, dp_ids = resolve_device(args)
-    if device.type == "cpu":
-        keep_freed_memory()  # reuse freed activations instead of faulting fresh pages in every step
+    device, dist_info, dp_ids = resolve_device(args)
+    tune_allocator(device)
     try:
-        return _run(args, device, info, dp_ids)
+        return train_and_evaluate(args, device, dist_info, dp_ids)
     finally:
-        du.cleanup()
+        distributed.cleanup()
 
 
-def _run(args, device, info, dp_ids):
-    main_rank = info.rank == 0
-    if args.sync_bn and info.distributed and device.type != "cuda":
+def train_and_evaluate(args, device, dist_info, dp_ids):
+    main_rank = dist_info.rank == 0
+    if args.sync_bn and dist_info.distributed and device.type != "cuda":
         raise UsageError("--sync-bn synchronises BatchNorm statistics over GPUs (NCCL); PyTorch's SyncBatchNorm "
                          "does not run on the CPU. Drop --sync-bn (each process then normalises its own share "
                          "of the batch) or train on GPUs")
@@ -677,7 +472,7 @@ def _run(args, device, info, dp_ids):
     if problem and not args.dry_run:  # before any work: no silent from-scratch run
         raise UsageError(problem)
     if main_rank:
-        print("args: " + " ".join(f"{k}={_plain(v)}" for k, v in vars(args).items()), flush=True)
+        print("args: " + " ".join(f"{k}={json_form(v)}" for k, v in vars(args).items()), flush=True)
         if problem:
             print(f"dry run: a real run stops here (exit status 2): {problem}", flush=True)
     if args.demo:
@@ -687,7 +482,7 @@ def _run(args, device, info, dp_ids):
         raise DatasetError(f"{dataset.root} has no train split (train/ or train.txt) to train on")
     seed_everything(args.seed)  # the same initial weights in every process
     model = build_model(args, dataset.num_classes)
-    sampler = build_sampler(dataset, args, info)
+    sampler = build_sampler(dataset, args, dist_info)
     if main_rank:
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
         print(model_summary(model, args))
@@ -708,15 +503,15 @@ def _run(args, device, info, dp_ids):
             print(f"resume: {args.resume} is a finished run (all {epochs_total} epochs done) and its averaged "
                   f"weights are in {args.save_path}; nothing to do, nothing rewritten")
         return None
-    untrained = copy_for_demo(model) if args.demo else None  # the seeded initial weights, resumed or not
+    untrained = untrained_copy(model) if args.demo else None  # the seeded initial weights, resumed or not
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
     model.to(device)
     averaged = AveragedModel(model, use_buffers=False)  # uniform running mean of the weights, BN stats later
-    if args.sync_bn and info.distributed:
+    if args.sync_bn and dist_info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model
-    if info.distributed:
+    if dist_info.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     elif dp_ids:
         model = nn.DataParallel(model, device_ids=dp_ids)
@@ -730,13 +525,13 @@ def _run(args, device, info, dp_ids):
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
     # under torchrun the triplets are mined over the global batch, as DataParallel's loss does
-    criterion = ReIDLoss(normalize=args.norm, global_triplet=info.distributed)
+    criterion = ReIDLoss(normalize=args.norm, global_triplet=dist_info.distributed)
     train_set = SeededDataset(build_train_set(dataset, args))
 
-    start_epoch, start_step, meter = 0, 0, new_meter()
+    start_epoch, start_step, totals = 0, 0, EpochTotals()
     last_path, log_file = last_checkpoint_path(args.save_path), log_path(args.save_path)
     saved = None  # (path, finished epochs, batches of the next) of the newest checkpoint of this run
-    seed_everything(args.seed + info.rank)  # per-process randomness (erasing, stochastic depth)
+    seed_everything(args.seed + dist_info.rank)  # per-process randomness (erasing, stochastic depth)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -747,12 +542,12 @@ def _run(args, device, info, dp_ids):
         averaged.load_state_dict(checkpoint["averaged"])
         start_epoch, start_step = checkpoint["epoch"], checkpoint.get("step", 0)
         saved = (args.resume, start_epoch, start_step)
-        meter = checkpoint.get("meter") or new_meter()
-        if len(checkpoint["rng"]) == info.world_size:
-            set_rng_state(checkpoint["rng"][info.rank])
+        totals = EpochTotals.from_state_dict(checkpoint["meter"]) if checkpoint.get("meter") else EpochTotals()
+        if len(checkpoint["rng"]) == dist_info.world_size:
+            set_rng_state(checkpoint["rng"][dist_info.rank])
         elif main_rank:
             print(f"resume: the checkpoint was written by {len(checkpoint['rng'])} processes, this run has "
-                  f"{info.world_size}; random states start afresh (the run is no longer bit-identical)")
+                  f"{dist_info.world_size}; random states start afresh (the run is no longer bit-identical)")
         if main_rank:
             append_log(log_file, None, completed_epochs=start_epoch)
             print(f"resume: {args.resume}, {start_epoch} epochs done" +
@@ -761,18 +556,18 @@ def _run(args, device, info, dp_ids):
     elif main_rank:
         remove_earlier_run(args.save_path)  # --overwrite (check_save_path refused otherwise)
     if start_epoch < epochs_total:
-        check_training_images(dataset.train, saved)
+        check_training_images(dataset.train, saved, MAX_SKIPPED)
 
     with StopFlag() as stop:
         epoch = start_epoch
         try:
             for epoch in range(start_epoch, epochs_total):
-                loader = build_loader(train_set, sampler, args, epoch, info, device, skip=start_step)
+                loader = build_loader(train_set, sampler, args, epoch, dist_info, device, skip=start_step)
                 steps = train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
-                                        meter, stop, start_step, saved)
+                                        totals, stop, start_step, saved)
                 if steps < len(sampler):  # interrupted: a mid-epoch checkpoint, exact to resume
                     save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged,
-                                        epoch, steps, meter, args, sampler)
+                                        epoch, steps, totals, args, sampler)
                     raise Interrupted(stop.signum or signal.SIGINT,
                                       f"interrupted in epoch {epoch + 1} after batch {steps}; resume with "
                                       f"--resume {last_path}")
@@ -781,20 +576,20 @@ def _run(args, device, info, dp_ids):
                 if epoch + 1 >= start_avg:
                     averaged.update_parameters(model_without_ddp)
                 if main_rank:
-                    append_log(log_file, epoch_record(epoch, meter, lr, info.world_size))
-                    if meter["skipped"]:
-                        print(f"epoch {epoch + 1}: {meter['skipped']} unreadable images skipped (named in the "
+                    append_log(log_file, totals.log_record(epoch, lr, dist_info.world_size))
+                    if totals.skipped:
+                        print(f"epoch {epoch + 1}: {totals.skipped} unreadable images skipped (named in the "
                               "warnings above)", file=sys.stderr, flush=True)
-                start_step, meter = 0, new_meter()
+                start_step, totals = 0, EpochTotals()
                 save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged,
-                                    epoch + 1, 0, meter, args, sampler)
+                                    epoch + 1, 0, totals, args, sampler)
                 saved = (last_path, epoch + 1, 0)
         except KeyboardInterrupt:  # a second Ctrl-C (StopFlag): stop at once, the last checkpoint stands
             raise Interrupted(signal.SIGINT, f"stopped at once in epoch {epoch + 1}; " + saved_state(saved)) from None
 
     # BatchNorm statistics of the averaged weights: one pass over the training data (as the release)
     try:
-        loader = build_loader(train_set, sampler, args, epochs_total, info, device)
+        loader = build_loader(train_set, sampler, args, epochs_total, dist_info, device)
         recompute_bn(averaged.module, loader, device, dp_ids, autocast)
         if main_rank:
             save_model(averaged.module, dataset, args)
@@ -805,7 +600,7 @@ def _run(args, device, info, dp_ids):
     if main_rank:
         print(f"saved the average of {int(averaged.n_averaged)} epochs' weights ({start_avg}..{epochs_total}) "
               f"to {args.save_path}")
-    du.cleanup()
+    distributed.cleanup()
     if not (main_rank and args.eval):
         return None
     try:
@@ -823,7 +618,6 @@ def _run(args, device, info, dp_ids):
 def save_model(model, dataset, args, metrics=None):
     """--save-path: the DBN's state_dict with its variant, input size, dataset, args and metrics
     (network.checkpoint.make_checkpoint), written atomically."""
-    from network import make_checkpoint
     atomic_save(make_checkpoint(model, args.img_height, args.img_width, dataset=args.dataset,
                                 transform=dataset.family, args=args, metrics=metrics), args.save_path)
 
@@ -841,7 +635,7 @@ def recompute_bn(model, loader, device, dp_ids, autocast):
     bn_model = nn.DataParallel(model, device_ids=dp_ids) if dp_ids else model
     with autocast:
         update_bn((batch for batch in loader if batch[0].shape[0]), bn_model, device=device)
-    du.average_bn_statistics(model)
+    distributed.average_bn_statistics(model)
 
 
 def evaluate_command(args):
@@ -849,17 +643,7 @@ def evaluate_command(args):
             f"--img-height {args.img_height} --img-width {args.img_width} --dataset-root {args.dataset_root}")
 
 
-def saved_state(saved):
-    """What the newest checkpoint of the run holds, and how to go on from it."""
-    if saved is None:
-        return "no epoch had finished, so nothing was saved: rerun the same command to start again"
-    path, epochs, step = saved
-    where = f"{epochs} finished epochs" + (f" and {step} batches of the next" if step else "")
-    return f"the checkpoint {path} holds {where}: resume with --resume {path}"
-
-
 def final_evaluation(model, untrained, dataset, args, device):
-    from utils.evaluation import MINP_LINE, evaluate
     metrics, line = evaluate(model.eval(), dataset, args)
     if "mINP" in metrics:  # the trained model's, before the comparison with the untrained one
         print(MINP_LINE.format(**metrics))
@@ -872,19 +656,17 @@ def final_evaluation(model, untrained, dataset, args, device):
     return metrics
 
 
-def copy_for_demo(model):
-    import copy
+def untrained_copy(model):
     return copy.deepcopy(model).eval()
 
 
 def ensure_demo_data(root):
     folder = os.path.join(root, "market1501")
     # only rank 0 looks and writes; every rank waits at the barrier, whatever it would have seen
-    if du.is_main() and not os.path.isdir(folder):
-        from datasets.synthetic import generate
+    if distributed.is_main() and not os.path.isdir(folder):
         print(f"demo: generating a synthetic Market-1501 ({DEMO_DATA['ids']} training identities) under {folder}")
         generate("market1501", root, **DEMO_DATA)
-    du.barrier()
+    distributed.barrier()
 
 
 

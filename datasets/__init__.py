@@ -20,8 +20,14 @@ from datasets.veri776 import VeRi776
 _DATASETS = {cls.name: cls for cls in (Market1501, DukeMTMC, MSMT17, VeRi776, VehicleID, Cars196, CUB200,
                                        University1652, NPDetected, NPLabeled, Custom)}
 DATASET_NAMES = tuple(_DATASETS)
+# each dataset's folder under --dataset-root ("" for custom: --dataset-root is the dataset folder)
+DATASET_FOLDERS = {name: cls.folder for name, cls in _DATASETS.items()}
+# the --dataset-root help of train.py and the test scripts
+DATASET_ROOT_HELP = ("folder holding the dataset folders ("
+                     + ", ".join(dict.fromkeys(f"{f.split('/')[0]}/" for f in DATASET_FOLDERS.values() if f))
+                     + "); --dataset custom and test_custom.py: the dataset folder itself")
 
-__all__ = ["DATASET_NAMES", "DatasetError", "build_dataset"]
+__all__ = ["DATASET_FOLDERS", "DATASET_NAMES", "DATASET_ROOT_HELP", "DatasetError", "build_dataset"]
 
 
 def build_dataset(name, root):

@@ -35,7 +35,7 @@ def _scalar(value):
 
 def read_annotations(mat_path):
     """[(relative image path, class)] of the `annotations` struct array in cars_annos.mat."""
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # here: only car196 reads a .mat file, and scipy.io is slow to import
     from scipy.io.matlab import MatReadError
 
     try:

@@ -28,14 +28,9 @@ import numpy as np
 import torch
 
 from datasets.university1652 import VIEWS
+from utils.checks import positive_int
 
 SATELLITE, DRONE = VIEWS["satellite"], VIEWS["drone"]  # University-1652 camids of the views
-
-
-def _positive_int(name, value):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _draw(indices, k, rng):
@@ -57,9 +52,9 @@ class PKSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, labels, batch_size, num_instances, seed=0, rank=0, world_size=1, views=None):
-        batch_size = _positive_int("batch_size", batch_size)
-        k = _positive_int("num_instances (K)", num_instances)
-        world_size = _positive_int("world_size", world_size)
+        batch_size = positive_int("batch_size", batch_size)
+        k = positive_int("num_instances (K)", num_instances)
+        world_size = positive_int("world_size", world_size)
         if not isinstance(rank, numbers.Integral) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an integer in 0..{world_size - 1} (world_size {world_size}), got {rank!r}")
         if not isinstance(seed, numbers.Integral):

@@ -28,15 +28,14 @@ import zlib
 
 import numpy as np
 
+from datasets import DATASET_FOLDERS, DATASET_NAMES
 from datasets.drawing import (CAR_SIZE, Camera, bird_identity, draw_bird, draw_person, draw_site, draw_vehicle,
                               drone_view, junk_box, person_identity, satellite_view, street_view,
                               vehicle_identity)
 
-FOLDERS = {"market1501": "market1501", "dukemtmc": "DukeMTMC-reID", "msmt17": "MSMT17", "veri776": "VeRi",
-           "vehicleid": "VehicleID_V1.0", "car196": "CARS", "cub200": "CUB_200_2011",
-           "university1652": "University-Release", "npdetected": "cuhk03-np/detected",
-           "nplabeled": "cuhk03-np/labeled", "custom": "custom"}
-NAMES = tuple(FOLDERS)
+# the folder each parser reads under --dataset-root; custom's is --dataset-root itself, written to root/custom
+FOLDERS = {name: folder or name for name, folder in DATASET_FOLDERS.items()}
+NAMES = DATASET_NAMES
 # cameras of the real data sets (names like c1..c6 or c001..c020 cannot hold more)
 MAX_CAMERAS = {"market1501": 6, "dukemtmc": 8, "msmt17": 15, "veri776": 20, "npdetected": 2, "nplabeled": 2,
                "custom": 99}
@@ -186,7 +185,7 @@ def _write_vehicleid(folder, rng, ids, images_per_id, cameras):
 
 def _write_cars(folder, rng, ids, images_per_id, cameras):
     """car_ims/000001.jpg ... and cars_annos.mat: struct array `annotations` and cell array `class_names`."""
-    import scipy.io
+    import scipy.io  # here: only car196 writes a .mat file, and scipy.io is slow to import
     cams = [Camera(rng, c) for c in range(cameras)]
     records = []
     for cls in range(1, 2 * ids + 1):

@@ -14,7 +14,7 @@ on the uint8 tensor and the conversion to float comes last. They are the release
   exactly that; with fill=0 it would also darken the pixels next to the filled corners.
 
 The random steps draw from torch's global generator, so `torch.manual_seed` (or
-utils.checkpoint.SeededDataset) makes them reproducible.
+datasets.seeded.SeededDataset) makes them reproducible.
 
 - reid (market1501, dukemtmc, msmt17, veri776, vehicleid, npdetected, nplabeled)
     train: resize HxW, pad 8 symmetric, random crop HxW, horizontal flip (p 0.5)
@@ -34,13 +34,13 @@ commands for them pass --img-height/--img-width 256 (CARS, CUB) and 384 (Univers
 constants are (H+32)x(W+32) -> HxW and (H+64)x(W+64) -> HxW at the release's sizes, and that is
 how they follow other --img-height/--img-width values here.
 """
-import numbers
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datasets.university1652 import VIEWS  # University-1652 view name -> camid
+from utils.checks import positive_int
 
 FAMILIES = ("reid", "metric", "university")
 METRIC_MARGIN = 32  # fine-grained: resize to (H+32)x(W+32) (the release's 288 at 256) before cropping HxW
@@ -118,8 +118,7 @@ def build_transform(family, height, width, train, view=None):
     if family not in FAMILIES:
         raise ValueError(f"unknown dataset family {family!r}; expected one of {', '.join(FAMILIES)}")
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"image {name} must be a positive integer, got {value!r}")
+        positive_int(f"image {name}", value)
     height, width = int(height), int(width)
     if view is not None and family != "university":
         raise ValueError(f"view {view!r} applies to the university family only, not {family!r}")

@@ -36,14 +36,3 @@ def batch_hard_triplet_loss(embeddings, labels, normalize=True):
         d_an = dist.masked_fill(same, float("inf")).min(dim=1).values  # hardest negative
         # softplus(-(d_an - d_ap)) = log(1 + exp(d_ap - d_an)); an anchor without negatives gives 0
         return F.softplus(d_ap - d_an).mean()
-
-
-class TripletLoss(nn.Module):
-    """Module form of `batch_hard_triplet_loss`: TripletLoss(normalize=True)(embeddings, labels)."""
-
-    def __init__(self, normalize: bool = True):
-        super().__init__()
-        self.normalize = normalize
-
-    def forward(self, embeddings, labels):
-        return batch_hard_triplet_loss(embeddings, labels, self.normalize)

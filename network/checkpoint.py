@@ -178,12 +178,6 @@ def _read(path_or_state_dict):
     return unwrap_state_dict(path_or_state_dict), "state_dict"
 
 
-def load_weights(model, path_or_state_dict):
-    """Load a checkpoint (path or state_dict, in any circulating form) strictly into LEViT or DBN."""
-    state_dict, source = _read(path_or_state_dict)
-    model.load_state_dict(checkpoint_filter_fn(state_dict, model, source=source))
-
-
 def load_reid_weights(model, path_or_state_dict):
     """Load a trained DBN checkpoint (what train.py saves to --save-path, the release's
     params/ema.pth, wrapped or prefixed) for evaluation. class_list.* may hold another number

@@ -17,12 +17,28 @@ import warnings
 import torch
 from torch import nn
 
-from .checkpoint import (RELEASE_SOURCE, checkpoint_filter_fn, detect_architecture, load_reid_weights,
+from .checkpoint import (RELEASE_SOURCE, CheckpointError, checkpoint_filter_fn, detect_architecture, load_reid_weights,
                          read_checkpoint, read_reid_checkpoint, resolve_settings, unwrap_state_dict)
 from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
 
 NETWORK_DIR = os.path.dirname(os.path.abspath(__file__))
+NUM_PARTS = (1, 2)  # horizontal parts max-pooled per branch: branch_1 whole, branch_2 in two halves
+# the valid values of DBN's regularisation arguments (train.py checks its flags of the same names against them)
+RANGES = {
+    "drop": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "erasing": (lambda v: v == 0.0 or 0.02 <= v <= 1.0, "is the largest erased area fraction: 0 (off) or in [0.02, 1]"),
+    "drop_path": (lambda v: v is None or 0.0 <= v < 1.0, "must be in [0, 1) (0 = off)"),
+}
 _warned_no_pretrained = False
+
+
+def out_of_range(**values):
+    """(name, "<rule>, got <value>") of the first of `values` (names of RANGES) outside its range, or None."""
+    for name, value in values.items():
+        valid, rule = RANGES[name]
+        if not valid(value):
+            return name, f"{rule}, got {value}"
+    return None
 
 
 def released_path(net):
@@ -85,7 +101,7 @@ def zero_boxes(x, boxes):
 
 
 class DBN(Fusable, nn.Module):
-    def __init__(self, num_classes: int = 751, num_parts=(1, 2), std: float = 0.1, net: str = "small",
+    def __init__(self, num_classes: int = 751, std: float = 0.1, net: str = "small",
                  drop: float = 0.0, erasing: float = 0.0, pretrained: str | None = "auto",
                  mlp_ratio: float | None = None, drop_path: float | None = None):
         """`pretrained`: path to a backbone file, None (random initialisation) or "auto"
@@ -96,16 +112,11 @@ class DBN(Fusable, nn.Module):
         super().__init__()
         if net not in VARIANTS:
             raise ValueError(f"DBN: unknown net {net!r}; choose one of {sorted(VARIANTS)}")
-        if len(num_parts) != 2:
-            raise ValueError(f"DBN: num_parts needs one part count per branch (2), got {list(num_parts)}")
-        if not 0.0 <= drop < 1.0:
-            raise ValueError(f"DBN: drop must be in [0, 1), got {drop}")
-        if erasing != 0.0 and not 0.02 <= erasing <= 1.0:
-            raise ValueError(f"DBN: erasing is the largest erased area fraction, 0 (off) or in [0.02, 1]; got {erasing}")
-        if drop_path is not None and not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"DBN: drop_path is a stochastic depth rate in [0, 1), got {drop_path}")
+        problem = out_of_range(drop=drop, erasing=erasing, drop_path=drop_path)
+        if problem:
+            raise ValueError(f"DBN: {' '.join(problem)}")
         self.num_classes = num_classes
-        self.num_parts = tuple(int(p) for p in num_parts)
+        self.num_parts = NUM_PARTS
         self.drop = drop  # BatchDrop area fraction (replaces erasing when > 0)
         self.erasing = erasing  # random erasing: largest area fraction
 
@@ -166,8 +177,10 @@ class DBN(Fusable, nn.Module):
         state_dict, info = read_reid_checkpoint(path)
         net, height, width = resolve_settings(info, net, img_height, img_width, fallback_net)
         mlp_ratio = info["mlp_ratio"] if info["mlp_ratio"] not in (None, VARIANTS[net]["mlp_ratio"]) else None
-        model = cls(num_classes=info["num_classes"] or 1, num_parts=tuple(info["num_parts"] or (1, 2)), net=net,
-                    pretrained=None, mlp_ratio=mlp_ratio)
+        if info["num_parts"] not in (None, list(NUM_PARTS)):
+            raise CheckpointError(f"{path}: a DBN with parts {info['num_parts']} per branch; this code builds "
+                                  f"{list(NUM_PARTS)} (the release's)")
+        model = cls(num_classes=info["num_classes"] or 1, net=net, pretrained=None, mlp_ratio=mlp_ratio)
         load_reid_weights(model, state_dict)
         info = dict(info, variant=net, img_height=height, img_width=width)
         return model.eval().to(device), info

@@ -1,13 +1,19 @@
-"""Shared fixtures: the repository root on sys.path and a fixed thread count for repeatable timing."""
+"""Shared fixtures and helpers: the repository root, generated training data and the flags of a
+tiny train.py run (tests/test_train.py, tests/test_distributed.py).
+
+The repository root is on sys.path through pytest.ini (`pythonpath = .`).
+"""
 import os
-import sys
+import signal
+import subprocess
 
 import pytest
+import torch
+
+from datasets.synthetic import generate
+from network import DBN, make_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 DATA_DIR = os.path.join(ROOT, "tests", "data")
 
 
@@ -19,3 +25,87 @@ def repo_root():
 @pytest.fixture(scope="session")
 def data_dir():
     return DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def data_root(request, tmp_path_factory):
+    """Root of a synthetic Market-1501 of 8 identities x IMAGES_PER_ID (a constant of the test module)
+    images over 2 cameras, generated once per module."""
+    root = str(tmp_path_factory.mktemp("data"))
+    generate("market1501", root, ids=8, images_per_id=request.module.IMAGES_PER_ID, cameras=2, seed=0)
+    return root
+
+
+def tiny_run(root, save_path, *extra, batch_size, epochs, ema_ratio, ema_extra):
+    """train.py's flags of a tiny run: LEViT-S from scratch at 32x16 on the CPU, seed 3, P x K batches of
+    K = 4, on the data under `root`, saving to `save_path`; `extra` flags come last (and win)."""
+    return ["--dataset", "market1501", "--net", "small", "--pretrained", "none", "--img-height", "32",
+            "--img-width", "16", "--batch-size", str(batch_size), "--instance-num", "4", "--lr", "0.05",
+            "--epochs", epochs, "--ema-ratio", str(ema_ratio), "--ema-extra", str(ema_extra), "--erasing", "0.3",
+            "--device", "cpu", "--num-workers", "0", "--seed", "3",
+            "--dataset-root", root, "--save-path", str(save_path), *extra]
+
+
+def start(command, **kwargs):
+    """subprocess.Popen of `command` in the repository root, one thread, unbuffered, output captured as text."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def finish(proc, timeout):
+    """(exit status, stdout, stderr) of a subprocess.Popen; past `timeout` seconds it is killed (its whole
+    session when it was started in one of its own) and TimeoutExpired is raised."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a, b):
+    """Same weights: two state_dicts, or the "state_dict" of two --save-path files."""
+    a, b = (x["state_dict"] if "format" in x else x for x in (a, b))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def untrained_market_weights(root):
+    """A synthetic Market-1501 of 3 identities x 4 images under `root` and, beside it, ema.pth: a seeded
+    untrained DBN's checkpoint at 64x32; returns the checkpoint's path (extract.py, search.py)."""
+    generate("market1501", str(root), ids=3, images_per_id=4, cameras=2, seed=0)
+    torch.manual_seed(0)
+    weights = os.path.join(str(root), "ema.pth")
+    torch.save(make_checkpoint(DBN(num_classes=3, pretrained=None), 64, 32, dataset="market1501", transform="reid"),
+               weights)
+    return weights
+
+
+# --- dataset folders written by hand (tests/test_datasets.py, tests/test_datasets_custom.py) ----------
+
+def touch(root, *paths):
+    for path in paths:
+        path = os.path.join(root, path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").close()
+
+
+def write(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def rel(items, root):
+    """Items with paths relative to `root`, for comparing against hand-written expectations."""
+    return [(os.path.relpath(p, root), label, camid) for p, label, camid in items]

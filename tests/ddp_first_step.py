@@ -28,7 +28,7 @@ if ROOT not in sys.path:
 from datasets.sampler import PKSampler  # noqa: E402
 from losses import ReIDLoss  # noqa: E402
 from network import DBN  # noqa: E402
-from utils import distributed as du  # noqa: E402
+from utils import distributed  # noqa: E402
 
 LABELS = np.repeat(np.arange(8), 6)  # 8 identities x 6 images
 BATCH, K, SEED = 16, 4, 5  # global batch: P = 4 identities x K = 4 images; 2 identities per rank
@@ -68,7 +68,7 @@ def backward(module, loss):
 
 
 def main(out):
-    info = du.init_distributed(use_cuda=False, timeout_s=120)
+    info = distributed.init_distributed(use_cuda=False, timeout_s=120)
     assert info.distributed and info.backend == "gloo", info
     module = build_model()
     model = nn.parallel.DistributedDataParallel(module)
@@ -79,18 +79,18 @@ def main(out):
     # process gets for its rows is the sum over the processes of the same loss's gradient
     rows = torch.arange(3.0 * (info.rank + 2), dtype=torch.float64).reshape(-1, 3) + 100 * info.rank
     rows.requires_grad_(True)
-    gathered, gathered_labels = du.all_gather_batch(rows, torch.full((info.rank + 2,), info.rank))
+    gathered, gathered_labels = distributed.all_gather_batch(rows, torch.full((info.rank + 2,), info.rank))
     weights = torch.arange(gathered.numel(), dtype=torch.float64).reshape(gathered.shape)
     (gathered * weights).sum().backward()
 
     bn = nn.BatchNorm1d(3)
     bn.running_mean.fill_(float(info.rank))
     bn.running_var.fill_(1.0 + 2.0 * info.rank)
-    du.average_bn_statistics(bn)
+    distributed.average_bn_statistics(bn)
     torch.save({"grads": grads, "bn_mean": bn.running_mean, "bn_var": bn.running_var, "world_size": info.world_size,
                 "gathered": gathered.detach(), "gathered_labels": gathered_labels, "rows_grad": rows.grad},
                os.path.join(out, f"grad_rank{info.rank}.pt"))
-    du.cleanup()
+    distributed.cleanup()
 
 
 def reference(out):

@@ -4,26 +4,9 @@ import os
 import numpy as np
 import pytest
 
+from conftest import rel, touch, write
 from datasets import DATASET_NAMES, DatasetError, build_dataset
 from datasets.car196 import read_annotations
-
-
-def touch(root, *paths):
-    for path in paths:
-        path = os.path.join(root, path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        open(path, "wb").close()
-
-
-def write(path, lines):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-
-
-def rel(items, root):
-    """Items with paths relative to `root`, for comparing against hand-written expectations."""
-    return [(os.path.relpath(p, root), label, camid) for p, label, camid in items]
 
 
 def market_tree(root, folder="market1501", splits=("bounding_box_train", "query", "bounding_box_test"),

@@ -4,25 +4,9 @@ import os
 
 import pytest
 
+from conftest import rel, touch, write
 from datasets import DatasetError, build_dataset
 from datasets.custom import NO_CAMERA
-
-
-def touch(root, *paths):
-    for path in paths:
-        path = os.path.join(root, path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        open(path, "wb").close()
-
-
-def write(path, lines):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-
-
-def rel(items, root):
-    return [(os.path.relpath(p, root), pid, cam) for p, pid, cam in items]
 
 
 def folder_tree(root):

@@ -1,6 +1,7 @@
 """train.py under torchrun on the CPU (gloo, 2 processes): a run with weight averaging that the test
 script evaluates, rank-0-only output, Ctrl-C and an exact resume, the first step's gradient against
 a single process's, and a killed rank ending the run instead of hanging. (utils/distributed.py)"""
+import functools
 import json
 import os
 import re
@@ -13,47 +14,26 @@ import time
 import pytest
 import torch
 
+import conftest
 import ddp_first_step
-from conftest import ROOT
+from conftest import ROOT, assert_same_state, load, start, tiny_run
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 # LEViT-S from scratch at 32x16 on 8 ids x 16 images; global batch 4 ids x 4 images = 2 ids per
 # process; 4 passes x 2 batches = 8 steps per epoch; epochs 1 and 2 both averaged
-TINY = ["--dataset", "market1501", "--net", "small", "--pretrained", "none", "--img-height", "32",
-        "--img-width", "16", "--batch-size", "16", "--instance-num", "4", "--lr", "0.05", "--epochs", "1,2",
-        "--ema-ratio", "0.5", "--ema-extra", "0", "--erasing", "0.3", "--device", "cpu", "--num-workers", "0",
-        "--seed", "3"]
+IMAGES_PER_ID = 16  # of the data_root fixture (conftest)
 STEPS = 8
 TIMEOUT = 240
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from datasets.synthetic import generate
-    root = str(tmp_path_factory.mktemp("data"))
-    generate("market1501", root, ids=8, images_per_id=16, cameras=2, seed=0)
-    return root
-
-
-def tiny(root, save_path, *extra):
-    return [*TINY, "--dataset-root", root, "--save-path", str(save_path), *extra]
+tiny = functools.partial(tiny_run, batch_size=16, epochs="1,2", ema_ratio=0.5, ema_extra=0)
 
 
 def torchrun(argv, script="train.py"):
     """torchrun with 2 processes, in its own session so that a failed test can end the whole group."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([*TORCHRUN, os.path.join(ROOT, script), *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return start([*TORCHRUN, os.path.join(ROOT, script), *argv], start_new_session=True)
 
 
 def finish(proc, timeout=TIMEOUT):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return proc.returncode, out, err
+    return conftest.finish(proc, timeout)
 
 
 def wait_for(path, proc, timeout=TIMEOUT):
@@ -87,18 +67,6 @@ def alive(pid):
 def bars_started(err, desc):
     """How many progress bars `desc` were drawn (each draws its empty state once)."""
     return len(re.findall(re.escape(desc) + r":\s+0%\|[^|]*\| 0/\d+ \[00:00<\?, \?batch/s\](?=[\r\n])", err))
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_state(a, b):
-    """Same weights: two state_dicts, or the "state_dict" of two --save-path files."""
-    a, b = (x["state_dict"] if "format" in x else x for x in (a, b))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 # --- a run with two processes ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils import evaluation
+from utils import evaluation, malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("market1501", "dukemtmc", "msmt17", "veri776", "vehicleid", "car196", "cub200",
@@ -201,7 +201,7 @@ def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch
     from utils import metrics
     calls = []
     real = metrics.kmeans
-    monkeypatch.setattr(metrics, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
+    monkeypatch.setattr(evaluation, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
     data = build_dataset("car196", data_root)
     results = {}
     for method in (None, "kmeans++"):
@@ -249,7 +249,7 @@ def test_text_file_as_weights_is_refused(capsys, data_root, tmp_path):
 
 def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(evaluation, "keep_freed_memory", lambda: calls.append("cpu") or True)
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("cpu") or True)
     run_error(capsys, "market1501", "--weights", str(tmp_path / "nothing.pth"), "--dataset-root", data_root,
               *SMALL)
     assert calls == ["cpu"]
@@ -358,7 +358,7 @@ def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, weights):
         assert evaluation._device(parser.parse_args(flags), parser) == torch.device("cuda", count - 1)
     with pytest.raises(SystemExit):
         evaluation._device(parser.parse_args(["--gpus", str(count)]), parser)
-    assert f"cuda:{count}: no GPU {count} (this machine has {count}" in capsys.readouterr().err
+    assert f"--gpus {count}: no GPU {count} (this machine has {count}" in capsys.readouterr().err
 
 
 def test_vis_dir_chooses_the_pictures_folder(capsys, weights, data_root, tmp_path, monkeypatch):

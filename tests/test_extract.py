@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import extract
-from network import DBN, make_checkpoint
+from conftest import untrained_market_weights
 from utils.image_list import ImageListError, collect_images
 
 SMALL = ["--num-workers", "0", "--device", "cpu"]
@@ -15,13 +15,8 @@ SMALL = ["--num-workers", "0", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from datasets.synthetic import generate
     root = tmp_path_factory.mktemp("extract")
-    generate("market1501", str(root), ids=3, images_per_id=4, cameras=2, seed=0)
-    torch.manual_seed(0)
-    weights = str(root / "ema.pth")
-    torch.save(make_checkpoint(DBN(num_classes=3, pretrained=None), 64, 32, dataset="market1501", transform="reid"),
-               weights)
+    weights = untrained_market_weights(root)
     return str(root), weights
 
 

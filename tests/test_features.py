@@ -1,4 +1,6 @@
 """utils/features.py: the test-time feature, the FeatureExtractor on every input kind, its errors."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from network import DBN, CheckpointError, make_checkpoint
+from utils import features
 from utils.features import FeatureExtractor, FeatureHead, dbn_features
 
 
@@ -127,3 +130,10 @@ def test_bare_state_dict_takes_the_arguments_or_the_default_size(model, tmp_path
     assert (default.img_height, default.img_width, default.family) == (256, 128, "reid")
     given = FeatureExtractor.from_checkpoint(path, img_height=64, img_width=64, transform="metric", device="cpu")
     assert (given.img_height, given.img_width, given.family) == (64, 64, "metric")
+
+
+def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert features.get_args_parser().parse_args(["--weights", "w.pth"]).num_workers == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert features.get_args_parser().parse_args(["--weights", "w.pth"]).num_workers == 4

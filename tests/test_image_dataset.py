@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from datasets.image_dataset import ImageDataset, UnreadableImageWarning, collate_skip, read_image
 from datasets.sampler import PKSampler
+from datasets.seeded import SeededBatches, SeededDataset
 from datasets.transforms import build_transform
-from utils.checkpoint import SeededBatches, SeededDataset
 
 
 def write_png(path, seed, size=(20, 12)):

@@ -128,7 +128,7 @@ def test_dbn_drop_path_defaults_to_the_variant_and_can_be_overridden(net, defaul
         assert model.branch_1.layers[-1].drop_path.p == pytest.approx(rate)
         assert model.branch_2.layers[-1].drop_path.p == pytest.approx(rate)
         assert model.layer2.layers[0].drop_path.p == pytest.approx(rate * 4 / 14)
-    with pytest.raises(ValueError, match=r"drop_path is a stochastic depth rate in \[0, 1\), got 1.5"):
+    with pytest.raises(ValueError, match=r"drop_path must be in \[0, 1\) \(0 = off\), got 1.5"):
         DBN(10, pretrained=None, drop_path=1.5)
 
 
@@ -152,7 +152,7 @@ def test_dbn_outputs_and_frozen_biases():
 def test_dbn_bad_arguments():
     with pytest.raises(ValueError, match=r"unknown net 'medium'.*\['large', 'small'\]"):
         DBN(net="medium", pretrained=None)
-    with pytest.raises(ValueError, match=r"erasing .* \[0.02, 1\]; got 0.01"):
+    with pytest.raises(ValueError, match=r"erasing .* \[0.02, 1\], got 0.01"):
         DBN(erasing=0.01, pretrained=None)
 
 

@@ -49,6 +49,12 @@ def test_make_checkpoint_holds_what_is_needed_and_reads_weights_only(small, tmp_
     assert info["metrics"]["mAP"] == 0.5 and info["dataset"] == "custom"
 
 
+def test_a_file_of_other_parts_is_refused(small, tmp_path):
+    obj = dict(make_checkpoint(small, 64, 32, dataset="custom", transform="reid"), num_parts=[1, 3])
+    with pytest.raises(CheckpointError, match=r"parts \[1, 3\] per branch; this code builds \[1, 2\]"):
+        DBN.from_checkpoint(save(obj, tmp_path))
+
+
 def test_make_checkpoint_refuses_a_fused_model(tmp_path):
     with pytest.raises(ValueError, match="fused for inference"):
         make_checkpoint(tiny_dbn().fuse(), 64, 32)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from utils.metrics import evaluate_rank, evaluate_rank_blocks
-from utils.rerank import re_ranking, re_ranking_blocks, re_ranking_distances
+from utils.rerank import re_ranking, re_ranking_blocks
 
 
 def dense_reference(original_dist, query_num, k1=20, k2=6, lambda_value=0.3):
@@ -77,19 +77,6 @@ def test_other_parameters(k1, k2, lam):
     np.testing.assert_allclose(re_ranking(f[:20], f[20:], k1=k1, k2=k2, lambda_value=lam), expected, atol=2e-6)
 
 
-def test_distance_signature_matches_reference():
-    # the original code's inputs: Euclidean distances, squared inside; an asymmetric q_q shows
-    # the transposition of the original normalisation is kept
-    rng = np.random.default_rng(3)
-    f, _ = clustered_features(rng, 50, 6, ids=5, noise=0.9)
-    e = np.sqrt(squared_distances(f)).astype(np.float64)
-    e[:10, :10] += 0.01 * rng.random((10, 10))
-    full = np.power(e, 2).astype(np.float32)
-    expected = dense_reference(full, 10, k1=6, k2=3)
-    got = re_ranking_distances(e[:10, 10:], e[:10, :10], e[10:, 10:], k1=6, k2=3)
-    np.testing.assert_allclose(got, expected, atol=2e-6)
-
-
 def test_blocks_equal_dense_and_feed_evaluation():
     rng = np.random.default_rng(4)
     f, labels = clustered_features(rng, 120, 10, ids=12, noise=0.7)
@@ -130,5 +117,3 @@ def test_bad_parameters(kwargs, message):
 def test_bad_shapes():
     with pytest.raises(ValueError, match="same feature length"):
         re_ranking(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
-    with pytest.raises(ValueError, match=r"q_q_dist \(Q, Q\)"):
-        re_ranking_distances(np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((3, 3)))

@@ -4,24 +4,18 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import extract
 import search
-from network import DBN, make_checkpoint
+from conftest import untrained_market_weights
 
 SMALL = ["--num-workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from datasets.synthetic import generate
     root = tmp_path_factory.mktemp("search")
-    generate("market1501", str(root), ids=3, images_per_id=4, cameras=2, seed=0)
-    torch.manual_seed(0)
-    weights = str(root / "ema.pth")
-    torch.save(make_checkpoint(DBN(num_classes=3, pretrained=None), 64, 32, dataset="market1501", transform="reid"),
-               weights)
+    weights = untrained_market_weights(root)
     gallery = os.path.join(str(root), "market1501", "bounding_box_test")
     npz = str(root / "gallery.npz")
     assert extract.main(["--weights", weights, "--images", gallery, "--out", npz, *SMALL]) == 0

@@ -1,10 +1,10 @@
 """train.py on generated data: flag checks, a short real run, exact resume after SIGKILL and
 Ctrl-C, a non-finite loss, unreadable images. (The README's commands: tests/test_readme.py.)"""
+import functools
 import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -12,38 +12,23 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT
+import conftest
+from conftest import ROOT, assert_same_state, load, start, tiny_run
+from utils import malloc, run_files
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
-TINY = ["--dataset", "market1501", "--net", "small", "--pretrained", "none", "--img-height", "32",
-        "--img-width", "16", "--batch-size", "8", "--instance-num", "4", "--lr", "0.05", "--epochs", "1,3",
-        "--ema-ratio", "0.67", "--ema-extra", "1", "--erasing", "0.3", "--device", "cpu", "--num-workers", "0",
-        "--seed", "3"]
+IMAGES_PER_ID = 8  # of the data_root fixture (conftest)
 EPOCHS = 4  # T + ema_extra
 BATCHES = 8
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from datasets.synthetic import generate
-    root = str(tmp_path_factory.mktemp("data"))
-    generate("market1501", root, ids=8, images_per_id=8, cameras=2, seed=0)
-    return root
-
-
-def tiny(root, save_path, *extra):
-    return [*TINY, "--dataset-root", root, "--save-path", str(save_path), *extra]
+tiny = functools.partial(tiny_run, batch_size=8, epochs="1,3", ema_ratio=0.67, ema_extra=1)
 
 
 def run_script(argv, **kwargs):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return start([sys.executable, os.path.join(ROOT, "train.py"), *argv], **kwargs)
 
 
 def finish(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+    return conftest.finish(proc, timeout)
 
 
 def parse_error(capsys, argv):
@@ -53,24 +38,11 @@ def parse_error(capsys, argv):
     return capsys.readouterr().err
 
 
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_state(a, b):
-    """Same weights: two state_dicts, or the "state_dict" of two --save-path files."""
-    a, b = (x["state_dict"] if "format" in x else x for x in (a, b))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 # --- flags ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "5"], "expected two integers W,T"),
     (["--epochs", "75,5"], "expected 0 <= W < T"),
-    (["--batch-size", "30", "--instance-num", "4"], "--batch-size 30 is not divisible by --instance-num 4"),
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--net", "huge"], "invalid choice: 'huge'"),
     (["--ema-ratio", "1.5"], "--ema-ratio must be in (0, 1]"),
@@ -96,17 +68,47 @@ def test_unreadable_resume_file_is_a_usage_error(capsys, tmp_path, content):
     assert f"cannot read {path} as a torch checkpoint" in err and "Traceback" not in err
 
 
+def test_batch_of_partial_identities_is_a_usage_error_before_training(data_root, tmp_path):
+    # the sampler's rule (datasets/sampler.py), checked once the number of processes is known
+    with pytest.raises(train.UsageError, match=r"--batch-size 30 --instance-num 4 on 1 process\(es\): batch_size 30 "
+                                               r"must be a multiple of num_instances \(K\) x world_size = 4 x 1 = 4"):
+        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--batch-size", "30", "--no-eval")))
+    assert not (tmp_path / "ema_last.pth").exists()
+
+
 def test_freeze_word_must_match_a_parameter(capsys):
     err = parse_error(capsys, ["--freeze", "stem,nosuchlayer"])
     assert "--freeze 'nosuchlayer' matches no parameter name" in err
 
 
 def test_help_groups_flags_and_states_defaults():
-    text = train.get_args_parser().format_help()
+    parser = train.get_args_parser()
+    groups = {group.title: {action.dest for action in group._group_actions} for group in parser._action_groups}
+    assert {"net", "pretrained", "erasing", "freeze"} <= groups["model"]
+    assert {"dataset", "dataset_root", "instance_num", "num_workers"} <= groups["data"]
+    assert {"batch_size", "lr", "epochs", "ema_ratio", "seed"} <= groups["optimisation"]
+    assert {"device", "gpus", "dist_timeout"} == groups["hardware"]
+    assert {"save_path", "resume", "eval", "dry_run", "demo"} <= groups["run"]
+    text = parser.format_help()
     for group in ("model:", "data:", "optimisation:", "hardware:", "run:"):
-        assert group in text
+        assert f"\n{group}\n" in text
     assert "(default: 5,75)" in text and "(5, 75)" not in text  # as it is typed
     assert "{market1501,dukemtmc,msmt17" in text
+
+
+@pytest.mark.parametrize("argv, values", [
+    ([], (True, None, True)),
+    (["--norm", "false", "--amp", "--eval", "false"], (False, True, False)),  # the release's --norm false
+    (["--no-norm", "--no-amp", "--no-eval"], (False, False, False)),
+    (["--norm", "--amp", "true", "--eval"], (True, True, True)),
+])
+def test_on_off_flags_take_no_and_true_false(argv, values):
+    args = train.parse_args(argv)
+    assert (args.norm, args.amp, args.eval) == values
+
+
+def test_a_no_flag_takes_no_value(capsys):
+    assert "--no-eval takes no value (or give --eval true|false)" in parse_error(capsys, ["--no-eval", "true"])
 
 
 def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
@@ -116,8 +118,9 @@ def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
     assert train.parse_args([]).num_workers == 4
 
 
-def test_seed_is_stored_and_defaults_match_the_release():
+def test_defaults_match_the_release():
     args = train.parse_args([])
+    assert (args.seed, args.erasing, args.norm, args.pretrained) == (613, 0.45, True, "auto")
     assert (args.net, args.img_height, args.img_width, args.batch_size, args.lr) == ("small", 256, 128, 64, 0.12)
     assert (args.epochs, args.ema_ratio, args.ema_extra, args.instance_num) == ((5, 75), 0.8, 25, 4)
 
@@ -229,7 +232,7 @@ def test_a_partial_last_batch_trains(capsys, data_root, tmp_path):
 
 def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("cpu") or True)
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("cpu") or True)
     train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
     assert calls == ["cpu"]
 
@@ -435,7 +438,7 @@ def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, re
     """Images that break after the check before epoch 1 (which is left out here): skipped with a
     warning, then the run stops; in epoch 1 there is nothing to resume."""
     root, names = break_one_identity(data_root, tmp_path)
-    monkeypatch.setattr(train, "check_training_images", lambda items, saved: None)
+    monkeypatch.setattr(train, "check_training_images", lambda items, saved, max_skipped: None)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
     with pytest.raises(train.TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\); "
@@ -526,7 +529,7 @@ def test_save_path_under_a_file_is_refused_before_training(data_root, tmp_path):
 def test_unwritable_save_folder_is_refused_before_training(data_root, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(train.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(run_files.tempfile, "TemporaryFile", refuse)
     with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\); choose a writable"):
         train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval")))
     assert not (tmp_path / "ema_last.pth").exists()
@@ -592,7 +595,7 @@ def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run,
         copies.append({k: v.clone() for k, v in model.state_dict().items()})
         raise Recorded
 
-    monkeypatch.setattr(train, "copy_for_demo", record)
+    monkeypatch.setattr(train, "untrained_copy", record)
     with pytest.raises(Recorded):  # a new demo-style run: the seeded initial weights
         train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--demo", "--no-eval")))
     last = unfinished_copy(reference_run, tmp_path, epoch=3)

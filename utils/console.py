@@ -7,13 +7,13 @@ on a line of its own instead, through tqdm.write in the main process.
 import sys
 import warnings
 
+from torch.utils.data import get_worker_info
 from tqdm import tqdm
 
 
 def warning_line(message, category, filename, lineno, file=None, line=None):
     """A `warnings.showwarning` replacement: `warning: <message>` on stderr, one line."""
     text = f"warning: {message}"
-    from torch.utils.data import get_worker_info
     if get_worker_info() is None:
         tqdm.write(text, file=sys.stderr)
     else:  # a loader worker does not know the main process's bar: start a line of its own

@@ -79,15 +79,6 @@ def all_gather_object(obj):
     return out
 
 
-def broadcast_object(obj, src=0):
-    """`obj` of rank `src` on every rank."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_reduce_mean(tensor):
     """In-place mean of `tensor` over the ranks (a no-op in a single process)."""
     if is_dist():

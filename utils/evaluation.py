@@ -30,8 +30,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from datasets import DATASET_ROOT_HELP, DatasetError, build_dataset
+from datasets.image_dataset import ImageDataset, collate_skip
+from datasets.transforms import build_transform
+from network import DBN, CheckpointError
+from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
+from utils.console import show_warnings_as_lines
 from utils.features import dbn_features
-from utils.malloc import keep_freed_memory
+from utils.malloc import tune_allocator
+from utils.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
+from utils.rerank import re_ranking_blocks
+from utils.vis import cell_size, save_rank_lists
 
 # Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
 # release's training commands for each dataset.
@@ -53,12 +62,6 @@ MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
 
 
-def default_workers(most=4):
-    """Loader processes by default (train.py and the test scripts): `most`, but no more than the
-    cores this process may use, since PyTorch warns when a DataLoader has more workers than that."""
-    return max(1, min(most, len(os.sched_getaffinity(0))))
-
-
 class EvaluationError(RuntimeError):
     """The test split cannot be scored (e.g. no query has a correct gallery item); the message says why."""
 
@@ -68,15 +71,6 @@ def _size_table():
     for name, size in IMAGE_SIZE.items():
         rows.setdefault(size, []).append(name)
     return "; ".join(f"{h}x{w}: {', '.join(names)}" for (h, w), names in rows.items())
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" except for flags whose default is None or off."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def get_args_parser(add_help=False):
@@ -90,10 +84,7 @@ def get_args_parser(add_help=False):
     parser.add_argument("--weights", default="params/ema.pth",
                         help="DBN checkpoint: the file train.py writes to --save-path (or its _last.pth "
                              "checkpoint) or the release's params/ema.pth")
-    parser.add_argument("--dataset-root", default="data",
-                        help="folder holding the dataset folders (market1501/, DukeMTMC-reID/, MSMT17/, "
-                             "VeRi/, VehicleID_V1.0/, CARS/, CUB_200_2011/, University-Release/, cuhk03-np/); "
-                             "test_custom.py: the dataset folder itself")
+    parser.add_argument("--dataset-root", default="data", help=DATASET_ROOT_HELP)
     parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
     parser.add_argument("--num-workers", default=default_workers(), type=int,
                         help="data loading processes (4, or the available cores if fewer)")
@@ -126,7 +117,7 @@ def get_args_parser(add_help=False):
     return parser
 
 
-def _option(args, name):
+def eval_flag(args, name):
     """args.<name>, or the parser's default when `args` comes from another parser (train.py)."""
     if hasattr(args, name):
         return getattr(args, name)
@@ -136,7 +127,7 @@ def _option(args, name):
 def image_size(dataset_name, args):
     """(height, width): --img-height/--img-width, else the dataset's default from IMAGE_SIZE."""
     height, width = IMAGE_SIZE.get(dataset_name, (256, 128))
-    given = _option(args, "img_height"), _option(args, "img_width")
+    given = eval_flag(args, "img_height"), eval_flag(args, "img_width")
     return (height if given[0] is None else given[0]), (width if given[1] is None else given[1])
 
 
@@ -168,14 +159,12 @@ def _item_features(model, items, dataset, args, device, view=None, desc="feature
     The loader carries the item's index as its label, so an unreadable image (dropped by
     collate_skip with a warning) cannot shift the rows against the item list.
     """
-    from datasets.image_dataset import ImageDataset, collate_skip
-    from datasets.transforms import build_transform
 
     height, width = image_size(dataset.name, args)
     transform = build_transform(dataset.family, height, width, train=False, view=view)
     tagged = [(item[0], i, item[2] if len(item) > 2 else 0) for i, item in enumerate(items)]
-    loader = DataLoader(ImageDataset(tagged, transform), batch_size=_option(args, "batch_size"),
-                        shuffle=False, num_workers=_option(args, "num_workers"),
+    loader = DataLoader(ImageDataset(tagged, transform), batch_size=eval_flag(args, "batch_size"),
+                        shuffle=False, num_workers=eval_flag(args, "num_workers"),
                         collate_fn=collate_skip, pin_memory=device.type == "cuda")
     feats, index, _ = extract_features(model, loader, device, desc=desc)
     if len(index) < len(items):
@@ -191,13 +180,11 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=())
     queries in `keep_rows` as a (len(keep_rows), G) array, for the pictures). metrics["left_out"]
     counts the queries without a correct gallery item (left out of CMC and mAP).
     """
-    from utils.metrics import evaluate_rank_blocks, evaluate_rank_features
 
-    ap = _option(args, "ap")
+    ap = eval_flag(args, "ap")
     check_scorable(q_pids, q_camids, g_pids, g_camids)
     keep_rows = np.asarray(keep_rows, dtype=np.int64)
-    if _option(args, "rerank"):
-        from utils.rerank import re_ranking_blocks
+    if eval_flag(args, "rerank"):
         kept = {}
 
         def blocks():  # the re-ranked rows, keeping those of the pictured queries on the way
@@ -241,17 +228,16 @@ def check_scorable(q_pids, q_camids, g_pids, g_camids):
 
 def _vis_rows(args, num_query):
     """Indices of the --vis N pictured queries, spread evenly over the query list."""
-    n = min(_option(args, "vis"), num_query)
+    n = min(eval_flag(args, "vis"), num_query)
     return np.unique(np.linspace(0, num_query - 1, n).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
 
 
 def _pictures(dataset, prefix, rows, dist, query, gallery, args, junk_same_camera=True):
     """Rank-list pictures of the queries `rows` (distance rows `dist`), as <vis-dir>/<prefix>_rank_<query>.png."""
-    from utils.vis import cell_size, save_rank_lists
 
     if not len(rows):
         return
-    folder = _option(args, "vis_dir")
+    folder = eval_flag(args, "vis_dir")
     written = save_rank_lists(dist, [query[i] for i in rows], gallery, folder, prefix, query_ids=rows,
                               junk_same_camera=junk_same_camera, cell=cell_size(*image_size(dataset.name, args)))
     print(f"rank-list pictures: {len(written)} written to {os.path.join(folder, prefix)}_rank_*.png")
@@ -262,7 +248,7 @@ def _evaluate_split(model, dataset, query, gallery, args, device, views=(None, N
     gf, gi = _item_features(model, gallery, dataset, args, device, view=views[1], desc="gallery")
     query, gallery = [query[i] for i in qi], [gallery[i] for i in gi]
     ids = [np.array([item[k] for item in items], dtype=np.int64) for items in (query, gallery) for k in (1, 2)]
-    save_features(_option(args, "save_features"), query=(qf, query), gallery=(gf, gallery))
+    save_features(eval_flag(args, "save_features"), query=(qf, query), gallery=(gf, gallery))
     rows = _vis_rows(args, len(query))
     metrics, dist = rank_metrics(qf, gf, *ids, args, keep_rows=rows)
     _pictures(dataset, prefix or dataset.name, rows, dist, query, gallery, args)
@@ -288,14 +274,14 @@ def save_features(path, **splits):
 
 
 def _evaluate_vehicleid(model, dataset, args, device):
-    size, n = _option(args, "test_size"), _option(args, "trials")
+    size, n = eval_flag(args, "test_size"), eval_flag(args, "trials")
     trials = [dataset.make_trial(size, seed) for seed in range(n)]
     paths = sorted({item[0] for query, gallery in trials for item in query + gallery})
     feats, index = _item_features(model, [(p, 0, 0) for p in paths], dataset, args, device,
                                   desc=f"test_list_{size}")
     row = {paths[i]: r for r, i in enumerate(index.tolist())}
     pid_of = {item[0]: item[1] for query, gallery in trials for item in query + gallery}
-    save_features(_option(args, "save_features"), test=(feats, [(paths[i], pid_of[paths[i]]) for i in index.tolist()]))
+    save_features(eval_flag(args, "save_features"), test=(feats, [(paths[i], pid_of[paths[i]]) for i in index.tolist()]))
     results = []
     for seed, (query, gallery) in enumerate(trials):
         query = [item for item in query if item[0] in row]
@@ -320,14 +306,13 @@ def _evaluate_vehicleid(model, dataset, args, device):
 
 
 def _evaluate_retrieval(model, dataset, args, device):
-    from utils.metrics import kmeans, normalized_mutual_info, recall_at_k
 
     feats, index = _item_features(model, dataset.test, dataset, args, device, desc="test")
     items = [(dataset.test[i][0], dataset.test[i][1], 0) for i in index]
     labels = np.array([item[1] for item in items], dtype=np.int64)
-    save_features(_option(args, "save_features"), test=(feats, [item[:2] for item in items]))
+    save_features(eval_flag(args, "save_features"), test=(feats, [item[:2] for item in items]))
     recall = recall_at_k(feats, labels, ks=(1, 2, 4, 8))
-    clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=_option(args, "kmeans"))
+    clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=eval_flag(args, "kmeans"))
     metrics = {f"R{k}": float(recall[k]) for k in (1, 2, 4, 8)}
     metrics.update(NMI=float(normalized_mutual_info(labels, np.asarray(clusters))), num_images=len(items))
     rows = _vis_rows(args, len(items))
@@ -354,7 +339,7 @@ def evaluate(model, dataset, args):
             metrics = _evaluate_retrieval(model, dataset, args, device)
             return metrics, RECALL_LINE.format(**metrics)
         if dataset.family == "university":
-            direction = _option(args, "direction")
+            direction = eval_flag(args, "direction")
             views = tuple(direction.split("2"))
             query, gallery = dataset.make_split(direction)
             metrics = _evaluate_split(model, dataset, query, gallery, args, device, views=views,
@@ -381,14 +366,13 @@ def load_model(args, device, default_size, default_net=None):
     it was trained at); `default_net` is the variant where neither says (weights of no released width).
     Raises network.CheckpointError (missing or unreadable file, a backbone, a flag that contradicts it).
     """
-    from network import DBN, CheckpointError
 
     path = args.weights
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path} (pass --weights PATH: the file train.py "
                               "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
-    model, info = DBN.from_checkpoint(path, net=_option(args, "net"), img_height=_option(args, "img_height"),
-                                      img_width=_option(args, "img_width"), fallback_net=default_net)
+    model, info = DBN.from_checkpoint(path, net=eval_flag(args, "net"), img_height=eval_flag(args, "img_height"),
+                                      img_width=eval_flag(args, "img_width"), fallback_net=default_net)
     args.net = info["variant"]
     if None in (info["img_height"], info["img_width"]):
         args.img_height = info["img_height"] or default_size[0]
@@ -431,13 +415,8 @@ def _device(args, parser):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        flag = f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}"
-        parser.error(f"{flag}: no CUDA device is available; use --device cpu (or auto)")
     device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        parser.error(f"{name}: no GPU {device.index} (this machine has {torch.cuda.device_count()}: ids "
-                     f"0..{torch.cuda.device_count() - 1})")
+    check_gpu(parser, f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}", device.index)
     return device
 
 
@@ -453,7 +432,6 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
     """
     if dataset not in IMAGE_SIZE:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(IMAGE_SIZE)}")
-    from utils.console import show_warnings_as_lines
     show_warnings_as_lines()
     height, width = img_height or IMAGE_SIZE[dataset][0], img_width or IMAGE_SIZE[dataset][1]
     parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
@@ -462,16 +440,13 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
                                                  "in the release's format.")
     parser.set_defaults(weights=weights)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "trials"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_at_least(parser, args, 1, "batch_size", "trials")
     shown = (height if args.img_height is None else args.img_height,  # a flag left out: the script's default
              width if args.img_width is None else args.img_width)
     if min(shown) < 16:  # as train.py
         parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
                      f"{shown[0]}x{shown[1]}")
-    if args.num_workers < 0 or args.vis < 0:
-        parser.error("--num-workers and --vis must be 0 or more")
+    require_at_least(parser, args, 0, "num_workers", "vis")
     if args.save_features is not None and not args.save_features.endswith(".npz"):
         parser.error(f"--save-features {args.save_features}: give a file name ending in .npz")
     for flag, path in (("--save-features", args.save_features), ("--metrics-json", args.metrics_json)):
@@ -480,10 +455,7 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)
-    if device.type == "cpu":
-        keep_freed_memory()  # no page faults for each batch's activations (utils/malloc.py)
-    from datasets import DatasetError, build_dataset
-    from network import CheckpointError
+    tune_allocator(device)
 
     try:
         model = load_model(args, device, (height, width), net)  # the variant and the input size recorded in --weights

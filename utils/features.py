@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from utils.checks import positive_int
+from utils.cli import HelpFormatter, default_workers, require_at_least  # HelpFormatter: that of extract.py, search.py, export.py
+
 DEFAULT_SIZE = (256, 128)  # a bare state_dict's input size when nothing else gives one (Market-1501's)
 
 
@@ -107,8 +110,7 @@ class FeatureExtractor:
 
     def __init__(self, model, img_height, img_width, transform="reid", device="cpu", batch_size=64, flip=True):
         from datasets.transforms import build_transform
-        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        positive_int("batch_size", batch_size)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.img_height, self.img_width, self.family = int(img_height), int(img_width), transform
@@ -218,15 +220,6 @@ class FeatureExtractor:
 
 # --- command line (extract.py, search.py, export.py) ---------------------------------------------
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" only for flags that take a value and have a meaningful default."""
-
-    def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool) or action.nargs == 0:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def get_args_parser(running=True):
     """The model flags of extract.py, search.py and export.py (a parent parser); `running` adds
     --device, --batch-size and --num-workers (the tools that compute features)."""
@@ -251,7 +244,8 @@ def get_args_parser(running=True):
         return parser
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     g.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
-    g.add_argument("--num-workers", default=4, type=int, help="image decoding processes (0: in the main process)")
+    g.add_argument("--num-workers", default=default_workers(), type=int,
+                   help="image decoding processes (0: in the main process); 4, or the available cores if fewer")
     return parser
 
 
@@ -261,10 +255,9 @@ def check_args(args, parser):
         value = getattr(args, name)
         if value is not None and value < 16:
             parser.error(f"--{name.replace('_', '-')} must be at least 16 (output stride 16), got {value}")
-    if getattr(args, "batch_size", 1) < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if getattr(args, "num_workers", 0) < 0:
-        parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if hasattr(args, "batch_size"):  # the tools that compute features (get_args_parser(running=True))
+        require_at_least(parser, args, 1, "batch_size")
+        require_at_least(parser, args, 0, "num_workers")
     if not os.path.isfile(args.weights):
         parser.error(f"--weights {args.weights}: file not found (the file train.py wrote to --save-path, "
                      "or the release's params/ema.pth)")

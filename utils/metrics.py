@@ -37,6 +37,8 @@ does not fight other processes for cores). Rows holding +-inf fall back to a sta
 import numpy as np
 import torch
 
+from utils.checks import is_positive_int, positive_int
+
 AP_MODES = ("trapezoid", "plain")
 # Distance entries per ranking step; keeps the temporaries of one step (~10 bytes per entry) in cache.
 _RANK_ELEMENTS = 1 << 21
@@ -70,8 +72,7 @@ def _check_ap(ap):
 
 
 def _check_max_rank(max_rank):
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+    positive_int("max_rank", max_rank)
 
 
 def _count_before_sorted(d, rows, cols):
@@ -293,9 +294,7 @@ def _features(qf, gf, same=False):
 def _check_block(block, G):
     if block is None:
         return max(1, _MATMUL_ELEMENTS // max(G, 1))
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be a positive integer (queries per matrix product) or None, got {block!r}")
-    return int(block)
+    return positive_int("block", block, " (queries per matrix product) or None")
 
 
 def evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="trapezoid",
@@ -352,7 +351,7 @@ def recall_at_k(features, labels, ks=(1, 2, 4, 8), block=None):
     once count as misses. Blockwise like `evaluate_rank_features`. Returns {k: recall}.
     """
     ks = tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+    if not ks or not all(is_positive_int(k) for k in ks):
         raise ValueError(f"ks must be positive integers, got {ks!r}")
     f, _ = _features(features, features, same=True)
     N = f.shape[0]

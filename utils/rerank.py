@@ -21,12 +21,12 @@ API:
   (smaller = closer) for `utils.metrics.evaluate_rank`; fine while Q x G floats fit in memory.
 - `re_ranking_blocks(qf, gf, ...)`: the same rows, yielded as (B, G) blocks in query order, for
   `utils.metrics.evaluate_rank_blocks` at any scale.
-- `re_ranking_distances(q_g_dist, q_q_dist, g_g_dist, ...)`: the original code's signature (Euclidean
-  distance matrices, squared inside), for small sets.
 """
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from utils.checks import positive_int
 
 # Distance entries per block of full rows (float32 plus int64 sort keys: 12 bytes each, ~200 MB).
 _ROW_ELEMENTS = 1 << 24
@@ -73,32 +73,9 @@ class _FeatureRows:
         return out.numpy()
 
 
-class _MatrixRows:
-    """Squares of given Euclidean distance matrices, row i being column i of [[qq, qg], [qg^T, gg]]
-    (the original code normalises columns and transposes)."""
-
-    def __init__(self, q_g_dist, q_q_dist, g_g_dist):
-        qg, qq, gg = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
-                      for x in (q_g_dist, q_q_dist, g_g_dist))
-        Q, G = qg.shape if qg.ndim == 2 else (-1, -1)
-        if qg.ndim != 2 or qq.shape != (Q, Q) or gg.shape != (G, G):
-            raise ValueError(f"expected q_g_dist (Q, G), q_q_dist (Q, Q), g_g_dist (G, G), got {qg.shape}, "
-                             f"{qq.shape}, {gg.shape}")
-        # (N, N) transposed and squared as the original code does it
-        self.m = np.power(np.block([[qq.T, qg], [qg.T, gg.T]]), 2).astype(np.float32) + np.float32(0)
-        self.num_query, self.num_items = Q, Q + G
-
-    def rows(self, i0, i1):
-        return torch.from_numpy(self.m[i0:i1].copy())  # callers divide in place
-
-    def pairs(self, i, j):
-        return self.m[i, j]
-
-
 def _check(k1, k2, lambda_value):
     for name, k in (("k1", k1), ("k2", k2)):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"{name} must be a positive integer, got {k!r}")
+        positive_int(name, k)
     if not 0 <= lambda_value <= 1:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
 
@@ -224,8 +201,8 @@ def re_ranking_blocks(qf, gf, k1=20, k2=6, lambda_value=0.3, block=None):
     the matrix products run on the device of `qf`), yielded as float32 (B, G) numpy blocks in query
     order (B = `block` queries, default chosen from the gallery size)."""
     _check(k1, k2, lambda_value)
-    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1):
-        raise ValueError(f"block must be a positive integer or None, got {block!r}")
+    if block is not None:
+        positive_int("block", block, " or None")
     return _blocks(_FeatureRows(qf, gf), k1, k2, lambda_value, block)
 
 
@@ -233,13 +210,5 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3):
     """Re-ranked (Q, G) float32 distance matrix of features `qf` and `gf` (smaller = closer)."""
     _check(k1, k2, lambda_value)
     source = _FeatureRows(qf, gf)
-    G = source.num_items - source.num_query
-    return np.concatenate(list(_blocks(source, k1, k2, lambda_value, None)) or [np.zeros((0, G), np.float32)])
-
-
-def re_ranking_distances(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
-    """The original code's signature: Euclidean distance matrices in (squared inside), (Q, G) float32 out."""
-    _check(k1, k2, lambda_value)
-    source = _MatrixRows(q_g_dist, q_q_dist, g_g_dist)
     G = source.num_items - source.num_query
     return np.concatenate(list(_blocks(source, k1, k2, lambda_value, None)) or [np.zeros((0, G), np.float32)])

@@ -1,0 +1,73 @@
+"""Command-line pieces shared by train.py, the test scripts, extract.py, search.py and export.py."""
+import argparse
+import os
+
+import torch
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only for flags that take a value and have a meaningful default."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action):
+        if isinstance(action, BooleanFlag):
+            return f"{action.option_strings[0]} [{action.metavar}], {action.option_strings[1]}"
+        return super()._format_action_invocation(action)
+
+
+class BooleanFlag(argparse.Action):
+    """An on/off flag, as argparse.BooleanOptionalAction: `--name` and `--no-name`; `--name true|false`
+    is accepted too (the release's spelling, e.g. `--norm false`)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        if len(option_strings) != 1 or not option_strings[0].startswith("--"):
+            raise ValueError(f"BooleanFlag takes one --name, got {option_strings}")
+        name = option_strings[0]
+        super().__init__([name, f"--no-{name[2:]}"], dest, nargs="?", const=None, default=default,
+                         type=bool_type, metavar="{true,false}", help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value (or give {self.option_strings[0]} true|false)")
+            values = False
+        setattr(namespace, self.dest, True if values is None else values)
+
+
+def default_workers(most=4):
+    """Loader processes by default (--num-workers): `most`, but no more than the cores this process
+    may use, since PyTorch warns when a DataLoader has more workers than that."""
+    return max(1, min(most, len(os.sched_getaffinity(0))))
+
+
+def bool_type(text):
+    """argparse type of a true/false flag value (the release's `--norm false`)."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "y", "t", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "f", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def require_at_least(parser, args, minimum, *names):
+    """parser.error naming the first flag among `names` (attributes of `args`) whose value is below `minimum`."""
+    for name in names:
+        value = getattr(args, name)
+        if value < minimum:
+            rule = "0 or more" if minimum == 0 else f"at least {minimum}"
+            parser.error(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+
+
+def check_gpu(parser, flag, index=None):
+    """parser.error unless CUDA is available and, when `index` is given, this machine has GPU `index`;
+    `flag` (e.g. "--gpus 0,1") starts the message."""
+    if not torch.cuda.is_available():
+        parser.error(f"{flag}: no CUDA device is available; use --device cpu (or auto)")
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        parser.error(f"{flag}: no GPU {index} (this machine has {count}: ids 0..{count - 1})")

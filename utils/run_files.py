@@ -1,0 +1,131 @@
+"""The files of a training run and the checks before it starts (train.py).
+
+Beside --save-path (e.g. params/ema.pth): the averaged weights themselves, <stem>_last.pth (the
+resumable checkpoint, utils/checkpoint.py) and <stem>_log.jsonl (one JSON line per epoch). Before any
+training: --save-path must be writable and hold no earlier run unless --overwrite or --resume
+(check_save_path), and the training images must be readable (check_training_images).
+"""
+import json
+import os
+import sys
+import tempfile
+
+from PIL import Image
+from tqdm import tqdm
+
+from datasets.image_dataset import DECODE_ERRORS
+from network import CheckpointError
+from utils import distributed
+from utils.checkpoint import last_checkpoint_path, load_training_checkpoint, log_path
+
+
+class UsageError(ValueError):
+    """A flag value that turns out to be invalid once the data or the checkpoint is known."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, unreadable images); the last checkpoint is kept."""
+
+
+def check_save_path(args):
+    """Before any training: --save-path must be writable and, for a new run, hold no earlier run
+    (unless --overwrite). Raises UsageError saying what is there and what to do."""
+    path = args.save_path
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"--save-path {path}: cannot write there, {existing} is a file, not a folder; "
+                         "choose another --save-path")
+    if os.path.isdir(path):
+        raise UsageError(f"--save-path {path} is a folder; give a file name, e.g. {os.path.join(path, 'ema.pth')}")
+    try:
+        if args.dry_run:  # creates nothing: the nearest existing folder must let us create the rest
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        else:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+    except OSError as err:
+        raise UsageError(f"--save-path {path}: cannot write in {folder} ({err.strerror or err}); "
+                         "choose a writable --save-path") from None
+    if args.resume or args.overwrite:
+        return
+    last, files = last_checkpoint_path(path), [p for p in (path, last_checkpoint_path(path), log_path(path))
+                                               if os.path.exists(p)]
+    if not files:
+        return
+    done = total = None
+    if os.path.isfile(last):
+        try:
+            earlier = load_training_checkpoint(last)
+            done, total = earlier["epoch"], earlier["args"]["epochs"][1] + earlier["args"]["ema_extra"]
+        except (CheckpointError, KeyError, TypeError, IndexError):  # not one of ours: named below anyway
+            done = None
+    if done is not None and done < total:
+        what = f"an unfinished run is there ({done} epochs done in {last}); continue it with --resume {last}, or "
+    elif os.path.isfile(path):
+        what = f"a finished run is there ({path}); "
+    else:
+        what = f"files of an earlier run are there ({', '.join(files)}); " + (
+            f"continue it with --resume {last}, or " if done is not None else "")
+    raise UsageError(f"--save-path {path}: {what}add --overwrite to start a new run that replaces its files, "
+                     "or choose another --save-path")
+
+
+def remove_earlier_run(save_path):
+    """A new run with --overwrite: the earlier run's weights, checkpoint and log go first, so that
+    no file of it is left beside the new run's."""
+    for path in (save_path, last_checkpoint_path(save_path), log_path(save_path)):
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+def check_training_images(items, saved, max_skipped):
+    """Open the header of every training image before training: list every unreadable one and
+    stop (TrainingError) when they are more than the share `max_skipped` of the training set; `saved`
+    as saved_state's."""
+    bad = []
+    for path, *_ in items:
+        try:
+            with Image.open(path):  # the header only: cheap
+                pass
+        except DECODE_ERRORS as err:  # Pillow's message repeats the path
+            bad.append((path, str(err).replace(f"'{path}'", "").replace(path, "").strip(" :") or type(err).__name__))
+    if not bad:
+        return
+    if distributed.is_main():
+        tqdm.write(f"{len(bad)} of the {len(items)} training images cannot be read:", file=sys.stderr)
+        for path, err in bad:
+            tqdm.write(f"  {path}: {err}", file=sys.stderr)
+    if len(bad) > max_skipped * len(items):
+        then = f"resume with --resume {saved[0]}" if saved else "rerun"
+        raise TrainingError(f"{len(bad)} of the {len(items)} training images cannot be read (more than "
+                            f"{max_skipped:.0%}; listed above); fix or remove them and {then}")
+    if distributed.is_main():
+        tqdm.write(f"warning: training goes on without them (at most {max_skipped:.0%} may be unreadable)",
+                   file=sys.stderr)
+
+
+def saved_state(saved):
+    """What the newest checkpoint of the run holds, and how to go on from it."""
+    if saved is None:
+        return "no epoch had finished, so nothing was saved: rerun the same command to start again"
+    path, epochs, step = saved
+    where = f"{epochs} finished epochs" + (f" and {step} batches of the next" if step else "")
+    return f"the checkpoint {path} holds {where}: resume with --resume {path}"
+
+
+def append_log(path, record, completed_epochs=None):
+    """Append one JSON line; with `completed_epochs`, first drop lines of epochs after it (a resumed run)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if completed_epochs is not None and os.path.isfile(path):
+        with open(path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line).get("epoch", 0) <= completed_epochs]
+        with open(path, "w") as f:
+            f.writelines(lines)
+    if record is not None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
