@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.features import dbn_features
+from utils.features import add_compile_arg, add_dtype_arg, check_dtype, dbn_features, prepare_for_inference
 from utils.malloc import keep_freed_memory
 
 # Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
@@ -100,6 +100,8 @@ def get_args_parser(add_help=False):
                         help="auto: cuda when available, otherwise cpu; cuda:N picks GPU N")
     parser.add_argument("--gpus", default=None, type=gpu_type, metavar="ID",
                         help="GPU id to evaluate on, as train.py's --gpus (one id; same as --device cuda:ID)")
+    add_dtype_arg(parser)
+    add_compile_arg(parser)
     parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
                         help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
     parser.add_argument("--rerank", action="store_true",
@@ -368,8 +370,8 @@ def load_model(args, device, dataset_name):
               file=sys.stderr)
     else:
         args.img_height, args.img_width = info["img_height"], info["img_width"]
-    model = model.fuse()  # conv+BN folded: same features, faster
-    return model.to(device)
+    model = model.fuse().to(device)  # conv+BN folded: same features, faster
+    return prepare_for_inference(model, _option(args, "dtype"), _option(args, "compile"))
 
 
 def device_type(text):
@@ -439,6 +441,10 @@ def main(dataset, argv=None):
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)
+    try:
+        check_dtype(args.dtype, device)
+    except ValueError as err:
+        parser.error(f"--dtype {err}")
     if device.type == "cpu":
         keep_freed_memory()  # no page faults for each batch's activations (utils/malloc.py)
     from datasets import DatasetError, build_dataset
