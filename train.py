@@ -354,7 +354,7 @@ def build_model(args, num_classes):
 
 
 def model_summary(model, args):
-    from utils.bench import count_flops, count_params
+    from network.flops import count_flops, count_params
     with torch.device("meta"):  # shapes only: counting needs no memory and no compute
         meta = DBN(num_classes=model.num_classes, net=args.net, pretrained=None, mlp_ratio=model.mlp_ratio)
     flops = count_flops(meta, args.img_height, args.img_width)
