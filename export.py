@@ -14,7 +14,8 @@ and prints the max relative error: max |exported - eager| / max |eager|; above 1
 is 1. With --dtype bfloat16 (a CPU with AVX512-BF16 or AMX; TorchScript and torch.export) the network
 but its stem and last BatchNorm1d runs in bfloat16 (input and output stay float32) and the check is
 the smallest cosine similarity of the features to float32's, at least 0.999. ONNX needs the
-optional packages of requirements-export.txt (onnx, onnxscript; onnxruntime for the parity check). Exit status 2 on a usage error.
+optional packages of requirements-export.txt (onnx, onnxscript; onnxruntime for the parity check).
+Exit status 2 on a usage error.
 """
 import argparse
 import importlib.util

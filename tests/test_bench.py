@@ -232,3 +232,12 @@ def test_half_dtype_follows_the_cpu(monkeypatch):
     assert bench_model.half_dtype("cpu") == "bfloat16"
     monkeypatch.setattr(utils.features, "cpu_has_native_bfloat16", lambda: False)
     assert bench_model.half_dtype("cpu") is None
+
+
+def test_matmul_peak_is_the_faster_of_the_two_products(monkeypatch):
+    import utils.bench.model as bench_model
+    monkeypatch.setattr(bench_model, "time_alternating", lambda runs, repeats, warmup: {"mm": 1.0, "conv": 0.5})
+    conv_flops = 2 * (32 * 512 * 32 * 32) * 512
+    assert bench_model.matmul_peak(torch.float32, "cpu", 1) == pytest.approx(max(2 * 2048 ** 3, conv_flops / 0.5) / 1e9)
+    monkeypatch.setattr(bench_model, "time_alternating", lambda runs, repeats, warmup: {"mm": 0.01, "conv": 100.0})
+    assert bench_model.matmul_peak(torch.float32, "cpu", 1) == pytest.approx(2 * 2048 ** 3 / 0.01 / 1e9)
