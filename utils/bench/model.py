@@ -179,6 +179,8 @@ def latency_table(device, repeats):
     compiled, ResNet-50 (channels_last) in the same settings. A run is 32 images at every batch size."""
     half = half_dtype(device)
     models = {}  # name: (model, input dtype); DBN casts its input itself
+    import torch._inductor.config
+    torch._inductor.config.fx_graph_cache = False  # compile times from cold, whatever earlier runs left on disk
     compiled = {}  # compiled name: its eager twin
     for dtype in ("float32",) + ((half,) if half else ()):
         for net, build, input_dtype in (("DBN-S", dbn_small, "float32"), ("ResNet-50 CL", resnet50, dtype)):
@@ -203,7 +205,7 @@ def latency_table(device, repeats):
         cells = "".join(f"{1000 * seconds[b][name]:9.1f} ({b / seconds[b][name]:6.1f}/s)" for b in LATENCY_BATCHES)
         print(f"{name:32s}{cells} {eager_1 / seconds[1][name]:17.2f}x")
     print("\ncompiling (torch.compile, inductor, frozen weights, one graph per power-of-two batch: "
-          "first call of a graph, compile included)")
+          "first call of a graph, compile included, inductor's on-disk cache off)")
     print(f"{'model':32s} {'batch 32 graph s':>17s} {'batch 8 graph s':>16s} {'batch 1 graph s':>16s} "
           f"{'pays off after (images)':>24s}")
     for name, eager in compiled.items():
