@@ -11,8 +11,11 @@ horizontal flip, L2-normalised (a drop-in for the test scripts' features). --no-
 preprocessing (the test transform, as built by datasets.transforms), the output and the checkpoint.
 A parity check runs the exported file on a random batch against eager PyTorch (the unfused model)
 and prints the max relative error: max |exported - eager| / max |eager|; above 1e-3 the exit status
-is 1. ONNX needs the optional packages of requirements-export.txt (onnx, onnxscript; onnxruntime
-for the parity check). Exit status 2 on a usage error.
+is 1. With --dtype bfloat16 (a CPU with AVX512-BF16 or AMX; TorchScript and torch.export) the network
+but its stem and last BatchNorm1d runs in bfloat16 (input and output stay float32) and the check is
+the smallest cosine similarity of the features to float32's, at least 0.999. ONNX needs the
+optional packages of requirements-export.txt (onnx, onnxscript; onnxruntime for the parity check).
+Exit status 2 on a usage error.
 """
 import argparse
 import importlib.util
@@ -28,6 +31,7 @@ from utils import features
 FORMATS = ("torchscript", "exported", "onnx")
 ONNX_PACKAGES = ("onnx", "onnxscript")
 TOLERANCE = 1e-3  # parity: the largest max relative error accepted
+MIN_COSINE = 0.999  # parity of a bfloat16 export: the smallest cosine similarity to float32 accepted
 EXAMPLE_BATCH, CHECK_BATCH = 2, 3  # traced with one batch size, checked with another (the batch is dynamic)
 
 
@@ -106,7 +110,7 @@ def sidecar(info, transform, args, feature_dim):
         "output": {"name": "features", "shape": ["batch", feature_dim], "dtype": "float32",
                    "flip_averaged": args.flip, "l2_normalised": args.normalize,
                    "similarity": "dot product" if args.normalize else "cosine of the features"},
-        "model": {"variant": info["variant"], "weights": os.path.abspath(info["source"]),
+        "model": {"variant": info["variant"], "compute_dtype": args.dtype, "weights": os.path.abspath(info["source"]),
                   "dataset": info["dataset"], "batchnorm_folded": True, "metrics": info["metrics"]},
     }
 
@@ -117,6 +121,9 @@ def main(argv=None):
     features.check_args(args, parser)
     if args.format == "exported" and not args.out.endswith(".pt2"):
         parser.error(f"--out {args.out}: torch.export.load reads files ending in .pt2; name it e.g. dbn.pt2")
+    if args.format == "onnx" and args.dtype != "float32":
+        parser.error(f"--dtype {args.dtype}: ONNX export is float32 only (ONNX runtimes choose their own "
+                     "precision); use --format torchscript or exported for a bfloat16 file")
     if args.format == "onnx":
         missing = missing_onnx_packages()
         if missing:
@@ -144,6 +151,8 @@ def main(argv=None):
     # plain NCHW weights: the exported graph then has no layout conversions (channels_last is a CPU
     # speed-up for eager PyTorch; runtimes choose their own layouts)
     model = model.to(memory_format=torch.contiguous_format)
+    if args.dtype != "float32":
+        model.to_inference_dtype(features.DTYPES[args.dtype])
     head = features.FeatureHead(model, args.flip, args.normalize).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(EXAMPLE_BATCH, 3, height, width, generator=generator)
@@ -160,6 +169,12 @@ def main(argv=None):
     if got is None:
         print("parity: skipped, onnxruntime is not installed (pip install -r requirements-export.txt)")
         return 0
+    if args.dtype != "float32":
+        cosine = torch.nn.functional.cosine_similarity(got.float(), expected, dim=1).min().item()
+        verdict = "ok" if cosine >= MIN_COSINE else f"FAILED (at least {MIN_COSINE:g})"
+        print(f"parity: smallest cosine similarity {cosine:.5f} ({args.format} in {args.dtype} vs eager PyTorch "
+              f"float32, unfused, on a random batch of {CHECK_BATCH}): {verdict}")
+        return 0 if cosine >= MIN_COSINE else 1
     error = ((got - expected).abs().max() / expected.abs().max()).item()
     verdict = "ok" if error <= TOLERANCE else f"FAILED (tolerance {TOLERANCE:g})"
     print(f"parity: max relative error {error:.2e} ({args.format} vs eager PyTorch, unfused, on a random batch "

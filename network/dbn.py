@@ -185,6 +185,23 @@ class DBN(Fusable, nn.Module):
         info = dict(info, variant=net, img_height=height, img_width=width)
         return model.eval().to(device), info
 
+    compute_dtype = None  # set by to_inference_dtype
+
+    @torch.no_grad()
+    def to_inference_dtype(self, dtype):
+        """Inference in `dtype` (torch.bfloat16 on a CPU with native bfloat16, or float16/bfloat16 on
+        CUDA) for everything but the stem and the five BatchNorm1d, which stay in float32: rounding the
+        [0, 1] input and the stem's output to bfloat16's 8 bits costs most of the features' agreement
+        with float32 (measured: cosine 0.9959 -> 0.9991 on a photograph with random weights), and the
+        stem is under a tenth of the multiply-adds. Eval only; returns the model."""
+        if self.training:
+            raise RuntimeError("to_inference_dtype is for inference: call .eval() first")
+        self.to(dtype)
+        self.stem.float()
+        self.bn_list.float()
+        self.compute_dtype = None if dtype == torch.float32 else dtype
+        return self
+
     @property
     def feature_dim(self):
         """Length of the concatenated test-time feature (5F)."""
@@ -222,13 +239,17 @@ class DBN(Fusable, nn.Module):
             x = self.batch_drop(x)
         elif self.training and self.erasing > 0:
             x = self.random_erase(x)
-        x = match_memory_format(x, self.stem[0].conv.weight)
-        x = self.layer2(self.layer1(self.stem(x)))
+        x = self.stem(match_memory_format(x, self.stem[0].conv.weight))
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
+        x = self.layer2(self.layer1(x))
         branches = (self.branch_1(x), self.branch_2(x))  # (B, F, H/16, W/16) each
         pooled = [self.pool_list[i](b) for i, b in enumerate(branches)]
         for i, b in enumerate(branches):
             parts = self.pool_list[len(branches) + i](b)  # (B, F, parts, 1)
             pooled += list(parts.unbind(2))
+        if self.compute_dtype is not None:  # the BatchNorm1d stay in float32
+            pooled = [p.float() for p in pooled]
         embeddings = [bn(torch.flatten(p, 1)) for bn, p in zip(self.bn_list, pooled)]  # (B, F) each
         if not self.training:
             return embeddings

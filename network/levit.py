@@ -287,7 +287,8 @@ class LEViT(Fusable, nn.Module):
 
 
 def match_memory_format(x, weight):
-    """The input in the layout of the model's (first conv) weights: mixing layouts is slow."""
+    """The input in the layout and dtype of the model's (first conv) weights: mixing layouts is slow."""
+    x = x.to(weight.dtype)
     if is_channels_last(weight):
         return x.contiguous(memory_format=torch.channels_last)
     return x

@@ -1,4 +1,5 @@
-"""utils/bench.py (model part): parameter and FLOP counting, alternating timing, malloc settings."""
+"""utils/bench/ and network/flops.py: parameter and FLOP counting, alternating timing, malloc settings,
+the peers (release-style DBN-S, OSNet x1_0), the benchmark tables' shape."""
 import json
 import subprocess
 import sys
@@ -8,8 +9,10 @@ import torch
 from torch import nn
 
 import utils.bench as bench
+import utils.bench.loader as bench_loader
 import utils.malloc
 from network import DBN, LEViT, VARIANTS
+from network.flops import count_flops, count_params
 from network.levit import LocalEnhanceAttention
 
 
@@ -50,14 +53,14 @@ def test_count_flops_includes_attention_and_padding():
         small, dbn = LEViT(**VARIANTS["small"]), DBN(751, net="small", pretrained=None)
     for model, size in ((small, (256, 128)), (small, (250, 120)), (dbn, (256, 128))):
         dense, attn = hand_count_flops(model, *size)
-        assert bench.count_flops(model, *size) == dense + attn
+        assert count_flops(model, *size) == dense + attn
         assert attn > 0.05 * dense  # the attention products are really in the count
 
 
 def test_count_params():
     with torch.device("meta"):
-        assert bench.count_params(LEViT(**VARIANTS["large"])) == 9_650_300
-        assert bench.count_params(DBN(751, net="large", pretrained=None)) == 16_636_564
+        assert count_params(LEViT(**VARIANTS["large"])) == 9_650_300
+        assert count_params(DBN(751, net="large", pretrained=None)) == 16_636_564
 
 
 def test_time_alternating_alternates_and_takes_the_median(monkeypatch):
@@ -117,7 +120,7 @@ def test_tuned_malloc_stops_the_page_faults_of_big_blocks(repo_root):
                               cwd=repo_root, check=True)
         line, faults = proc.stdout.strip().splitlines()[-2:]
         out[mode] = (line, int(faults))
-    assert out["default"] == ("malloc: the C library's defaults", out["default"][1])
+    assert out["default"][0] == "malloc: the C library's defaults"
     assert out["default"][1] > 10_000
     assert out["tuned"][0].startswith("malloc: glibc tuned")
     assert out["tuned"][1] < 1_000
@@ -139,11 +142,11 @@ def test_loader_pipelines_are_the_training_transform_and_its_pillow_twin(tmp_pat
     steps on a Pillow image (so its resize is antialiased: close, not equal, when shrinking)."""
     from datasets.image_dataset import read_image
     from datasets.transforms import build_transform
-    for name, family, view, (height, width), sizes in bench.LOADER_SETTINGS:
-        (path,) = bench.write_loader_jpegs(str(tmp_path), family, sizes, 1)
+    for name, family, view, (height, width), sizes in bench_loader.LOADER_SETTINGS:
+        (path,) = bench_loader.write_loader_jpegs(str(tmp_path), family, sizes, 1)
         h, w = read_image(path).shape[1:]
         assert sizes[0][0] <= h <= sizes[0][1] and sizes[1][0] <= w <= sizes[1][1], (name, h, w)
-        routes = bench.loader_pipelines(family, view, height, width)
+        routes = bench_loader.loader_pipelines(family, view, height, width)
         assert list(routes) == ["decode_image + uint8 tensor", "Pillow"]
         outs = {}
         for route, fn in routes.items():
@@ -165,7 +168,7 @@ def test_loader_bench_prints_both_routes_and_their_ratio(repo_root):
     header = next(line for line in lines if line.startswith("setting"))
     assert "decode_image + uint8 tensor img/s" in header and "Pillow img/s" in header and "ratio" in header
     import re
-    for name, _, _, (height, width), _ in bench.LOADER_SETTINGS:
+    for name, _, _, (height, width), _ in bench_loader.LOADER_SETTINGS:
         (line,) = [line for line in lines if line.startswith(name + " ")]
         found = re.fullmatch(re.escape(name) + r"\s+(~?\d+x\d+)\s+(\d+)x(\d+)\s+(\d+)\s+(\d+)\s+(\d+\.\d\d)x", line)
         assert found, line
@@ -179,3 +182,62 @@ def test_loader_bench_rejects_unknown_flags(repo_root):
     proc = subprocess.run([sys.executable, "-m", "utils.bench", "--what", "loader", "--nope"],
                           capture_output=True, text=True, cwd=repo_root)
     assert proc.returncode == 2 and "unrecognized arguments: --nope" in proc.stderr
+
+
+# --- peers -------------------------------------------------------------------------------------
+
+def test_osnet_x1_0_has_the_published_size():
+    """Zhou et al. 2019 (and torchreid's model zoo): OSNet x1_0 has 2.2 M parameters and 978.9 M
+    multiply-adds at 256x128 (without the classifier, as ReID counts them)."""
+    from utils.bench.peers import OSNet
+    with torch.device("meta"):
+        model = OSNet(751)
+    params = count_params(model) - count_params(model.classifier)
+    assert 2.15e6 < params < 2.25e6, params
+    assert count_flops(model, 256, 128) / 2 == pytest.approx(978.9e6, rel=1e-3)
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, 3, 256, 128, device="meta")).shape == (2, 512)
+
+
+def test_release_style_dbn_gives_the_same_features():
+    """The release-style stand-in (explicit attention, NCHW, BN not folded) computes our network."""
+    from conftest import with_formula_weights
+    from utils.bench.peers import ExplicitAttention, release_style
+    model = with_formula_weights(DBN(751, net="small", pretrained=None))
+    peer = release_style(model)
+    assert any(isinstance(m, ExplicitAttention) for m in peer.modules())
+    assert not any(isinstance(m, ExplicitAttention) for m in model.modules())  # a copy: ours is unchanged
+    x = torch.rand(2, 3, 256, 128)
+    with torch.no_grad():
+        for ours, theirs in zip(model(x), peer(x)):
+            assert ((ours - theirs).abs().max() / ours.abs().max()).item() < 1e-4
+    with pytest.raises(ValueError, match="release-style attention needs sides that are multiples of 8, got 12x8"):
+        with torch.no_grad():
+            peer(torch.rand(1, 3, 190, 128))
+    with pytest.raises(ValueError, match="release_style needs a model whose BatchNorm is not folded"):
+        release_style(model.fuse())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without CUDA")
+def test_model_bench_on_cuda_without_cuda_says_so(repo_root):
+    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--what", "model", "--device", "cuda"],
+                          capture_output=True, text=True, cwd=repo_root)
+    assert proc.returncode == 2 and "--device cuda: no CUDA device is available" in proc.stderr
+
+
+def test_half_dtype_follows_the_cpu(monkeypatch):
+    import utils.bench.model as bench_model
+    import utils.features
+    monkeypatch.setattr(utils.features, "cpu_has_native_bfloat16", lambda: True)
+    assert bench_model.half_dtype("cpu") == "bfloat16"
+    monkeypatch.setattr(utils.features, "cpu_has_native_bfloat16", lambda: False)
+    assert bench_model.half_dtype("cpu") is None
+
+
+def test_matmul_peak_is_the_faster_of_the_two_products(monkeypatch):
+    import utils.bench.model as bench_model
+    monkeypatch.setattr(bench_model, "time_alternating", lambda runs, repeats, warmup: {"mm": 1.0, "conv": 0.5})
+    conv_flops = 2 * (32 * 512 * 32 * 32) * 512
+    assert bench_model.matmul_peak(torch.float32, "cpu", 1) == pytest.approx(max(2 * 2048 ** 3, conv_flops / 0.5) / 1e9)
+    monkeypatch.setattr(bench_model, "time_alternating", lambda runs, repeats, warmup: {"mm": 0.01, "conv": 100.0})
+    assert bench_model.matmul_peak(torch.float32, "cpu", 1) == pytest.approx(2 * 2048 ** 3 / 0.01 / 1e9)

@@ -2,6 +2,7 @@
 to the test-time features, the sidecar describes the input, the parity check prints, usage errors."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 import export
 from network import DBN, make_checkpoint
-from utils.features import dbn_features
+from utils.features import cpu_has_native_bfloat16, dbn_features
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,27 @@ def test_usage_errors_and_dry_run(capsys, weights, tmp_path):
     assert f"dry run: would write {tmp_path / 'm.ts'} (torchscript) and {tmp_path / 'm.ts'}.json" in \
         capsys.readouterr().out
     assert not os.path.exists(tmp_path / "m.ts")
+
+
+def test_bfloat16_usage_errors(capsys, weights, tmp_path, monkeypatch):
+    assert "--dtype bfloat16: ONNX export is float32 only" in usage_error(
+        capsys, "--weights", weights, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--dtype", "bfloat16")
+    monkeypatch.setattr(export.features, "cpu_has_native_bfloat16", lambda: False)
+    assert "--dtype bfloat16: this CPU has neither AVX512-BF16 nor AMX" in usage_error(
+        capsys, "--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts"), "--dtype", "bfloat16")
+
+
+@pytest.mark.skipif(not cpu_has_native_bfloat16(), reason="bfloat16 is offered on CPUs with AVX512-BF16 or AMX")
+def test_bfloat16_torchscript_export_checks_the_cosine(capsys, weights, batch, expected, tmp_path):
+    out = str(tmp_path / "m.ts")
+    assert export.main(["--weights", weights, "--format", "torchscript", "--out", out, "--dtype", "bfloat16"]) == 0
+    assert re.search(r"parity: smallest cosine similarity 0\.9\d+ \(torchscript in bfloat16 vs eager PyTorch float32, "
+                     r"unfused, on a random batch of 3\): ok", capsys.readouterr().out)
+    got = export.run_exported("torchscript", out, batch)
+    assert got.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got, expected[(True, True)], dim=1).min() > 0.999
+    with open(out + ".json") as f:
+        assert json.load(f)["model"]["compute_dtype"] == "bfloat16"
 
 
 def test_parity_failure_sets_the_exit_status(capsys, weights, tmp_path, monkeypatch):

@@ -121,6 +121,8 @@ def test_usage_errors(setup, capsys, tmp_path):
     if not torch.cuda.is_available():
         assert "--device cuda: device 'cuda': no CUDA device is available" in usage_error(
             capsys, "--weights", weights, *base, "--device", "cuda")
+    assert "--dtype float16 inference is offered on CUDA only; on the CPU use bfloat16" in usage_error(
+        capsys, "--weights", weights, *base, "--device", "cpu", "--dtype", "float16")
 
 
 @pytest.mark.parametrize("images,message", [

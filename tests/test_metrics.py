@@ -1,55 +1,16 @@
 """utils.metrics: hand-built rankings with known answers, and random cases against per-query
-references written from the definitions (torchreid's plain AP, the release's trapezoid AP)."""
+references (torchreid's plain AP, the release's trapezoid AP: utils/bench/eval.py's loops, which the
+evaluation benchmark times)."""
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from utils import metrics
+from utils.bench.eval import release_loop as trapezoid_reference  # the references: one copy, shared with the benchmark
+from utils.bench.eval import torchreid_evaluate_rank as torchreid_reference
 from utils.metrics import (evaluate_rank, evaluate_rank_blocks, evaluate_rank_features, kmeans,
                            normalized_mutual_info, recall_at_k)
-
-
-def torchreid_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """torchreid's eval_market1501 (plain AP), one query at a time, with a stable sort. A curve shorter
-    than max_rank after junk removal is padded with 1 (torchreid fails on those)."""
-    num_q, num_g = distmat.shape
-    max_rank = min(max_rank, num_g)
-    indices = np.argsort(distmat, axis=1, kind="stable")
-    matches = (g_pids[indices] == q_pids[:, None]).astype(np.int32)
-    all_cmc, all_ap = [], []
-    for q in range(num_q):
-        order = indices[q]
-        keep = ~((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q]))
-        raw_cmc = matches[q][keep]
-        if not raw_cmc.any():
-            continue
-        cmc = raw_cmc.cumsum()
-        cmc[cmc > 1] = 1
-        all_cmc.append(np.pad(cmc[:max_rank], (0, max(0, max_rank - len(cmc))), constant_values=1))
-        precision = raw_cmc.cumsum() / (np.arange(len(raw_cmc)) + 1.0)
-        all_ap.append((precision * raw_cmc).sum() / raw_cmc.sum())
-    return np.asarray(all_cmc, dtype=np.float32).sum(0) / len(all_cmc), float(np.mean(all_ap)), num_q - len(all_ap)
-
-
-def trapezoid_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """The release's rule: AP = mean_i (i / r_i + (i + 1) / (r_i + 1)) / 2, i / r_i = 1 when r_i = 0."""
-    cmcs, aps = [], []
-    for q in range(distmat.shape[0]):
-        order = np.argsort(distmat[q], kind="stable")
-        junk = (g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])
-        good = (g_pids[order] == q_pids[q])[~junk]
-        if not good.any():
-            continue
-        ranks = np.flatnonzero(good)
-        cmcs.append(np.arange(max_rank) >= ranks[0])
-        ap = 0.0
-        for i, r in enumerate(ranks):
-            ap += ((i / r if r else 1.0) + (i + 1) / (r + 1)) / 2
-        aps.append(ap / len(ranks))
-    if not aps:
-        return None
-    return np.mean(cmcs, axis=0), float(np.mean(aps)), distmat.shape[0] - len(aps)
 
 
 def random_case(rng, ties):

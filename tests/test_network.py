@@ -14,38 +14,13 @@ from network import (DBN, LEViT, RELEASED_FILES, VARIANTS, CheckpointError, chec
                      load_reid_weights, read_checkpoint)
 from network.levit import LocalEnhanceAttention, ScaledNormalize
 
+from conftest import make_weights, spec_of, with_formula_weights
+
 PARAMS = {("backbone", "small"): 2_819_306, ("backbone", "large"): 9_650_300,
           ("dbn", "small"): 5_132_290, ("dbn", "large"): 16_636_564}
 
 
 # ---------------------------------------------------------------- helpers
-
-def make_weights(spec, seed):
-    """The worked example's weight formula: entry i drawn from a generator seeded seed*100003+i."""
-    out = {}
-    for i, (key, shape, dtype) in enumerate(spec):
-        g = torch.Generator().manual_seed(seed * 100003 + i)
-        shape = tuple(shape)
-        if dtype == "int64":
-            out[key] = torch.zeros(shape, dtype=torch.long)
-            continue
-        if key.endswith("running_var"):
-            t = 0.5 + torch.rand(shape, generator=g)
-        elif key.endswith("running_mean"):
-            t = 0.1 * torch.randn(shape, generator=g)
-        elif key.endswith("logit_scale"):
-            t = math.log(10.0) + 0.1 * torch.randn(shape, generator=g)
-        elif len(shape) == 4:  # conv: He scaling on the fan-in
-            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
-        elif len(shape) == 2:
-            t = 0.01 * torch.randn(shape, generator=g)
-        elif key.endswith(".weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        else:
-            t = 0.05 * torch.randn(shape, generator=g)
-        out[key] = t.float()
-    return out
-
 
 def weights_digest(state_dict):
     h = hashlib.sha256()
@@ -53,15 +28,6 @@ def weights_digest(state_dict):
         h.update(key.encode())
         h.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def spec_of(model):
-    return [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
-
-
-def with_formula_weights(model, seed=3):
-    model.load_state_dict(make_weights(spec_of(model), seed))
-    return model.eval()
 
 
 def rel_err(a, b):

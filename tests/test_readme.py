@@ -159,9 +159,10 @@ def test_demo_runs_as_documented_and_learns(tmp_path):
 
 def test_benchmark_commands_parse():
     """The Speed section's commands are accepted as written by their modules' parsers."""
-    from utils import bench, bench_eval
-    commands = re.findall(r"`python -m (utils\.bench(?:_eval)?)([^`]*)`", section("Speed"))
-    assert {module for module, _ in commands} == {"utils.bench", "utils.bench_eval"}
+    from utils.bench import __main__ as bench
+    from utils.bench import eval as bench_eval
+    commands = re.findall(r"`python -m (utils\.bench(?:\.eval)?)([^`]*)`", section("Speed"))
+    assert {module for module, _ in commands} == {"utils.bench", "utils.bench.eval"}
     assert any("--malloc default" in args for _, args in commands)
     for module, args in commands:
         parser = bench.get_args_parser() if module == "utils.bench" else bench_eval.get_args_parser()

@@ -36,7 +36,7 @@ from datasets.transforms import build_transform
 from network import DBN, CheckpointError
 from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
-from utils.features import dbn_features
+from utils.features import add_compile_arg, add_dtype_arg, check_dtype, dbn_features, prepare_for_inference
 from utils.malloc import tune_allocator
 from utils.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
 from utils.rerank import re_ranking_blocks
@@ -92,6 +92,8 @@ def get_args_parser(add_help=False):
                         help="auto: cuda when available, otherwise cpu; cuda:N picks GPU N")
     parser.add_argument("--gpus", default=None, type=gpu_type, metavar="ID",
                         help="GPU id to evaluate on, as train.py's --gpus (one id; same as --device cuda:ID)")
+    add_dtype_arg(parser)
+    add_compile_arg(parser)
     parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
                         help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
     parser.add_argument("--rerank", action="store_true",
@@ -383,8 +385,8 @@ def load_model(args, device, default_size, default_net=None):
               file=sys.stderr)
     else:
         args.img_height, args.img_width = info["img_height"], info["img_width"]
-    model = model.fuse()  # conv+BN folded: same features, faster
-    return model.to(device)
+    model = model.fuse().to(device)  # conv+BN folded: same features, faster
+    return prepare_for_inference(model, eval_flag(args, "dtype"), eval_flag(args, "compile"))
 
 
 def device_type(text):
@@ -455,6 +457,10 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
     if args.rerank and dataset in ("car196", "cub200"):
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)
+    try:
+        check_dtype(args.dtype, device)
+    except ValueError as err:
+        parser.error(f"--dtype {err}")
     tune_allocator(device)
 
     try:

@@ -11,6 +11,7 @@ with no mean/std normalisation.
     feats = extract(frame, boxes=[(10, 20, 74, 148)], bgr=True)   # crops of an OpenCV frame
 """
 import argparse
+import copy
 import numbers
 import os
 import sys
@@ -25,15 +26,86 @@ from utils.checks import positive_int
 from utils.cli import HelpFormatter, default_workers, require_at_least  # HelpFormatter: that of extract.py, search.py, export.py
 
 DEFAULT_SIZE = (256, 128)  # a bare state_dict's input size when nothing else gives one (Market-1501's)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_native_bfloat16():
+    """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX): there oneDNN's bfloat16
+    convolutions and matrix products are faster than float32; elsewhere they are emulated and slower."""
+    return torch.backends.mkldnn.is_available() and (torch.cpu._is_avx512_bf16_supported()
+                                                     or torch.cpu._is_amx_tile_supported())
+
+
+def check_dtype(dtype, device):
+    """ValueError saying why when inference in `dtype` (a DTYPES name) is not offered on `device`:
+    float16 is for CUDA only, bfloat16 on the CPU needs native support (see cpu_has_native_bfloat16)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    device = torch.device(device)
+    if dtype == "float32":
+        return
+    if device.type == "cuda":
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"bfloat16: {torch.cuda.get_device_name(device)} does not support it; use float16")
+        return
+    if dtype == "float16":
+        raise ValueError("float16 inference is offered on CUDA only; on the CPU use bfloat16 (where the CPU has "
+                         "AVX512-BF16 or AMX) or float32")
+    if not cpu_has_native_bfloat16():
+        raise ValueError("bfloat16: this CPU has neither AVX512-BF16 nor AMX, so bfloat16 would be emulated "
+                         "and slower than float32; use float32")
+
+
+class CompiledModel(nn.Module):
+    """torch.compile of an eval-mode model (inductor, weights frozen into the graph as constants),
+    with static shapes: a batch is padded with zero images up to the next power of two and the
+    outputs cut back, so at most one graph per power of two is compiled (each on its first call,
+    tens of seconds; measured: static graphs compile several times faster than one dynamic-batch
+    graph and run faster). The images of a batch do not interact in eval mode, so padding changes
+    no output. The graphs are kept for the life of the object."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.eval()
+        self.compiled = torch.compile(model, dynamic=False, options={"freezing": True})
+
+    @property
+    def feature_dim(self):
+        return self.model.feature_dim
+
+    def forward(self, x):
+        n = x.shape[0]
+        size = 1 << (n - 1).bit_length()
+        if size != n:
+            x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+        out = self.compiled(x)
+        return out[:n] if torch.is_tensor(out) else [o[:n] for o in out]
+
+
+def compile_model(model):
+    """`model` (eval mode, BatchNorm folded) compiled for inference: see CompiledModel."""
+    return CompiledModel(model)
+
+
+def prepare_for_inference(model, dtype="float32", compile=False):
+    """An eval-mode DBN ready for features: in float32 the model itself; in another `dtype` a copy,
+    BatchNorm folded (a BN after a bfloat16 conv loses much more precision) and cast by
+    DBN.to_inference_dtype; compiled when `compile` (compile_model). The returned callable maps a
+    float32 batch to the five embeddings."""
+    if dtype != "float32":
+        model = copy.deepcopy(model).eval()
+        if not model.fused:
+            model.fuse()
+        model.to_inference_dtype(DTYPES[dtype])
+    return compile_model(model) if compile else model
 
 
 def dbn_features(model, imgs, flip=True, normalize=True):
     """(B, 3, H, W) float in [0, 1] -> (B, 5F) float32: the concatenated embeddings of DBN `model`
     (eval mode), plus those of the horizontally flipped images (`flip`), L2-normalised (`normalize`)."""
-    feats = torch.cat(model(imgs), dim=1)
+    feats = torch.cat(model(imgs), dim=1).float()
     if flip:
-        feats = feats + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1)
-    feats = feats.float()
+        feats = feats + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1).float()
     return F.normalize(feats, dim=1) if normalize else feats
 
 
@@ -108,11 +180,19 @@ class FeatureExtractor:
     are those of its crops, in the order of the boxes.
     """
 
-    def __init__(self, model, img_height, img_width, transform="reid", device="cpu", batch_size=64, flip=True):
+    def __init__(self, model, img_height, img_width, transform="reid", device="cpu", batch_size=64, flip=True,
+                 dtype="float32", compile=False):
+        """`dtype` "bfloat16" (a CPU with AVX512-BF16 or AMX, or CUDA) or "float16" (CUDA) runs all but
+        the stem and the last BatchNorm1d in that precision (check_dtype refuses where unsupported);
+        `compile` runs the model through torch.compile (CompiledModel: one graph per power-of-two
+        batch size, compiled on its first batch and kept for the life of the extractor). Features are float32 either way."""
         from datasets.transforms import build_transform
         positive_int("batch_size", batch_size)
         self.device = torch.device(device)
+        check_dtype(dtype, self.device)
         self.model = model.eval().to(self.device)
+        self.dtype, self.compiled = dtype, bool(compile)
+        self.run = prepare_for_inference(self.model, dtype, compile)
         self.img_height, self.img_width, self.family = int(img_height), int(img_width), transform
         self.transform = build_transform(transform, self.img_height, self.img_width, train=False)
         self.batch_size, self.flip = int(batch_size), bool(flip)
@@ -120,12 +200,13 @@ class FeatureExtractor:
 
     @classmethod
     def from_checkpoint(cls, weights, net=None, img_height=None, img_width=None, transform=None, device="auto",
-                        batch_size=64, flip=True):
+                        batch_size=64, flip=True, dtype="float32", compile=False):
         """Build from a checkpoint (see load_for_inference): the variant, size and transform family come
         from the file where it records them. `.info` keeps what the file said."""
         device = resolve_device(device)
         model, info = load_for_inference(weights, net, img_height, img_width, transform, device)
-        extractor = cls(model, info["img_height"], info["img_width"], info["transform"], device, batch_size, flip)
+        extractor = cls(model, info["img_height"], info["img_width"], info["transform"], device, batch_size, flip,
+                        dtype, compile)
         extractor.info = info
         return extractor
 
@@ -184,10 +265,10 @@ class FeatureExtractor:
         return [images]
 
     # -- features ---------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the compiled graph's frozen weights are made outside it
     def features_of_batch(self, batch):
         """(B, 3, H, W) preprocessed float batch -> (B, 5F) float32 features on the CPU."""
-        return dbn_features(self.model, batch.to(self.device), flip=self.flip).cpu()
+        return dbn_features(self.run, batch.to(self.device), flip=self.flip).cpu()
 
     def __call__(self, images, boxes=None, bgr=False):
         items = self._images(images, boxes, bgr)
@@ -240,13 +321,27 @@ def get_args_parser(running=True):
                         "bicubic resize); only needed for a bare state_dict (then reid)")
     g.add_argument("--no-flip", dest="flip", action="store_false",
                    help="features of the image alone, without adding those of its horizontal flip")
+    add_dtype_arg(g)
     if not running:
         return parser
+    add_compile_arg(g)
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     g.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
     g.add_argument("--num-workers", default=default_workers(), type=int,
                    help="image decoding processes (0: in the main process); 4, or the available cores if fewer")
     return parser
+
+
+def add_dtype_arg(group):
+    group.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                       help="precision of the network: bfloat16 needs a CPU with AVX512-BF16 or AMX (faster than "
+                            "float32 there) or CUDA; float16 CUDA only. Features are float32 either way")
+
+
+def add_compile_arg(group):
+    group.add_argument("--compile", action="store_true",
+                       help="run the network through torch.compile: batches are padded to a power of two and each "
+                            "such size compiles once (tens of seconds) on its first batch (see the README's Speed)")
 
 
 def check_args(args, parser):
@@ -262,16 +357,21 @@ def check_args(args, parser):
         parser.error(f"--weights {args.weights}: file not found (the file train.py wrote to --save-path, "
                      "or the release's params/ema.pth)")
     try:
-        resolve_device(getattr(args, "device", "cpu"))
+        device = resolve_device(getattr(args, "device", "cpu"))
     except (ValueError, RuntimeError) as err:
         parser.error(f"--device {args.device}: {err}")
+    try:
+        check_dtype(args.dtype, device)
+    except ValueError as err:
+        parser.error(f"--dtype {err}")
 
 
 def extractor_from_args(args):
     """FeatureExtractor of the shared flags; network.CheckpointError when the file does not fit them."""
     return FeatureExtractor.from_checkpoint(args.weights, net=args.net, img_height=args.img_height,
                                             img_width=args.img_width, transform=args.transform, device=args.device,
-                                            batch_size=args.batch_size, flip=args.flip)
+                                            batch_size=args.batch_size, flip=args.flip, dtype=args.dtype,
+                                            compile=args.compile)
 
 
 def describe(extractor):
@@ -279,4 +379,5 @@ def describe(extractor):
     source = extractor.info.get("source", "memory")
     return (f"model: DBN LEViT-{extractor.model.net} from {source}, input {extractor.img_height}x"
             f"{extractor.img_width} ({extractor.family} test transform), {extractor.feature_dim}-d features"
-            f"{', flip-averaged' if extractor.flip else ''}, L2-normalised, on {extractor.device}")
+            f"{', flip-averaged' if extractor.flip else ''}, L2-normalised, on {extractor.device}"
+            f"{'' if extractor.dtype == 'float32' else ' in ' + extractor.dtype}{', compiled' if extractor.compiled else ''}")

@@ -1,8 +1,8 @@
 """Evaluation benchmark: CMC/mAP speed against the release's per-query loop and torchreid's evaluate_rank.
 
-    python -m utils.bench_eval                # comparison at 3,000 x 20,000, then the MSMT17-size run
-    python -m utils.bench_eval --quick        # the comparison only
-    python -m utils.bench_eval --rerank ...   # also k-reciprocal re-ranking
+    python -m utils.bench.eval                # comparison at 3,000 x 20,000, then the MSMT17-size run
+    python -m utils.bench.eval --quick        # the comparison only
+    python -m utils.bench.eval --rerank ...   # also k-reciprocal re-ranking
     python -m utils.bench --what eval         # the same, from the shared benchmark entry point
 
 Data: identity-bearing random features (id centre + noise, L2-normalised, float32) with random
@@ -36,13 +36,17 @@ from utils.rerank import re_ranking_blocks
 
 
 def release_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """The release's evaluation loop (trapezoid AP), one query at a time.
+    """The release's evaluation loop (trapezoid AP), one query at a time; the reference of the
+    trapezoid rule (tests/test_metrics.py) and the benchmark's baseline.
 
-    Differences from the release: queries without a correct item are left out of the averages
-    (the release divides by all queries), and rows are sorted stably so ties agree with
-    utils.metrics. Returns (cmc, mAP, num_invalid).
+    AP = mean_i (i / r_i + (i + 1) / (r_i + 1)) / 2 over the 0-based ranks r_i of the correct items
+    after junk removal (i / r_i = 1 when r_i = 0). Differences from the release: queries without a
+    correct item are left out of the averages (the release divides by all queries), rows are sorted
+    stably so ties agree with utils.metrics, and a ranking shorter than max_rank after junk removal
+    counts as found beyond its end. Returns (cmc (max_rank,), mAP, num_invalid), or None when no
+    query has a correct item.
     """
-    cmc_sum = np.zeros(distmat.shape[1])
+    cmc_sum = np.zeros(max_rank)
     ap_sum, num_valid = 0.0, 0
     for q in range(distmat.shape[0]):
         index = np.argsort(distmat[q], kind="stable")
@@ -54,22 +58,24 @@ def release_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
             continue
         index = index[np.isin(index, junk_index, invert=True)]
         rows_good = np.argwhere(np.isin(index, good_index)).flatten()
-        cmc = np.zeros(len(index))
-        cmc[rows_good[0]:] = 1
+        cmc_sum[rows_good[0]:] += 1
         ap, ngood = 0.0, len(good_index)
         for i in range(ngood):
             d_recall = 1.0 / ngood
             precision = (i + 1) * 1.0 / (rows_good[i] + 1)
             old_precision = i * 1.0 / rows_good[i] if rows_good[i] != 0 else 1.0
             ap = ap + d_recall * (old_precision + precision) / 2
-        cmc_sum[:len(cmc)] += cmc
         ap_sum += ap
         num_valid += 1
-    return cmc_sum[:max_rank] / num_valid, ap_sum / num_valid, distmat.shape[0] - num_valid
+    if num_valid == 0:
+        return None
+    return cmc_sum / num_valid, ap_sum / num_valid, distmat.shape[0] - num_valid
 
 
 def torchreid_evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """torchreid's pure-Python `evaluate_rank` (eval_market1501), plain AP; stable sort so ties agree."""
+    """torchreid's pure-Python `evaluate_rank` (eval_market1501), plain AP; the reference of the plain
+    rule (tests/test_metrics.py) and the benchmark's baseline. Stable sort so ties agree; a curve
+    shorter than max_rank after junk removal is padded with 1 (torchreid fails on those)."""
     num_q, num_g = distmat.shape
     if num_g < max_rank:
         max_rank = num_g
@@ -84,7 +90,7 @@ def torchreid_evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_ran
             continue
         cmc = raw_cmc.cumsum()
         cmc[cmc > 1] = 1
-        all_cmc.append(cmc[:max_rank])
+        all_cmc.append(np.pad(cmc[:max_rank], (0, max(0, max_rank - len(cmc))), constant_values=1))
         num_valid_q += 1.0
         num_rel = raw_cmc.sum()
         tmp_cmc = raw_cmc.cumsum()
@@ -217,8 +223,8 @@ def run_worker(kind, size, dim):
     what = "evaluate_rank_features" if kind == "eval" else "re_ranking_blocks + evaluate_rank_blocks"
     print(f"[eval] {what}: {num_query} queries x {num_gallery} gallery, {dim}-d features (fresh process)",
           flush=True)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-m", "utils.bench_eval", "--worker", kind, "--size", size,
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-m", "utils.bench.eval", "--worker", kind, "--size", size,
                           "--dim", str(dim)], cwd=root, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{out.stderr}")

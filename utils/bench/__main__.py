@@ -1,0 +1,73 @@
+"""Benchmarks: `python -m utils.bench --what WHAT`.
+
+`--what model`: parameters and FLOPs, throughput and latency of DBN-S (float32 eager fused,
+bfloat16, compiled) next to torchvision's ResNet-50 and the peers (release-style DBN-S, OSNet x1_0),
+the matrix-multiply peak measured in the same run, training steps (utils/bench/model.py);
+`--what eval`: the evaluation benchmark (utils/bench/eval.py); `--what extract`: DBN-S test-time
+feature extraction under glibc's default malloc settings and tuned, each in a fresh process
+(utils/bench/extract.py); `--what loader`: one loader worker's training transforms
+(utils/bench/loader.py); `--what all` (default): model and eval.
+
+    python -m utils.bench --what model [--quick] [--batch 32] [--threads 2] [--malloc tuned|default]
+                                       [--device cpu|cuda] [--no-training]
+
+`--malloc tuned` (default) makes glibc keep freed memory in the process, so that no model pays
+page faults for fresh memory on every run; with `--malloc default` glibc hands every block above
+its 32 MiB mmap threshold back to the system when it is freed, and ResNet-50 (whose batch-32
+activations are above it, ours are not) faults its memory in again on every run, losing 20-45%
+of its speed here. The page faults of each run are printed.
+"""
+import argparse
+import sys
+
+import torch
+
+from utils.bench import height_by_width
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("python -m utils.bench", description=__doc__.split("\n\n")[0], add_help=True)
+    parser.add_argument("--what", choices=("model", "eval", "extract", "loader", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (3)")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (training; inference +2)")
+    parser.add_argument("--images", type=int, default=200, help="loader: JPEGs per setting")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="model: where the networks run (cuda: float32, float16, channels_last, compiled)")
+    parser.add_argument("--no-training", action="store_true", help="model: leave out the training steps")
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                        help="tuned: glibc keeps freed memory, no model pays page faults on every step "
+                             "(a fair comparison); default: glibc's settings, under which ResNet-50 does")
+    parser.add_argument("--worker", choices=("extract",), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=height_by_width, default=(256, 128), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    parser = get_args_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.what in ("model", "extract", "loader"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.worker == "extract":
+        from utils.bench import extract
+        return extract.worker(args)
+    if args.what in ("model", "all"):
+        from utils.bench import model
+        model.bench(args)
+    if args.what == "extract":
+        from utils.bench import extract
+        extract.bench(args)
+    if args.what == "loader":
+        from utils.bench import loader
+        loader.bench(args)
+    if args.what in ("eval", "all"):
+        from utils.bench import eval as bench_eval
+        bench_eval.main((["--quick"] if args.quick else []) + rest)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

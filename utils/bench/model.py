@@ -1,0 +1,286 @@
+"""`--what model`: parameters and FLOPs; images/s of LEViT and DBN at one batch size next to
+torchvision's ResNet-50 and the peers of utils/bench/peers.py, with the matrix-multiply peak of the
+same run; latency (ms per call) at batch 1, 8 and 32 of DBN-S in float32 (eager, fused), in
+bfloat16 and compiled, next to ResNet-50 in the same settings; training steps.
+
+Every table is measured in one process, alternating the models run by run (so a busy machine slows
+them all alike), medians reported. On CUDA (--device cuda) the half precision is float16 and every
+timed call ends with a synchronisation.
+"""
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from network import DBN, LEViT, VARIANTS
+from network.flops import count_flops, count_params
+from utils.bench import configure_malloc, time_alternating
+from utils.bench.peers import OSNet, release_style
+from utils.features import DTYPES, check_dtype, compile_model, prepare_for_inference
+
+PEAK_SIZE = 2048  # the peak is the speed of a PEAK_SIZE^3 matrix product
+LATENCY_BATCHES = (1, 8, 32)
+SIZE = (256, 128)
+
+
+def plain(model):
+    """The unoptimised path: BN not folded, NCHW layout."""
+    return model.to(memory_format=torch.contiguous_format)
+
+
+def half_dtype(device):
+    """The half precision benchmarked on `device`, or None where it is not offered (utils.features.check_dtype)."""
+    name = "float16" if torch.device(device).type == "cuda" else "bfloat16"
+    try:
+        check_dtype(name, device)
+    except ValueError:
+        return None
+    return name
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype, device, repeats):
+    """GFLOP/s (2 per multiply-add) of the faster of two dense products in `dtype`, medians of
+    `repeats`: a PEAK_SIZE^3 torch.mm (BLAS) and a 1x1 convolution of 512 -> 512 channels over a
+    (32, 512, 32, 32) channels_last batch (oneDNN's GEMM, the kernels the networks run on)."""
+    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, device=device).to(dtype) for _ in range(2))
+    conv = torch.nn.Conv2d(512, 512, 1, bias=False).to(device, dtype, memory_format=torch.channels_last)
+    x = torch.randn(32, 512, 32, 32, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def product(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+            synchronize(device)
+        return run
+    seconds = time_alternating({"mm": product(lambda: a @ b), "conv": product(lambda: conv(x))}, repeats, warmup=2)
+    return max(2 * PEAK_SIZE ** 3 / seconds["mm"], 2 * x.numel() * 512 / seconds["conv"]) / 1e9
+
+
+def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=751):
+    """DBN-S, random weights, eval mode, on `device`: BN folded (`fused`), in `dtype`, compiled
+    (`compile`): the path FeatureExtractor runs."""
+    model = DBN(num_classes, net="small", pretrained=None).eval()
+    if not fused:
+        return model.to(device)
+    return prepare_for_inference(model.fuse().to(device), dtype, compile)
+
+
+def resnet50(device, dtype="float32", compile=False, channels_last=True):
+    """torchvision's ResNet-50 (weights=None), eval mode, in `dtype` (the input is cast by the runner)."""
+    model = torchvision.models.resnet50().eval().to(device, DTYPES[dtype])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return compile_model(model) if compile else model
+
+
+def runner(model, batch, device, input_dtype=torch.float32, channels_last=True, calls=1):
+    """A zero-argument callable: `calls` eval forwards of `model` on a fixed random batch, synchronised."""
+    x = torch.rand(batch, 3, *SIZE, generator=torch.Generator().manual_seed(0)).to(device, input_dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def fn():
+        with torch.no_grad():
+            for _ in range(calls):
+                model(x)
+        synchronize(device)
+    return fn
+
+
+def flops_per_image():
+    """{name: FLOPs of one 256x128 image} of the networks in the tables, counted on the meta device."""
+    with torch.device("meta"):
+        builds = {"LEViT-S": LEViT(**VARIANTS["small"]), "DBN-S": DBN(751, net="small", pretrained=None),
+                  "ResNet-50": torchvision.models.resnet50(), "OSNet x1_0": OSNet(751)}
+        return {name: count_flops(model, *SIZE) for name, model in builds.items()}
+
+
+def print_flop_table():
+    print("\nFLOPs: torch.utils.flop_counter, one image, 2 FLOPs per multiply-add, window attention included; "
+          "OSNet without its classifier, as published")
+    print(f"{'model':28s} {'params':>12s} {'GFLOPs':>8s} {'G mult-adds':>12s}")
+    rows = [("LEViT-S backbone", lambda: LEViT(**VARIANTS["small"]), [(256, 128), (256, 256)]),
+            ("LEViT-L backbone", lambda: LEViT(**VARIANTS["large"]), [(256, 128), (384, 128), (256, 256)]),
+            ("DBN-S (751 classes)", lambda: DBN(751, net="small", pretrained=None), [(256, 128)]),
+            ("DBN-L (751 classes)", lambda: DBN(751, net="large", pretrained=None), [(256, 128), (384, 128)]),
+            ("ResNet-50", lambda: torchvision.models.resnet50(), [(256, 128)]),
+            ("OSNet x1_0", lambda: OSNet(751), [(256, 128)])]
+    for name, build, sizes in rows:
+        with torch.device("meta"):  # shapes only: nothing is allocated or computed
+            model = build()
+        params = count_params(model)
+        if isinstance(model, OSNet):
+            params -= count_params(model.classifier)  # as the paper counts it
+        params = f"{params:,}"
+        for size in sizes:
+            flops = count_flops(model, *size)
+            print(f"{name + f' {size[0]}x{size[1]}':28s} {params:>12s} {flops / 1e9:8.3f} {flops / 2e9:12.3f}")
+            params = ""
+
+
+def inference_table(batch, device, repeats, peak):
+    """images/s at `batch` of the DBN-S paths and their peers, with GFLOP/s and the share of `peak`."""
+    half = half_dtype(device)
+    flops = flops_per_image()
+    dbn = DBN(751, net="small", pretrained=None).eval().to(device)
+    models = {  # name: (model, FLOP key, input dtype, channels_last input)
+        "ResNet-50": (plain(torchvision.models.resnet50().eval().to(device)), "ResNet-50", torch.float32, False),
+        "ResNet-50 channels_last": (resnet50(device), "ResNet-50", torch.float32, True),
+        "OSNet x1_0 channels_last": (OSNet(751).eval().to(device, memory_format=torch.channels_last), "OSNet x1_0",
+                                     torch.float32, True),
+        "LEViT-S unoptimised": (plain(LEViT(**VARIANTS["small"]).eval().to(device)), "LEViT-S", torch.float32, False),
+        "LEViT-S fused, channels_last": (LEViT(**VARIANTS["small"]).eval().fuse().to(device), "LEViT-S",
+                                         torch.float32, True),
+        "DBN-S release-style": (release_style(dbn), "DBN-S", torch.float32, False),
+        "DBN-S unoptimised": (plain(DBN(751, net="small", pretrained=None).eval().to(device)), "DBN-S",
+                              torch.float32, False),
+        "DBN-S fused, channels_last": (dbn_small(device), "DBN-S", torch.float32, True),
+    }
+    if half:
+        models[f"DBN-S fused, {half}"] = (dbn_small(device, half), "DBN-S", torch.float32, True)
+    runs = {name: runner(m, batch, device, dtype, cl) for name, (m, _, dtype, cl) in models.items()}
+    faults = {}
+    seconds = time_alternating(runs, repeats, faults=faults)
+    base, release, osnet = (seconds[k] for k in ("ResNet-50 channels_last", "DBN-S release-style",
+                                                 "OSNet x1_0 channels_last"))
+    print(f"\ninference, eval mode, batch {batch} (median of {repeats} alternating runs); unoptimised: BN not "
+          "folded, NCHW; release-style: also attention as explicit normalize/matmul/softmax (utils/bench/peers.py)")
+    print(f"{'model':30s} {'images/s':>9s} {'x ResNet-50 CL':>15s} {'x release-style':>16s} {'x OSNet':>8s} "
+          f"{'GFLOP/s':>8s} {'of fp32 peak':>13s} {'faults/run':>11s}")
+    for name, t in seconds.items():
+        gflops = flops[models[name][1]] * batch / t / 1e9
+        print(f"{name:30s} {batch / t:9.1f} {base / t:14.2f}x {release / t:15.2f}x {osnet / t:7.2f}x "
+              f"{gflops:8.1f} {100 * gflops / peak:12.0f}% {faults[name]:11,.0f}")
+
+
+def compile_first(models, batches, device):
+    """Runs each compiled model once per batch size, largest first; returns {name: {batch: seconds}}
+    of those first calls (compiling included)."""
+    times = {}
+    for name, (model, dtype) in models.items():
+        times[name] = {}
+        for batch in sorted(batches, reverse=True):
+            fn = runner(model, batch, device, DTYPES[dtype])
+            start = time.perf_counter()
+            fn()
+            times[name][batch] = time.perf_counter() - start
+    return times
+
+
+def latency_table(device, repeats):
+    """ms per call and images/s at batch 1, 8 and 32: DBN-S float32 eager fused, half precision and
+    compiled, ResNet-50 (channels_last) in the same settings. A run is 32 images at every batch size."""
+    half = half_dtype(device)
+    models = {}  # name: (model, input dtype); DBN casts its input itself
+    import torch._inductor.config
+    torch._inductor.config.fx_graph_cache = False  # compile times from cold, whatever earlier runs left on disk
+    compiled = {}  # compiled name: its eager twin
+    for dtype in ("float32",) + ((half,) if half else ()):
+        for net, build, input_dtype in (("DBN-S", dbn_small, "float32"), ("ResNet-50 CL", resnet50, dtype)):
+            eager = f"{net}{' fused' if net == 'DBN-S' else ''}, {dtype}"
+            models[eager] = (build(device, dtype), input_dtype)
+            models[f"{net} compiled, {dtype}"] = (build(device, dtype, compile=True), input_dtype)
+            compiled[f"{net} compiled, {dtype}"] = eager
+    models = dict(sorted(models.items(), key=lambda item: not item[0].startswith("DBN")))
+    first = compile_first({name: models[name] for name in compiled}, LATENCY_BATCHES, device)
+    largest = max(LATENCY_BATCHES)
+    seconds = {}
+    for batch in LATENCY_BATCHES:
+        runs = {name: runner(m, batch, device, DTYPES[dtype], calls=largest // batch)
+                for name, (m, dtype) in models.items()}
+        seconds[batch] = {name: t / (largest // batch) for name, t in time_alternating(runs, repeats).items()}
+    print(f"\nlatency: ms per call (images/s), 256x128, eval mode, median of {repeats} alternating runs of "
+          f"{largest} images; CL: channels_last")
+    print(f"{'model':32s}" + "".join(f"{'batch ' + str(b):>20s}" for b in LATENCY_BATCHES)
+          + f"{'x fused fp32 at 1':>19s}")
+    eager_1 = seconds[1]["DBN-S fused, float32"]
+    for name in models:
+        cells = "".join(f"{1000 * seconds[b][name]:9.1f} ({b / seconds[b][name]:6.1f}/s)" for b in LATENCY_BATCHES)
+        print(f"{name:32s}{cells} {eager_1 / seconds[1][name]:17.2f}x")
+    print("\ncompiling (torch.compile, inductor, frozen weights, one graph per power-of-two batch: "
+          "first call of a graph, compile included, inductor's on-disk cache off)")
+    print(f"{'model':32s} {'batch 32 graph s':>17s} {'batch 8 graph s':>16s} {'batch 1 graph s':>16s} "
+          f"{'pays off after (images)':>24s}")
+    for name, eager in compiled.items():
+        compile_s = first[name][largest] - seconds[largest][name] + first[name][1] - seconds[1][name]
+        saved = seconds[largest][eager] / largest - seconds[largest][name] / largest  # per image at batch 32
+        pays = f"{compile_s / saved:,.0f}" if saved > 0 else "never (not faster)"
+        print(f"{name:32s} {first[name][largest]:17.1f} {first[name][8]:16.1f} {first[name][1]:16.1f} {pays:>24s}")
+
+
+def training_runs(batch, device, num_classes=751):
+    """forward + backward + SGD step; cross-entropy on every logit the model returns."""
+    torch.manual_seed(0)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    models = {
+        "ResNet-50": (plain(torchvision.models.resnet50(num_classes=num_classes)), False),
+        "ResNet-50 channels_last": (torchvision.models.resnet50(num_classes=num_classes).to(
+            memory_format=torch.channels_last), True),
+        "LEViT-S unoptimised": (plain(LEViT(num_classes, **VARIANTS["small"])), False),
+        "LEViT-S channels_last": (LEViT(num_classes, **VARIANTS["small"]), True),
+        "DBN-S unoptimised": (plain(DBN(num_classes, net="small", pretrained=None)), False),
+        "DBN-S channels_last": (DBN(num_classes, net="small", pretrained=None), True),
+    }
+
+    def run(model, channels_last):
+        model.train().to(device)
+        x = torch.rand(batch, 3, *SIZE, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+        def fn():
+            out = model(x)
+            logits = out[0] if isinstance(out, tuple) else [out]
+            loss = sum(F.cross_entropy(z, y) for z in logits) / len(logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            synchronize(device)
+        return fn
+    return {name: run(model, cl) for name, (model, cl) in models.items()}
+
+
+def training_table(batch, device, repeats):
+    faults = {}
+    seconds = time_alternating(training_runs(batch, device), repeats, faults=faults)
+    base, base_cl = seconds["ResNet-50"], seconds["ResNet-50 channels_last"]
+    print(f"\ntraining step: forward + backward + SGD, batch {batch} (median of {repeats} alternating runs)")
+    print(f"{'model':30s} {'images/s':>9s} {'x ResNet-50':>12s} {'x ResNet-50 channels_last':>26s} "
+          f"{'page faults/run':>16s}")
+    for name, t in seconds.items():
+        print(f"{name:30s} {batch / t:9.1f} {base / t:11.2f}x {base_cl / t:25.2f}x {faults[name]:16,.0f}")
+
+
+def bench(args):
+    torch.set_num_threads(args.threads)
+    malloc = configure_malloc(args.malloc)  # before any model allocates
+    device = torch.device(args.device)
+    repeats = 3 if args.quick else args.repeats
+    where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible")
+    half = half_dtype(device)
+    print(f"torch {torch.__version__}, {where}; batch {args.batch}, {SIZE[0]}x{SIZE[1]} input")
+    print(malloc)
+    if device.type == "cpu":
+        print("bfloat16: " + (f"native ({'AMX' if torch.cpu._is_amx_tile_supported() else 'AVX512-BF16'}), "
+                              "benchmarked" if half else "not native on this CPU (it would be emulated, slower "
+                              "than float32): left out"))
+    print_flop_table()
+    peak = matmul_peak(torch.float32, device, repeats + 2)
+    line = (f"\nmatrix-multiply peak (the faster of torch.mm {PEAK_SIZE}^3 and a 512 -> 512 1x1 conv), float32: "
+            f"{peak:.1f} GFLOP/s")
+    if half:
+        line += f"; {half}: {matmul_peak(DTYPES[half], device, repeats + 2):.1f} GFLOP/s"
+    print(line)
+    inference_table(args.batch, device, repeats + 2, peak)
+    latency_table(device, repeats + 2)
+    if not args.no_training:
+        training_table(args.batch, device, repeats)
