@@ -39,8 +39,8 @@ from datasets.synthetic import generate
 from datasets.transforms import build_transform
 from losses import ReIDLoss
 from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, make_checkpoint, released_path
-from utils import distributed
 from network.flops import count_flops, count_params
+from utils import distributed
 from utils.checkpoint import (atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
 from utils.cli import BooleanFlag, HelpFormatter, default_workers
