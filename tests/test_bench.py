@@ -101,7 +101,7 @@ import utils.bench as bench
 import utils.malloc
 print(bench.configure_malloc(sys.argv[1]))
 faults = []
-for _ in range(4):
+for _ in range(20):
     before = bench.minor_faults()
     torch.ones(64 << 18)  # 64 MiB, allocated, filled and freed: above glibc's mmap threshold
     faults.append(bench.minor_faults() - before)
@@ -113,7 +113,10 @@ print(min(faults[1:]))
                     reason="glibc and getrusage")
 def test_tuned_malloc_stops_the_page_faults_of_big_blocks(repo_root):
     """A 64 MiB block faults in its 16,384 pages every time under glibc's defaults; tuned, the
-    freed block is reused and faults in nothing."""
+    freed block is reused and faults in nothing. 20 rounds, the fewest faults of rounds 2-20: on a
+    machine whose kernel reclaims idle pages (DAMON's pageout), the kept block's pages can be taken
+    back in the first rounds (measured: faults in rounds 2-8, none from round 9 on), while under the
+    defaults every round faults."""
     out = {}
     for mode in ("default", "tuned"):
         proc = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True,
