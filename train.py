@@ -36,7 +36,6 @@ from datasets.image_dataset import ImageDataset, collate_skip
 from datasets.sampler import PKSampler
 from datasets.seeded import SeededBatches, SeededDataset
 from datasets.synthetic import generate
-from datasets.transforms import build_transform
 from losses import ReIDLoss
 from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, make_checkpoint, released_path
 from network.flops import count_flops, count_params
@@ -245,15 +244,14 @@ def model_summary(model, args):
 
 
 def build_train_set(dataset, args):
-    return ImageDataset(dataset.train, build_transform(dataset.family, args.img_height, args.img_width, train=True))
+    return ImageDataset(dataset.train, dataset.train_transform(args.img_height, args.img_width))
 
 
 def build_sampler(dataset, args, dist_info):
     labels = [item[1] for item in dataset.train]
-    views = [item[2] for item in dataset.train] if dataset.family == "university" else None
     try:
         return PKSampler(labels, args.batch_size, args.instance_num, seed=args.seed, rank=dist_info.rank,
-                         world_size=dist_info.world_size, views=views)
+                         world_size=dist_info.world_size, views=dataset.sampler_views())
     except ValueError as err:  # a batch that does not split over the processes, too few identities: usage
         raise UsageError(f"--batch-size {args.batch_size} --instance-num {args.instance_num} on {dist_info.world_size} "
                          f"process(es): {err}") from None
@@ -644,11 +642,13 @@ def evaluate_command(args):
 
 
 def final_evaluation(model, untrained, dataset, args, device):
-    metrics, line = evaluate(model.eval(), dataset, args)
+    options = dict(image_size=(args.img_height, args.img_width), batch_size=args.batch_size,
+                   num_workers=args.num_workers)  # the protocol's own defaults (the test scripts')
+    metrics, line = evaluate(model.eval(), dataset, **options)
     if "mINP" in metrics:  # the trained model's, before the comparison with the untrained one
         print(MINP_LINE.format(**metrics))
     if untrained is not None:
-        base, _ = evaluate(untrained.to(device).eval(), dataset, args)
+        base, _ = evaluate(untrained.to(device).eval(), dataset, **options)
         print(f"untrained (random init) mAP:{base['mAP']:f} top1:{base['top1']:f} | "
               f"trained mAP:{metrics['mAP']:f} top1:{metrics['top1']:f}")
         metrics["untrained"] = base

@@ -2,8 +2,11 @@
 
 Every dataset object has `name`, `family` ("reid", "metric" or "university"), `root` (its folder),
 `train` [(path, label 0..C-1, camid)], `num_classes`, `query` / `gallery` [(path, raw id, camid)] or
-None, `test` (metric family) and `summary()`. Bad layouts raise DatasetError with a message naming
-the path (and, for a missing one, the expected tree).
+None, `test` (metric family) and `summary()`, and states its protocol: `image_size`,
+`train_transform()`, `test_transform()`, `sampler_views()`, `test_protocol(**protocol_options)`
+(datasets.base.Dataset, datasets.protocol). Bad layouts raise DatasetError with a message naming
+the path (and, for a missing one, the expected tree). `dataset_class(name)` gives the class, whose
+attributes say the protocol before any folder is read.
 """
 from datasets.base import DatasetError
 from datasets.car196 import Cars196
@@ -27,12 +30,17 @@ DATASET_ROOT_HELP = ("folder holding the dataset folders ("
                      + ", ".join(dict.fromkeys(f"{f.split('/')[0]}/" for f in DATASET_FOLDERS.values() if f))
                      + "); --dataset custom and test_custom.py: the dataset folder itself")
 
-__all__ = ["DATASET_FOLDERS", "DATASET_NAMES", "DATASET_ROOT_HELP", "DatasetError", "build_dataset"]
+__all__ = ["DATASET_FOLDERS", "DATASET_NAMES", "DATASET_ROOT_HELP", "DatasetError", "build_dataset", "dataset_class"]
+
+
+def dataset_class(name):
+    """The parser class of dataset `name` (one of DATASET_NAMES); DatasetError for another name."""
+    if name not in _DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    return _DATASETS[name]
 
 
 def build_dataset(name, root):
     """Parse dataset `name` (one of DATASET_NAMES) from its folder under `root` (--dataset-root; for
     "custom", `root` is the dataset folder itself)."""
-    if name not in _DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
-    return _DATASETS[name](root)
+    return dataset_class(name)(root)

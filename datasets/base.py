@@ -8,6 +8,9 @@ import os
 import re
 import shlex
 
+from datasets.protocol import Protocol, TestSplit
+from datasets.transforms import build_transform
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -80,13 +83,21 @@ class Dataset:
     """Base class: subclasses set the class attributes and fill the splits in `load()`.
 
     Attributes after construction: `name` (the --dataset name), `family` ("reid", "metric" or
-    "university"), `root` (the dataset folder), `train` [(path, label, camid)] with labels 0..C-1,
-    `num_classes` (C), `query` / `gallery` [(path, raw id, camid)] or None, `test` (metric family:
-    [(path, label, 0)]) or None.
+    "university"; the transform family, see datasets.transforms), `root` (the dataset folder),
+    `train` [(path, label, camid)] with labels 0..C-1, `num_classes` (C), `query` / `gallery`
+    [(path, raw id, camid)] or None, `test` (metric family: [(path, label, 0)]) or None.
+
+    Each dataset states its own protocol, so the code that trains and evaluates never asks which
+    dataset it holds: `image_size` (the default input, that of the release's commands),
+    `train_transform` / `test_transform`, `sampler_views` and `test_protocol(**options)` (its
+    options, with their defaults, in `protocol_options`; `scoring` says how its test is scored).
     """
 
     name = None
     family = "reid"
+    image_size = (256, 128)  # (height, width) when neither the flags nor a checkpoint give one
+    scoring = "rank"  # see datasets.protocol
+    protocol_options = {}  # test_protocol's keywords and their defaults (the test scripts' flags)
     folder = None  # the dataset folder under --dataset-root ("": --dataset-root itself)
     official_folders = ()  # what the official download unpacks to, when it is another name than `folder`
     layout = ""  # the tree under the dataset folder, shown when a path is missing
@@ -103,6 +114,26 @@ class Dataset:
 
     def load(self):
         raise NotImplementedError
+
+    # -- protocol ---------------------------------------------------------------------------------
+    def train_transform(self, height, width):
+        """The training augmentation at `height` x `width` (for ImageDataset: a callable, or a dict
+        {camid: callable} when the views are augmented differently)."""
+        return build_transform(self.family, height, width, train=True)
+
+    def test_transform(self, height, width, view=None):
+        return build_transform(self.family, height, width, train=False, view=view)
+
+    def sampler_views(self):
+        """The camid of every training item where the P x K sampler must pair views (University-1652),
+        else None."""
+        return None
+
+    def test_protocol(self):
+        """The query / gallery split, scored by CMC and mAP (datasets.protocol)."""
+        if self.query is None or self.gallery is None:
+            raise DatasetError(f"{self.name} at {self.root} has no query and gallery split to evaluate")
+        return Protocol((TestSplit(self.name, self.query, self.gallery),))
 
     # -- checks -----------------------------------------------------------------------------------
     def layout_tree(self):
@@ -195,7 +226,7 @@ class FolderDataset(Dataset):
     def layout(self):
         width = max(len(s) for s in self.splits) + 2
         lines = [f"{s + '/':<{width}} {self.example}, ..." for s in self.splits]
-        return "\n".join(lines) + f"\n(file names: <id>_c<camera>..., id -1 junk, id 0 distractor)"
+        return "\n".join(lines) + "\n(file names: <id>_c<camera>..., id -1 junk, id 0 distractor)"
 
     def load(self):
         train_dir, query_dir, gallery_dir = (os.path.join(self.root, s) for s in self.splits)
@@ -226,6 +257,12 @@ class MetricDataset(Dataset):
     """Fine-grained retrieval (deep metric learning protocol): the first half of the classes trains, the rest tests."""
 
     family = "metric"
+    image_size = (256, 256)
+    scoring = "retrieval"
+
+    def test_protocol(self):
+        """The test classes searched against themselves: Recall@K and NMI."""
+        return Protocol((TestSplit(self.name, self.test),), scoring="retrieval")
 
     def split_classes(self, items, source):
         """(path, class from 1) items -> train (classes 1..C/2) and test (the rest), C the largest class."""

@@ -39,10 +39,10 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datasets.university1652 import VIEWS  # University-1652 view name -> camid
 from utils.checks import positive_int
 
 FAMILIES = ("reid", "metric", "university")
+VIEWS = {"satellite": 0, "drone": 1, "street": 2, "google": 3}  # University-1652 view name -> camid
 METRIC_MARGIN = 32  # fine-grained: resize to (H+32)x(W+32) (the release's 288 at 256) before cropping HxW
 UNIVERSITY_MARGIN = 64  # University-1652: resize to (H+64)x(W+64) (the release's 448 at 384)
 REID_PAD = 8  # reid and metric families

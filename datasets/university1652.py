@@ -29,8 +29,8 @@ Drone-based Geo-localization. ACM Multimedia 2020.
 import os
 
 from datasets.base import Dataset, DatasetError, is_image, relabel
-
-VIEWS = {"satellite": 0, "drone": 1, "street": 2, "google": 3}
+from datasets.protocol import Protocol, TestSplit
+from datasets.transforms import VIEWS  # view name -> camid
 TRAIN_VIEWS = ("satellite", "drone")
 DIRECTIONS = {"satellite2drone": ("query_satellite", "gallery_drone"),
               "drone2satellite": ("query_drone", "gallery_satellite")}
@@ -40,6 +40,8 @@ class University1652(Dataset):
     name = "university1652"
     family = "university"
     folder = "University-Release"
+    image_size = (384, 384)
+    protocol_options = {"direction": "satellite2drone"}
     layout = """\
 train/
     satellite/<id>/<image>.jpg        e.g. train/satellite/0839/0839.jpg
@@ -91,6 +93,16 @@ test/
                                f"{', '.join(DIRECTIONS)}")
         query, gallery = DIRECTIONS[direction]
         return self.test_folder(query), self.test_folder(gallery)
+
+    def sampler_views(self):
+        """Each training item's view: every building's K images are 1 satellite + K-1 drone (the release's)."""
+        return [item[2] for item in self.train]
+
+    def test_protocol(self, direction="satellite2drone"):
+        """One direction: its query view's images ranked against the other view's gallery."""
+        query, gallery = self.make_split(direction)
+        query_view, gallery_view = direction.split("2")
+        return Protocol((TestSplit(f"{self.name}_{direction}", query, gallery, query_view, gallery_view),))
 
     def summary_rows(self):
         rows = [(f"train {view}", [it for it in self.train if it[2] == VIEWS[view]], False) for view in TRAIN_VIEWS]

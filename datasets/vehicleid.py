@@ -25,6 +25,7 @@ import os
 import random
 
 from datasets.base import Dataset, DatasetError, FileIndex, list_error, parse_int, read_list, relabel
+from datasets.protocol import Protocol, TestSplit
 
 TEST_SIZES = (800, 1600, 2400)
 
@@ -32,6 +33,8 @@ TEST_SIZES = (800, 1600, 2400)
 class VehicleID(Dataset):
     name = "vehicleid"
     folder = "VehicleID_V1.0"
+    image_size = (256, 256)
+    protocol_options = {"test_size": 800, "trials": 10}
     layout = """\
 image/<name>.jpg                 e.g. image/0000001.jpg
 train_test_split/
@@ -90,6 +93,16 @@ train_test_split/
             gallery.append((paths[pick], vid, 1))
             query.extend((path, vid, 0) for i, path in enumerate(paths) if i != pick)
         return query, gallery
+
+    def test_protocol(self, test_size=800, trials=10):
+        """`trials` seeded trials (seeds 0..trials-1, make_trial) on test_list_<test_size>, averaged;
+        their images are extracted once."""
+        if int(trials) < 1:
+            raise DatasetError(f"VehicleID needs at least one trial, got {trials}")
+        splits = tuple(TestSplit(f"{self.name}{test_size}" if seed == 0 else f"{self.name}{test_size}_trial{seed}",
+                                 *self.make_trial(test_size, seed)) for seed in range(int(trials)))
+        return Protocol(splits, title=f"vehicleid test_list_{test_size}, {trials} trials (seeds 0..{trials - 1})",
+                        pool=f"test_list_{test_size}")
 
     def summary_rows(self):
         rows = [("train", self.train, False)]

@@ -25,6 +25,7 @@ from datasets.base import FolderDataset
 class VeRi776(FolderDataset):
     name = "veri776"
     folder = "VeRi"
+    image_size = (256, 256)
     splits = ("image_train", "image_query", "image_test")
     pattern = re.compile(r"^(-?\d+)_c(\d+)_")
     example = "0001_c001_00016450_0.jpg"

@@ -146,7 +146,7 @@ def test_loader_pipelines_are_the_training_transform_and_its_pillow_twin(tmp_pat
     from datasets.image_dataset import read_image
     from datasets.transforms import build_transform
     for name, family, view, (height, width), sizes in bench_loader.LOADER_SETTINGS:
-        (path,) = bench_loader.write_loader_jpegs(str(tmp_path), family, sizes, 1)
+        (path,) = bench_loader.write_loader_jpegs(str(tmp_path), sizes, 1, sites=view is not None)
         h, w = read_image(path).shape[1:]
         assert sizes[0][0] <= h <= sizes[0][1] and sizes[1][0] <= w <= sizes[1][1], (name, h, w)
         routes = bench_loader.loader_pipelines(family, view, height, width)

@@ -374,3 +374,99 @@ def test_dataset_root_that_is_the_dataset_folder_itself(tmp_path):
         build_dataset("market1501", str(root))
     assert (f"--dataset-root {root} looks like the market1501 folder itself: pass the folder that holds it, "
             f"--dataset-root {tmp_path}") in str(err.value)
+
+
+# --- each dataset states its protocol (datasets.protocol) ---------------------------------------
+
+def test_each_dataset_states_its_test_protocol(tmp_path):
+    from datasets.protocol import TestSplit
+    root = str(tmp_path)
+    market_tree(root)
+    vehicleid_tree(root)
+    university_tree(root)
+    base = tmp_path / "CARS"
+    rows = [(f"car_ims/{i:06d}.jpg", cls, 0) for i, cls in enumerate([1, 1, 2, 3, 4, 4, 3, 2], 1)]
+    cars_mat(str(base / "cars_annos.mat"), rows)
+    touch(str(base), *(r[0] for r in rows))
+
+    market = build_dataset("market1501", root)
+    protocol = market.test_protocol()
+    assert (protocol.scoring, protocol.pool) == ("rank", None)
+    assert protocol.splits == (TestSplit("market1501", market.query, market.gallery),)
+    with pytest.raises(TypeError):  # the options are the dataset's own: a Market-1501 test has no trials
+        market.test_protocol(trials=3)
+
+    vehicleid = build_dataset("vehicleid", root)
+    assert vehicleid.protocol_options == {"test_size": 800, "trials": 10}
+    protocol = vehicleid.test_protocol(test_size=800, trials=3)
+    assert protocol.scoring == "rank" and protocol.pool == "test_list_800"
+    assert protocol.title == "vehicleid test_list_800, 3 trials (seeds 0..2)"
+    assert [(s.query, s.gallery) for s in protocol.splits] == [vehicleid.make_trial(800, seed) for seed in range(3)]
+    assert [s.name for s in protocol.splits] == ["vehicleid800", "vehicleid800_trial1", "vehicleid800_trial2"]
+    assert len(vehicleid.test_protocol().splits) == 10
+    with pytest.raises(DatasetError, match="at least one trial"):
+        vehicleid.test_protocol(trials=0)
+
+    university = build_dataset("university1652", root)
+    (split,) = university.test_protocol(direction="drone2satellite").splits
+    assert (split.name, split.query_view, split.gallery_view) == ("university1652_drone2satellite", "drone",
+                                                                  "satellite")
+    assert (split.query, split.gallery) == university.make_split("drone2satellite")
+    assert university.test_protocol().splits[0].query == university.make_split("satellite2drone")[0]
+    assert university.sampler_views() == [item[2] for item in university.train]
+    assert market.sampler_views() is None
+
+    cars = build_dataset("car196", root)
+    protocol = cars.test_protocol()
+    assert protocol.scoring == cars.scoring == "retrieval"
+    assert protocol.splits == (TestSplit("car196", cars.test),)
+
+
+def test_each_dataset_builds_its_own_transforms(tmp_path):
+    import torch
+    from datasets.transforms import build_transform
+    root = str(tmp_path)
+    market_tree(root)
+    university_tree(root)
+    image = torch.randint(0, 256, (3, 300, 200), dtype=torch.uint8)
+    for data in (build_dataset("market1501", root), build_dataset("university1652", root)):
+        expected = build_transform(data.family, 64, 32, train=False, view="drone" if data.family == "university" else None)
+        assert torch.equal(data.test_transform(64, 32, view="drone" if data.family == "university" else None)(image),
+                           expected(image))
+    assert set(build_dataset("university1652", root).train_transform(64, 64)) == {0, 1, 2, 3}  # per view
+
+
+def test_protocol_refuses_inconsistent_splits():
+    from datasets.protocol import Protocol, TestSplit
+    split = TestSplit("a", [("x.jpg", 1, 0)], [("y.jpg", 1, 1)])
+    with pytest.raises(ValueError, match="unknown scoring 'cmc'"):
+        Protocol((split,), scoring="cmc")
+    with pytest.raises(ValueError, match="at least one test split"):
+        Protocol(())
+    with pytest.raises(ValueError, match="searched against itself"):
+        Protocol((split,), scoring="retrieval")
+    with pytest.raises(ValueError, match="needs a gallery"):
+        Protocol((TestSplit("a", [("x.jpg", 1, 0)]),))
+    with pytest.raises(ValueError, match="names the feature pass they share"):
+        Protocol((split, split))
+    with pytest.raises(ValueError, match="no views"):
+        Protocol((TestSplit("a", split.query, split.gallery, "drone", "satellite"),) * 2, pool="all")
+
+
+def test_no_module_outside_the_datasets_switches_on_a_dataset_or_family_name():
+    """The protocol lives in the dataset classes: training, evaluation and the tools ask the dataset
+    object, never which dataset or family it is (datasets/transforms.py defines the families)."""
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = "|".join(DATASET_NAMES)
+    switch = re.compile(rf"""(family|\.name|dataset)\s*(==|!=|in)\s*[\("'](\s*["'])?({names}|reid|metric|university)""")
+    offenders = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "datasets", "__pycache__")]
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                for lineno, line in enumerate(open(path, encoding="utf-8"), 1):
+                    if switch.search(line):
+                        offenders.append(f"{os.path.relpath(path, root)}:{lineno}: {line.strip()}")
+    assert offenders == []

@@ -172,7 +172,7 @@ def test_test_custom_evaluates_query_and_gallery_without_train(tmp_path, capsys)
 
     from datasets.synthetic import generate
     from network import DBN
-    from utils import evaluation
+    from utils import eval_cli
     folder = generate("custom", str(tmp_path), ids=3, images_per_id=4, cameras=2, layout="lists")
     os.remove(os.path.join(folder, "train.txt"))
     for name in ("query.txt", "gallery.txt"):  # drop the camera column: nothing is junk then
@@ -183,7 +183,7 @@ def test_test_custom_evaluates_query_and_gallery_without_train(tmp_path, capsys)
     torch.manual_seed(0)
     weights = str(tmp_path / "w.pth")
     torch.save(DBN(num_classes=3, pretrained=None).state_dict(), weights)
-    metrics = evaluation.main("custom", ["--weights", weights, "--dataset-root", folder, "--img-height", "64",
+    metrics = eval_cli.main("custom", ["--weights", weights, "--dataset-root", folder, "--img-height", "64",
                                          "--img-width", "32", "--num-workers", "0", "--device", "cpu"])
     out = capsys.readouterr().out
     assert out.count("count as seen by different cameras") == 1 and "no train split" in out

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils import evaluation, malloc
+from utils import eval_cli, evaluation, malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("market1501", "dukemtmc", "msmt17", "veri776", "vehicleid", "car196", "cub200",
@@ -51,14 +51,14 @@ def data_root(tmp_path_factory):
 
 def run(capsys, dataset, *argv):
     """main(dataset, argv) -> (metrics, stdout lines, stderr)."""
-    metrics = evaluation.main(dataset, list(argv))
+    metrics = eval_cli.main(dataset, list(argv))
     out, err = capsys.readouterr()
     return metrics, out.strip().splitlines(), err
 
 
 def run_error(capsys, dataset, *argv):
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main(dataset, list(argv))
+        eval_cli.main(dataset, list(argv))
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2
     assert "Traceback" not in err
@@ -96,13 +96,19 @@ def test_extract_features_of_an_empty_loader():
     assert feats.shape == (0, 5 * 384) and len(labels) == len(camids) == 0
 
 
-def test_image_size_defaults_per_dataset():
-    args = evaluation.get_args_parser().parse_args([])
-    assert evaluation.image_size("market1501", args) == (256, 128)
-    assert evaluation.image_size("veri776", args) == (256, 256)
-    assert evaluation.image_size("university1652", args) == (384, 384)
-    args = evaluation.get_args_parser().parse_args(["--img-height", "384"])
-    assert evaluation.image_size("market1501", args) == (384, 128)
+def test_each_dataset_states_its_default_size_and_the_scripts_use_it(capsys):
+    from datasets import DATASET_NAMES, dataset_class
+    sizes = {name: dataset_class(name).image_size for name in DATASET_NAMES}
+    assert sizes == {"market1501": (256, 128), "dukemtmc": (256, 128), "msmt17": (256, 128),
+                     "npdetected": (256, 128), "nplabeled": (256, 128), "custom": (256, 128),
+                     "veri776": (256, 256), "vehicleid": (256, 256), "car196": (256, 256), "cub200": (256, 256),
+                     "university1652": (384, 384)}  # the release's commands
+    for name, (height, width) in sizes.items():
+        with pytest.raises(SystemExit):
+            eval_cli.main(name, ["--help"])
+        assert f"(default input {height}x{width})" in capsys.readouterr().out
+    help_text = eval_cli.get_args_parser(add_help=True).format_help()
+    assert "256x256: veri776, vehicleid, car196, cub200" in " ".join(help_text.split())
 
 
 # --- scripts on generated data -------------------------------------------------------------------
@@ -205,22 +211,19 @@ def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch
     data = build_dataset("car196", data_root)
     results = {}
     for method in (None, "kmeans++"):
-        args = argparse.Namespace(img_height=64, img_width=32, batch_size=16, num_workers=0)
-        if method:
-            args.kmeans = method
-        results[method], _ = evaluation.evaluate(random_dbn(), data, args)
+        options = {"kmeans": method} if method else {}
+        results[method], _ = evaluation.evaluate(random_dbn(), data, image_size=(64, 32), batch_size=16, **options)
     classes = len({item[1] for item in data.test})
     assert calls == [(len(data.test), classes, {"seed": 1234, "method": "release"}),
                      (len(data.test), classes, {"seed": 1234, "method": "kmeans++"})]
-    assert evaluation.get_args_parser().parse_args(["--kmeans", "kmeans++"]).kmeans == "kmeans++"
+    assert eval_cli.get_args_parser().parse_args(["--kmeans", "kmeans++"]).kmeans == "kmeans++"
     assert all(0 <= r["NMI"] <= 1 for r in results.values())
 
 
-def test_evaluate_accepts_other_args_and_restores_train_mode(capsys, data_root):
+def test_evaluate_takes_keywords_and_restores_train_mode(capsys, data_root):
     from datasets import build_dataset
     model = random_dbn().train()
-    args = argparse.Namespace(img_height=64, img_width=32, batch_size=16, num_workers=0)  # as train.py has them
-    metrics, line = evaluation.evaluate(model, build_dataset("cub200", data_root), args)
+    metrics, line = evaluation.evaluate(model, build_dataset("cub200", data_root), image_size=(64, 32), batch_size=16)
     assert model.training
     assert RECALL_RE.match(line) and 0.0 <= metrics["NMI"] <= 1.0
 
@@ -235,9 +238,9 @@ def test_missing_weights_file(capsys, data_root, tmp_path):
 
 def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert evaluation.get_args_parser().get_default("num_workers") == 1
+    assert eval_cli.get_args_parser().get_default("num_workers") == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert evaluation.get_args_parser().get_default("num_workers") == 4
+    assert eval_cli.get_args_parser().get_default("num_workers") == 4
 
 
 def test_text_file_as_weights_is_refused(capsys, data_root, tmp_path):
@@ -318,7 +321,7 @@ def test_bare_weights_without_an_input_size_warn_which_size_is_evaluated(capsys,
                         "--img-height", "32", "--img-width", "16")
     assert "warning" not in err and RANK_RE.match(lines[-1])
     with pytest.raises(SystemExit):  # stop before the (slow at 256x128) evaluation: no dataset here
-        evaluation.main("market1501", ["--weights", weights, "--dataset-root", "no/such/root", *cpu])
+        eval_cli.main("market1501", ["--weights", weights, "--dataset-root", "no/such/root", *cpu])
     err = capsys.readouterr().err
     assert (f"warning: {weights} holds bare weights, which do not record the input size they were trained at; "
             "evaluating at 256x128 (this dataset's default)") in err
@@ -344,7 +347,7 @@ def test_device_flag_errors(capsys, weights, flags, message):
 
 
 def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, weights):
-    parser = argparse.ArgumentParser(parents=[evaluation.get_args_parser()])
+    parser = argparse.ArgumentParser(parents=[eval_cli.get_args_parser()])
     if not torch.cuda.is_available():
         err = run_error(capsys, "market1501", "--weights", weights, "--device", "cuda:1")
         assert "--device cuda:1: no CUDA device is available; use --device cpu (or auto)" in err
@@ -355,9 +358,9 @@ def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, weights):
     count = torch.cuda.device_count()
     for flags in (["--device", f"cuda:{count - 1}"], ["--gpus", str(count - 1)],
                   ["--gpus", str(count - 1), "--device", "cuda"]):
-        assert evaluation._device(parser.parse_args(flags), parser) == torch.device("cuda", count - 1)
+        assert eval_cli._device(parser.parse_args(flags), parser) == torch.device("cuda", count - 1)
     with pytest.raises(SystemExit):
-        evaluation._device(parser.parse_args(["--gpus", str(count)]), parser)
+        eval_cli._device(parser.parse_args(["--gpus", str(count)]), parser)
     assert f"--gpus {count}: no GPU {count} (this machine has {count}" in capsys.readouterr().err
 
 
@@ -394,9 +397,9 @@ def test_no_query_with_a_correct_gallery_item_is_a_clear_error(capsys, weights, 
 def test_ctrl_c_exits_130_without_a_traceback(capsys, weights, data_root, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    monkeypatch.setattr(eval_cli, "evaluate", interrupted)
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main("market1501", ["--weights", weights, "--dataset-root", data_root, *SMALL])
+        eval_cli.main("market1501", ["--weights", weights, "--dataset-root", data_root, *SMALL])
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip().endswith("test_market1501.py: interrupted; nothing was written")
 
@@ -471,6 +474,7 @@ def test_each_script_states_its_defaults_as_constants():
     """WEIGHTS, NET and IMG_HEIGHT/IMG_WIDTH at the top of every test_<dataset>.py, passed to main();
     the size constants are the dataset's default size."""
     import ast
+    from datasets import dataset_class
     for name in DATASETS + ("custom",):
         script = os.path.join(ROOT, f"test_{name}.py")
         tree = ast.parse(open(script).read())
@@ -481,24 +485,24 @@ def test_each_script_states_its_defaults_as_constants():
                     [e.id for e in node.targets[0].elts]
                 consts = ast.literal_eval(node.value)
                 values.update(zip(names, consts if len(names) > 1 else [consts]))
-        assert values == {"WEIGHTS": "params/ema.pth", "NET": "small", "IMG_HEIGHT": evaluation.IMAGE_SIZE[name][0],
-                          "IMG_WIDTH": evaluation.IMAGE_SIZE[name][1]}, script
+        assert values == {"WEIGHTS": "params/ema.pth", "NET": "small", "IMG_HEIGHT": dataset_class(name).image_size[0],
+                          "IMG_WIDTH": dataset_class(name).image_size[1]}, script
         assert f'main("{name}", weights=WEIGHTS, net=NET, img_height=IMG_HEIGHT, img_width=IMG_WIDTH)' in \
             open(script).read()
 
 
 def test_script_constants_are_defaults_that_flags_and_the_checkpoint_override(capsys, weights, data_root, tmp_path):
-    from network import DBN, make_checkpoint
+    from network import make_checkpoint
     common = ["--dataset-root", data_root, "--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
     # a bare state_dict: the script's size is used (no --img-height/--img-width), its weights path too
-    metrics = evaluation.main("market1501", common, weights=weights, img_height=64, img_width=32)
+    metrics = eval_cli.main("market1501", common, weights=weights, img_height=64, img_width=32)
     out, err = capsys.readouterr()
     assert f"weights={weights}" in out and "img_height=64 img_width=32" in out
     assert "evaluating at 64x32" in err
     # a described checkpoint: its own size wins over the script's constants
     described = str(tmp_path / "described.pth")
     torch.save(make_checkpoint(random_dbn(), 32, 16, dataset="market1501", transform="reid"), described)
-    evaluation.main("market1501", common, weights=described, net="large", img_height=64, img_width=32)
+    eval_cli.main("market1501", common, weights=described, net="large", img_height=64, img_width=32)
     out, err = capsys.readouterr()
     assert "net=small" in out and "img_height=32 img_width=16" in out and "warning" not in err
     assert 0 <= metrics["mAP"] <= 1

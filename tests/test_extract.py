@@ -35,7 +35,7 @@ def usage_error(capsys, *argv):
 
 def test_query_features_equal_the_test_scripts(setup, capsys, tmp_path):
     from datasets import build_dataset
-    from utils import evaluation
+    from utils import eval_cli, evaluation
     root, weights = setup
     out_path = str(tmp_path / "query.npz")
     code, out, _ = run(capsys, "--weights", weights, "--images", os.path.join(root, "market1501", "query"),
@@ -45,11 +45,10 @@ def test_query_features_equal_the_test_scripts(setup, capsys, tmp_path):
     assert sorted(saved.files) == ["camids", "features", "paths", "pids"]
 
     # the test script's query features: its model loading and its data loading
-    args = evaluation.get_args_parser().parse_args(["--weights", weights, *SMALL])
-    device = torch.device("cpu")
-    model = evaluation.load_model(args, device, evaluation.IMAGE_SIZE["market1501"])
+    model, _, size = eval_cli.load_model(weights, torch.device("cpu"), default_size=(256, 128), img_height=64,
+                                         img_width=32)
     data = build_dataset("market1501", root)
-    feats, index = evaluation._item_features(model, data.query, data, args, device, desc="query")
+    feats, index = evaluation.FeaturePass(model, data, size, batch_size=32)(data.query, desc="query")
     assert [data.query[i][0] for i in index] == saved["paths"].tolist()
     assert saved["features"].dtype == np.float32 and saved["features"].shape == (6, 1920)
     assert np.array_equal(saved["features"], feats.numpy())

@@ -122,7 +122,7 @@ def weights(tmp_path_factory):
 
 @pytest.mark.parametrize("command", EVAL_COMMANDS, ids=[shlex.split(c)[1] for c in EVAL_COMMANDS])
 def test_evaluation_command_runs(command, data_root, weights, capsys):
-    from utils import evaluation
+    from utils import eval_cli
     argv = shlex.split(command)[2:]
     net = argv[argv.index("--net") + 1] if "--net" in argv else "small"
     script = shlex.split(command)[1]
@@ -131,7 +131,7 @@ def test_evaluation_command_runs(command, data_root, weights, capsys):
     for flag, value in (("--dataset-root", root), ("--weights", weights[net])):
         argv[argv.index(flag) + 1] = value
     # a small input and batch so that the run takes seconds; later flags win in argparse
-    evaluation.main(dataset, [*argv, "--img-height", "64", "--img-width", "32", "--batch-size", "16",
+    eval_cli.main(dataset, [*argv, "--img-height", "64", "--img-width", "32", "--batch-size", "16",
                               "--num-workers", "0", "--device", "cpu", "--trials", "2"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"(top1:\d\.\d{6} top5:\d\.\d{6} top10:\d\.\d{6} mAP:\d\.\d{6})|"
@@ -176,14 +176,14 @@ def _run_line(line, extra):
     import extract
     import search
     from datasets import synthetic
-    from utils import evaluation
+    from utils import eval_cli
     words = shlex.split(line)
     if words[:3] == ["python", "-m", "datasets.synthetic"]:
         assert synthetic.main(words[3:]) == 0
     elif words[1] == "train.py":
         assert train.main(train.parse_args([*words[2:], "--dry-run"])) is None
     elif words[1].startswith("test_"):
-        evaluation.main(words[1][len("test_"):-len(".py")], [*words[2:], *extra["test"]])
+        eval_cli.main(words[1][len("test_"):-len(".py")], [*words[2:], *extra["test"]])
     else:
         program = {"extract.py": extract, "search.py": search, "export.py": export}[words[1]]
         assert program.main([*words[2:], *extra.get(words[1], [])]) == 0, line
@@ -238,3 +238,22 @@ def test_readme_evaluates_the_demo_at_its_training_size():
     command = (f"python test_market1501.py --weights {train.DEMO['save_path']} --dataset-root "
                f"{train.DEMO['dataset_root']} --img-height {h} --img-width {w}")
     assert command in EVAL_COMMANDS
+
+
+def test_evaluation_from_python_runs_as_written(data_root, tmp_path, monkeypatch, capsys):
+    """The Evaluation section's Python example, on generated VehicleID data and bare random weights."""
+    from network import DBN
+    monkeypatch.chdir(tmp_path)
+    os.symlink(data_root, "data")
+    os.makedirs("params")
+    torch.manual_seed(0)
+    torch.save(DBN(num_classes=5, pretrained=None).state_dict(), os.path.join("params", "ema.pth"))
+    (code,) = re.findall(r"```python\n(.*?)```", section("Evaluation"), re.S)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["size"] == (256, 256) and scope["net"] == "small"  # VehicleID's own default size
+    assert len(scope["metrics"]["trials"]) == 10
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == scope["line"] and re.fullmatch(r"top1:\d\.\d{6} top5:\d\.\d{6} top10:\d\.\d{6} mAP:\d\.\d{6}",
+                                                     out[-1])
+    assert "vehicleid test_list_800, 10 trials (seeds 0..9)" in "\n".join(out)

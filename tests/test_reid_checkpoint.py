@@ -113,15 +113,15 @@ def test_unreadable_descriptions_are_errors(small, tmp_path):
 
 def test_test_script_takes_variant_and_size_from_the_file(tmp_path, capsys):
     from datasets.synthetic import generate
-    from utils import evaluation
+    from utils import eval_cli
     root = str(tmp_path / "data")
     generate("market1501", root, ids=3, images_per_id=4, cameras=2)
     path = save(make_checkpoint(tiny_dbn("large"), 48, 32, dataset="market1501", transform="reid"), tmp_path)
     common = ["--weights", path, "--dataset-root", root, "--num-workers", "0", "--device", "cpu"]
-    evaluation.main("market1501", common)
+    eval_cli.main("market1501", common)
     out = capsys.readouterr().out
     assert "net=large" in out and "img_height=48 img_width=32" in out
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main("market1501", [*common, "--net", "small"])
+        eval_cli.main("market1501", [*common, "--net", "small"])
     assert exit_info.value.code == 2
     assert "holds a LEViT-large DBN (embed_dim 192) but --net small was given" in capsys.readouterr().err

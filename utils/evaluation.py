@@ -1,27 +1,22 @@
-"""Test-time evaluation shared by the `test_<dataset>.py` scripts and by train.py.
+"""Test-time evaluation: `evaluate(model, dataset, image_size=...)` for train.py and the test scripts
+(whose command line is utils.eval_cli).
 
 Test-time feature (as the release): the five eval-mode BN embeddings of DBN concatenated (5F),
 summed with those of the horizontally flipped image, L2-normalised; similarity is the dot product.
 
-Protocols (see the dataset table in the README):
-- ReID (market1501, dukemtmc, msmt17, veri776, npdetected, nplabeled): query vs gallery, same id
-  and same camera removed as junk; CMC top1/top5/top10 and mAP (trapezoid AP by default, the
-  release's; `--ap plain` for torchreid's), and fast-reid's mINP on its own line above the
-  result line. Queries with no correct gallery item are left out and counted.
-- vehicleid: one random image per id is the gallery, the rest are queries, for `--trials`
-  seeded splits (seeds 0..trials-1) of test_list_<--test-size>; the mean is reported, the
-  spread (std, min, max) on an earlier line.
-- car196, cub200: Recall@1,2,4,8 over the test set (each image's own entry excluded) and NMI
-  of a k-means with one cluster per test class: `--kmeans release` (default) is the release's
-  faiss k-means (seed 1234, 20 iterations, random initial points), `--kmeans kmeans++` a
+Each dataset states its protocol (datasets.protocol: `dataset.test_protocol(**options)`), and this
+module scores any protocol the same way:
+- "rank" (market1501, dukemtmc, msmt17, veri776, npdetected, nplabeled, custom, university1652,
+  vehicleid): query vs gallery, same id and same camera removed as junk; CMC top1/top5/top10 and
+  mAP (trapezoid AP by default, the release's; ap="plain" for torchreid's), and fast-reid's mINP.
+  Queries with no correct gallery item are left out and counted. Several splits (VehicleID's
+  seeded trials, test_size and trials) are averaged, the spread (std, min, max) on an earlier line.
+  University-1652's direction picks the query and gallery views.
+- "retrieval" (car196, cub200): Recall@1,2,4,8 over the test set (each image's own entry excluded)
+  and NMI of a k-means with one cluster per test class: kmeans="release" (default) is the
+  release's faiss k-means (seed 1234, 20 iterations, random initial points), "kmeans++" a
   k-means++ run to convergence (usually a higher NMI, not comparable with the release's).
-- university1652: `--direction` satellite2drone (default; the release's numbers) or
-  drone2satellite; Recall@1 (= top1), top5, top10 and AP.
-
-The result line in the release's format is the last line printed.
 """
-import argparse
-import json
 import os
 import sys
 
@@ -30,33 +25,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets import DATASET_ROOT_HELP, DatasetError, build_dataset
 from datasets.image_dataset import ImageDataset, collate_skip
-from datasets.transforms import build_transform
-from network import DBN, CheckpointError
-from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
-from utils.console import show_warnings_as_lines
-from utils.features import add_compile_arg, add_dtype_arg, check_dtype, dbn_features, prepare_for_inference
-from utils.malloc import tune_allocator
+from utils.features import dbn_features
 from utils.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
 from utils.rerank import re_ranking_blocks
 from utils.vis import cell_size, save_rank_lists
 
-# Input size (height, width) used when --img-height/--img-width are not given: the sizes of the
-# release's training commands for each dataset.
-IMAGE_SIZE = {
-    "market1501": (256, 128),
-    "dukemtmc": (256, 128),
-    "msmt17": (256, 128),
-    "npdetected": (256, 128),
-    "nplabeled": (256, 128),
-    "veri776": (256, 256),
-    "vehicleid": (256, 256),
-    "car196": (256, 256),
-    "cub200": (256, 256),
-    "university1652": (384, 384),
-    "custom": (256, 128),
-}
 RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
 MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the line above RANK_LINE
 RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} NMI:{NMI:f}"
@@ -64,73 +38,6 @@ RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} N
 
 class EvaluationError(RuntimeError):
     """The test split cannot be scored (e.g. no query has a correct gallery item); the message says why."""
-
-
-def _size_table():
-    rows = {}
-    for name, size in IMAGE_SIZE.items():
-        rows.setdefault(size, []).append(name)
-    return "; ".join(f"{h}x{w}: {', '.join(names)}" for (h, w), names in rows.items())
-
-
-def get_args_parser(add_help=False):
-    parser = argparse.ArgumentParser("DBN evaluation", add_help=add_help)
-    parser.add_argument("--net", default=None, choices=["small", "large"],
-                        help="model variant: small (LEViT-S) or large (LEViT-L) (default: what --weights holds)")
-    parser.add_argument("--img-height", default=None, type=int,
-                        help=f"input height (default: the size --weights was trained at; for a bare state_dict "
-                             f"per dataset: {_size_table()})")
-    parser.add_argument("--img-width", default=None, type=int, help="input width (default per dataset, as above)")
-    parser.add_argument("--weights", default="params/ema.pth",
-                        help="DBN checkpoint: the file train.py writes to --save-path (or its _last.pth "
-                             "checkpoint) or the release's params/ema.pth")
-    parser.add_argument("--dataset-root", default="data", help=DATASET_ROOT_HELP)
-    parser.add_argument("--batch-size", default=64, type=int, help="images per forward pass")
-    parser.add_argument("--num-workers", default=default_workers(), type=int,
-                        help="data loading processes (4, or the available cores if fewer)")
-    parser.add_argument("--device", default="auto", type=device_type, metavar="{auto,cpu,cuda,cuda:N}",
-                        help="auto: cuda when available, otherwise cpu; cuda:N picks GPU N")
-    parser.add_argument("--gpus", default=None, type=gpu_type, metavar="ID",
-                        help="GPU id to evaluate on, as train.py's --gpus (one id; same as --device cuda:ID)")
-    add_dtype_arg(parser)
-    add_compile_arg(parser)
-    parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
-                        help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
-    parser.add_argument("--rerank", action="store_true",
-                        help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring (ranking datasets)")
-    parser.add_argument("--vis", default=0, type=int, metavar="N",
-                        help="write rank-list pictures of N queries to <vis-dir>/<dataset>_rank_<query>.png")
-    parser.add_argument("--vis-dir", default="figs", metavar="DIR", help="folder of the --vis pictures")
-    parser.add_argument("--test-size", default=800, type=int, choices=[800, 1600, 2400],
-                        help="vehicleid: test list (test_list_<N>.txt)")
-    parser.add_argument("--trials", default=10, type=int, help="vehicleid: number of seeded gallery draws")
-    parser.add_argument("--kmeans", default="release", choices=["release", "kmeans++"],
-                        help="car196/cub200: the k-means behind NMI: release (faiss's, seed 1234, 20 iterations; "
-                             "the release's numbers) or kmeans++ (run to convergence; usually higher, "
-                             "not comparable)")
-    parser.add_argument("--direction", default="satellite2drone", choices=["satellite2drone", "drone2satellite"],
-                        help="university1652: query view -> gallery view")
-    parser.add_argument("--save-features", default=None, metavar="FILE.npz",
-                        help="also write the test features: <split>_features (N, D) float32 L2-normalised, "
-                             "<split>_paths, <split>_pids and <split>_camids for each split (query, gallery; "
-                             "test for vehicleid, car196, cub200)")
-    parser.add_argument("--metrics-json", default=None, metavar="FILE",
-                        help="also write every metric printed (and the per-trial ones of vehicleid) as JSON")
-    return parser
-
-
-def eval_flag(args, name):
-    """args.<name>, or the parser's default when `args` comes from another parser (train.py)."""
-    if hasattr(args, name):
-        return getattr(args, name)
-    return get_args_parser().get_default(name)
-
-
-def image_size(dataset_name, args):
-    """(height, width): --img-height/--img-width, else the dataset's default from IMAGE_SIZE."""
-    height, width = IMAGE_SIZE.get(dataset_name, (256, 128))
-    given = eval_flag(args, "img_height"), eval_flag(args, "img_width")
-    return (height if given[0] is None else given[0]), (width if given[1] is None else given[1])
 
 
 @torch.no_grad()
@@ -155,38 +62,45 @@ def extract_features(model, loader, device, desc="features"):
     return torch.cat(feats), torch.cat(labels), torch.cat(camids)
 
 
-def _item_features(model, items, dataset, args, device, view=None, desc="features"):
-    """Features of `items` ((path, label[, camid]) tuples) and the index of the item behind each row.
+class FeaturePass:
+    """Test-time features of item lists: the model, the dataset's test transform at `image_size`,
+    and the loader settings of one evaluation."""
 
-    The loader carries the item's index as its label, so an unreadable image (dropped by
-    collate_skip with a warning) cannot shift the rows against the item list.
-    """
+    def __init__(self, model, dataset, image_size, batch_size=64, num_workers=0):
+        self.model, self.dataset = model, dataset
+        self.image_size = tuple(int(v) for v in image_size)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.device = next(model.parameters()).device
 
-    height, width = image_size(dataset.name, args)
-    transform = build_transform(dataset.family, height, width, train=False, view=view)
-    tagged = [(item[0], i, item[2] if len(item) > 2 else 0) for i, item in enumerate(items)]
-    loader = DataLoader(ImageDataset(tagged, transform), batch_size=eval_flag(args, "batch_size"),
-                        shuffle=False, num_workers=eval_flag(args, "num_workers"),
-                        collate_fn=collate_skip, pin_memory=device.type == "cuda")
-    feats, index, _ = extract_features(model, loader, device, desc=desc)
-    if len(index) < len(items):
-        print(f"{desc}: {len(items) - len(index)} of {len(items)} images unreadable, left out")
-    return feats, index.numpy()
+    def __call__(self, items, view=None, desc="features"):
+        """Features of `items` ((path, label[, camid]) tuples) and the index of the item behind each row.
+
+        The loader carries the item's index as its label, so an unreadable image (dropped by
+        collate_skip with a warning) cannot shift the rows against the item list.
+        """
+        transform = self.dataset.test_transform(*self.image_size, view=view)
+        tagged = [(item[0], i, item[2] if len(item) > 2 else 0) for i, item in enumerate(items)]
+        loader = DataLoader(ImageDataset(tagged, transform), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers, collate_fn=collate_skip,
+                            pin_memory=self.device.type == "cuda")
+        feats, index, _ = extract_features(self.model, loader, self.device, desc=desc)
+        if len(index) < len(items):
+            print(f"{desc}: {len(items) - len(index)} of {len(items)} images unreadable, left out")
+        return feats, index.numpy()
 
 
-def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, args, keep_rows=()):
+def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, *, ap="trapezoid", rerank=False, keep_rows=()):
     """top1/top5/top10/mAP/mINP of L2-normalised query and gallery features, query block by query block.
 
-    With `--rerank`, the k-reciprocal distances are streamed block by block from utils.rerank into
-    utils.metrics (never the full query x gallery matrix). Returns (metrics, distance rows of the
-    queries in `keep_rows` as a (len(keep_rows), G) array, for the pictures). metrics["left_out"]
-    counts the queries without a correct gallery item (left out of CMC and mAP).
+    With `rerank`, the k-reciprocal distances (k1=20, k2=6, lambda=0.3) are streamed block by
+    block from utils.rerank into utils.metrics (never the full query x gallery matrix). Returns
+    (metrics, distance rows of the queries in `keep_rows` as a (len(keep_rows), G) array, for the
+    pictures). metrics["left_out"] counts the queries without a correct gallery item (left out of
+    CMC and mAP).
     """
-
-    ap = eval_flag(args, "ap")
     check_scorable(q_pids, q_camids, g_pids, g_camids)
     keep_rows = np.asarray(keep_rows, dtype=np.int64)
-    if eval_flag(args, "rerank"):
+    if rerank:
         kept = {}
 
         def blocks():  # the re-ranked rows, keeping those of the pictured queries on the way
@@ -228,35 +142,6 @@ def check_scorable(q_pids, q_camids, g_pids, g_camids):
         "the ids and cameras (<id>_c<camera>...): a query id must appear in the gallery under another camera")
 
 
-def _vis_rows(args, num_query):
-    """Indices of the --vis N pictured queries, spread evenly over the query list."""
-    n = min(eval_flag(args, "vis"), num_query)
-    return np.unique(np.linspace(0, num_query - 1, n).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
-
-
-def _pictures(dataset, prefix, rows, dist, query, gallery, args, junk_same_camera=True):
-    """Rank-list pictures of the queries `rows` (distance rows `dist`), as <vis-dir>/<prefix>_rank_<query>.png."""
-
-    if not len(rows):
-        return
-    folder = eval_flag(args, "vis_dir")
-    written = save_rank_lists(dist, [query[i] for i in rows], gallery, folder, prefix, query_ids=rows,
-                              junk_same_camera=junk_same_camera, cell=cell_size(*image_size(dataset.name, args)))
-    print(f"rank-list pictures: {len(written)} written to {os.path.join(folder, prefix)}_rank_*.png")
-
-
-def _evaluate_split(model, dataset, query, gallery, args, device, views=(None, None), prefix=None):
-    qf, qi = _item_features(model, query, dataset, args, device, view=views[0], desc="query")
-    gf, gi = _item_features(model, gallery, dataset, args, device, view=views[1], desc="gallery")
-    query, gallery = [query[i] for i in qi], [gallery[i] for i in gi]
-    ids = [np.array([item[k] for item in items], dtype=np.int64) for items in (query, gallery) for k in (1, 2)]
-    save_features(eval_flag(args, "save_features"), query=(qf, query), gallery=(gf, gallery))
-    rows = _vis_rows(args, len(query))
-    metrics, dist = rank_metrics(qf, gf, *ids, args, keep_rows=rows)
-    _pictures(dataset, prefix or dataset.name, rows, dist, query, gallery, args)
-    return metrics
-
-
 def save_features(path, **splits):
     """--save-features: for each split name, (features (N, D), items (path, pid[, camid])) as
     <split>_features float32, <split>_paths, <split>_pids and <split>_camids (-1 when unknown) in
@@ -275,31 +160,63 @@ def save_features(path, **splits):
     print(f"features ({counts}) written to {path}")
 
 
-def _evaluate_vehicleid(model, dataset, args, device):
-    size, n = eval_flag(args, "test_size"), eval_flag(args, "trials")
-    trials = [dataset.make_trial(size, seed) for seed in range(n)]
-    paths = sorted({item[0] for query, gallery in trials for item in query + gallery})
-    feats, index = _item_features(model, [(p, 0, 0) for p in paths], dataset, args, device,
-                                  desc=f"test_list_{size}")
+def vis_rows(vis, num_query):
+    """Indices of the `vis` pictured queries, spread evenly over the query list."""
+    n = min(int(vis), num_query)
+    return np.unique(np.linspace(0, num_query - 1, n).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
+
+
+def _pictures(vis_dir, prefix, rows, dist, query, gallery, cell, junk_same_camera=True):
+    """Rank-list pictures of the queries `rows` (distance rows `dist`), as <vis_dir>/<prefix>_rank_<query>.png."""
+    if not len(rows):
+        return
+    written = save_rank_lists(dist, [query[i] for i in rows], gallery, vis_dir, prefix, query_ids=rows,
+                              junk_same_camera=junk_same_camera, cell=cell)
+    print(f"rank-list pictures: {len(written)} written to {os.path.join(vis_dir, prefix)}_rank_*.png")
+
+
+def _ids(items):
+    return [np.array([item[k] for item in items], dtype=np.int64) for k in (1, 2)]
+
+
+def _split_features(protocol, features, save_to):
+    """[(query, gallery, query features, gallery features)] of each split, unreadable images left
+    out; the features are written to `save_to` (save_features)."""
+    if protocol.pool is None:
+        (split,) = protocol.splits
+        qf, qi = features(split.query, split.query_view, desc="query")
+        gf, gi = features(split.gallery, split.gallery_view, desc="gallery")
+        query, gallery = [split.query[i] for i in qi], [split.gallery[i] for i in gi]
+        save_features(save_to, query=(qf, query), gallery=(gf, gallery))
+        return [(query, gallery, qf, gf)]
+    # splits drawn from one image list (VehicleID's trials): one pass over its distinct images
+    pid_of = {item[0]: item[1] for split in protocol.splits for item in split.query + split.gallery}
+    paths = sorted(pid_of)
+    feats, index = features([(p, 0, 0) for p in paths], desc=protocol.pool)
     row = {paths[i]: r for r, i in enumerate(index.tolist())}
-    pid_of = {item[0]: item[1] for query, gallery in trials for item in query + gallery}
-    save_features(eval_flag(args, "save_features"), test=(feats, [(paths[i], pid_of[paths[i]]) for i in index.tolist()]))
+    save_features(save_to, test=(feats, [(paths[i], pid_of[paths[i]]) for i in index.tolist()]))
+    out = []
+    for split in protocol.splits:
+        query = [item for item in split.query if item[0] in row]
+        gallery = [item for item in split.gallery if item[0] in row]
+        out.append((query, gallery, feats[[row[item[0]] for item in query]], feats[[row[item[0]] for item in gallery]]))
+    return out
+
+
+def _evaluate_rank(protocol, features, *, ap, rerank, vis, vis_dir, save_features_to):
     results = []
-    for seed, (query, gallery) in enumerate(trials):
-        query = [item for item in query if item[0] in row]
-        gallery = [item for item in gallery if item[0] in row]
-        qf = feats[[row[item[0]] for item in query]]
-        gf = feats[[row[item[0]] for item in gallery]]
-        ids = [np.array([item[k] for item in items], dtype=np.int64) for items in (query, gallery) for k in (1, 2)]
-        rows = _vis_rows(args, len(query)) if seed == 0 else ()
-        metrics, dist = rank_metrics(qf, gf, *ids, args, keep_rows=rows)
+    for k, (split, (query, gallery, qf, gf)) in enumerate(zip(protocol.splits,
+                                                               _split_features(protocol, features, save_features_to))):
+        rows = vis_rows(vis, len(query)) if k == 0 else ()  # pictures of the first split
+        metrics, dist = rank_metrics(qf, gf, *_ids(query), *_ids(gallery), ap=ap, rerank=rerank, keep_rows=rows)
         results.append(metrics)
-        _pictures(dataset, f"{dataset.name}{size}", rows, dist, query, gallery, args)
+        _pictures(vis_dir, split.name, rows, dist, query, gallery, cell_size(*features.image_size))
+    if len(results) == 1:
+        return results[0]
     keys = ("top1", "top5", "top10", "mAP")
     table = np.array([[m[k] for k in keys] for m in results])
-    print(f"vehicleid test_list_{size}, {n} trials (seeds 0..{n - 1}): " + " ".join(
-        f"{k} std:{s:f} min:{lo:f} max:{hi:f}"
-        for k, s, lo, hi in zip(keys, table.std(0), table.min(0), table.max(0))))
+    print(f"{protocol.title}: " + " ".join(f"{k} std:{s:f} min:{lo:f} max:{hi:f}"
+                                          for k, s, lo, hi in zip(keys, table.std(0), table.min(0), table.max(0))))
     mean = dict(zip(keys, table.mean(0).tolist()))
     mean["mINP"] = float(np.mean([m["mINP"] for m in results]))
     mean.update(num_query=results[0]["num_query"], num_gallery=results[0]["num_gallery"],
@@ -307,181 +224,52 @@ def _evaluate_vehicleid(model, dataset, args, device):
     return mean
 
 
-def _evaluate_retrieval(model, dataset, args, device):
-
-    feats, index = _item_features(model, dataset.test, dataset, args, device, desc="test")
-    items = [(dataset.test[i][0], dataset.test[i][1], 0) for i in index]
+def _evaluate_retrieval(protocol, features, *, kmeans_method, vis, vis_dir, save_features_to):
+    (split,) = protocol.splits
+    feats, index = features(split.query, split.query_view, desc="test")
+    items = [(split.query[i][0], split.query[i][1], 0) for i in index]
     labels = np.array([item[1] for item in items], dtype=np.int64)
-    save_features(eval_flag(args, "save_features"), test=(feats, [item[:2] for item in items]))
+    save_features(save_features_to, test=(feats, [item[:2] for item in items]))
     recall = recall_at_k(feats, labels, ks=(1, 2, 4, 8))
-    clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=eval_flag(args, "kmeans"))
+    clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=kmeans_method)
     metrics = {f"R{k}": float(recall[k]) for k in (1, 2, 4, 8)}
     metrics.update(NMI=float(normalized_mutual_info(labels, np.asarray(clusters))), num_images=len(items))
-    rows = _vis_rows(args, len(items))
+    rows = vis_rows(vis, len(items))
     if len(rows):
         dist = -(feats[torch.from_numpy(rows)] @ feats.T).double().numpy()
         dist[np.arange(len(rows)), rows] = np.inf  # an image is not its own neighbour
-        _pictures(dataset, dataset.name, rows, dist, items, items, args, junk_same_camera=False)
+        _pictures(vis_dir, split.name, rows, dist, items, items, cell_size(*features.image_size),
+                  junk_same_camera=False)
     return metrics
 
 
-def evaluate(model, dataset, args):
-    """Evaluate `model` (a DBN) on the test split of `dataset` (from datasets.build_dataset).
+def evaluate(model, dataset, *, image_size, batch_size=64, num_workers=0, ap="trapezoid", rerank=False,
+             kmeans="release", vis=0, vis_dir="figs", save_features=None, **protocol):
+    """Evaluate `model` (a DBN) on the test protocol of `dataset` (from datasets.build_dataset).
 
-    `args` needs the flags of get_args_parser() that matter for the dataset; missing ones take
-    the parser's defaults (so train.py can pass its own args). The model runs where its
-    parameters are, in eval mode; its train/eval mode is restored afterwards.
-    Returns (metrics dict, result line in the release's format).
+    image_size: (height, width) of the test transform. batch_size, num_workers: the loader's.
+    ap ("trapezoid", the release's, or "plain") and rerank: rank protocols; kmeans ("release" or
+    "kmeans++"): the NMI of retrieval protocols. vis N: rank-list pictures of N queries in
+    `vis_dir`. save_features: an .npz to write the test features to (see save_features).
+    `protocol`: the dataset's own options, `dataset.protocol_options` (e.g. VehicleID's test_size
+    and trials, University-1652's direction), passed to `dataset.test_protocol`.
+
+    The model runs where its parameters are, in eval mode; its train/eval mode is restored
+    afterwards. Returns (metrics dict, result line in the release's format).
     """
-    device = next(model.parameters()).device
+    test = dataset.test_protocol(**protocol)
+    features = FeaturePass(model, dataset, image_size, batch_size, num_workers)
     was_training = model.training
     model.eval()
     try:
-        if dataset.family == "metric":
-            metrics = _evaluate_retrieval(model, dataset, args, device)
+        if test.scoring == "retrieval":
+            metrics = _evaluate_retrieval(test, features, kmeans_method=kmeans, vis=vis, vis_dir=vis_dir,
+                                          save_features_to=save_features)
             return metrics, RECALL_LINE.format(**metrics)
-        if dataset.family == "university":
-            direction = eval_flag(args, "direction")
-            views = tuple(direction.split("2"))
-            query, gallery = dataset.make_split(direction)
-            metrics = _evaluate_split(model, dataset, query, gallery, args, device, views=views,
-                                      prefix=f"{dataset.name}_{direction}")
-        elif dataset.query is None:
-            metrics = _evaluate_vehicleid(model, dataset, args, device)
-        else:
-            metrics = _evaluate_split(model, dataset, dataset.query, dataset.gallery, args, device)
+        metrics = _evaluate_rank(test, features, ap=ap, rerank=rerank, vis=vis, vis_dir=vis_dir,
+                                 save_features_to=save_features)
     finally:
         model.train(was_training)
     print(f"queries without a correct gallery item (left out of CMC and mAP): "
           f"{metrics['left_out']} of {metrics['num_query']}")
     return metrics, RANK_LINE.format(**metrics)
-
-
-def load_model(args, device, default_size, default_net=None):
-    """DBN of the --weights checkpoint, in eval mode (BatchNorm folded) on `device`.
-
-    The variant and the input size come from the file where it records them (train.py's
-    --save-path format, or the args of a _last.pth); --net, --img-height and --img-width fill in
-    what it does not say and must agree with what it does. Sets args.net, args.img_height and
-    args.img_width; where neither the file nor the flags give the size it is `default_size` (the
-    script's, by default the dataset's), with a warning (a bare state_dict does not say what size
-    it was trained at); `default_net` is the variant where neither says (weights of no released width).
-    Raises network.CheckpointError (missing or unreadable file, a backbone, a flag that contradicts it).
-    """
-
-    path = args.weights
-    if not os.path.isfile(path):
-        raise CheckpointError(f"weights file not found: {path} (pass --weights PATH: the file train.py "
-                              "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
-    model, info = DBN.from_checkpoint(path, net=eval_flag(args, "net"), img_height=eval_flag(args, "img_height"),
-                                      img_width=eval_flag(args, "img_width"), fallback_net=default_net)
-    args.net = info["variant"]
-    if None in (info["img_height"], info["img_width"]):
-        args.img_height = info["img_height"] or default_size[0]
-        args.img_width = info["img_width"] or default_size[1]
-        print(f"warning: {path} holds bare weights, which do not record the input size they were trained at; "
-              f"evaluating at {args.img_height}x{args.img_width} (this dataset's default). If it was trained at "
-              "another size (python train.py --demo: 128x64), pass --img-height H --img-width W",
-              file=sys.stderr)
-    else:
-        args.img_height, args.img_width = info["img_height"], info["img_width"]
-    model = model.fuse().to(device)  # conv+BN folded: same features, faster
-    return prepare_for_inference(model, eval_flag(args, "dtype"), eval_flag(args, "compile"))
-
-
-def device_type(text):
-    """--device: auto, cpu, cuda or cuda:N."""
-    if text in ("auto", "cpu", "cuda"):
-        return text
-    name, _, index = str(text).partition(":")
-    if name == "cuda" and index.isdigit():
-        return f"cuda:{int(index)}"
-    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (a GPU id), got {text!r}")
-
-
-def gpu_type(text):
-    if not str(text).strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected one GPU id (an integer >= 0): evaluation runs on one GPU; "
-                                         f"got {text!r}")
-    return int(text)
-
-
-def _device(args, parser):
-    """torch.device of --device / --gpus (--gpus ID is --device cuda:ID)."""
-    name = args.device
-    if args.gpus is not None:
-        if name not in ("auto", "cuda", f"cuda:{args.gpus}"):
-            parser.error(f"--gpus {args.gpus} and --device {name} disagree; give one of them")
-        name = f"cuda:{args.gpus}"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    device = torch.device(name)
-    check_gpu(parser, f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}", device.index)
-    return device
-
-
-def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=None, img_width=None):
-    """Entry point of test_<dataset>.py: parse argv, load --weights, evaluate, print the result line last
-    (the ranking datasets' mINP line just above it).
-
-    `weights`, `net`, `img_height`, `img_width` are the script's own defaults (the constants at the top of
-    each test_<dataset>.py): --weights when the flag is not given; the variant and the input size when
-    neither the flags nor the checkpoint say (None: the dataset's size from IMAGE_SIZE).
-    A missing or malformed dataset or checkpoint prints the reason to stderr and exits with status 2.
-    Returns the metrics dict.
-    """
-    if dataset not in IMAGE_SIZE:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(IMAGE_SIZE)}")
-    show_warnings_as_lines()
-    height, width = img_height or IMAGE_SIZE[dataset][0], img_width or IMAGE_SIZE[dataset][1]
-    parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
-                                     description=f"Evaluate a DBN checkpoint on {dataset} (default input "
-                                                 f"{height}x{width}); the last line printed is the result "
-                                                 "in the release's format.")
-    parser.set_defaults(weights=weights)
-    args = parser.parse_args(argv)
-    require_at_least(parser, args, 1, "batch_size", "trials")
-    shown = (height if args.img_height is None else args.img_height,  # a flag left out: the script's default
-             width if args.img_width is None else args.img_width)
-    if min(shown) < 16:  # as train.py
-        parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
-                     f"{shown[0]}x{shown[1]}")
-    require_at_least(parser, args, 0, "num_workers", "vis")
-    if args.save_features is not None and not args.save_features.endswith(".npz"):
-        parser.error(f"--save-features {args.save_features}: give a file name ending in .npz")
-    for flag, path in (("--save-features", args.save_features), ("--metrics-json", args.metrics_json)):
-        if path is not None and os.path.isdir(path):
-            parser.error(f"{flag} {path} is a folder; give a file name")
-    if args.rerank and dataset in ("car196", "cub200"):
-        parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
-    device = _device(args, parser)
-    try:
-        check_dtype(args.dtype, device)
-    except ValueError as err:
-        parser.error(f"--dtype {err}")
-    tune_allocator(device)
-
-    try:
-        model = load_model(args, device, (height, width), net)  # the variant and the input size recorded in --weights
-        print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
-        data = build_dataset(dataset, args.dataset_root)
-        print(data.summary())
-        metrics, line = evaluate(model, data, args)
-    except (DatasetError, CheckpointError, EvaluationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"test_{dataset}.py: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
-    if args.metrics_json is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(args.metrics_json)), exist_ok=True)
-        with open(args.metrics_json, "w") as f:
-            json.dump({"dataset": dataset, "weights": args.weights, "net": args.net,
-                       "img_height": args.img_height, "img_width": args.img_width, "metrics": metrics}, f, indent=1)
-        print(f"metrics written to {args.metrics_json}")
-    if "mINP" in metrics:
-        print(MINP_LINE.format(**metrics))
-    print(line)
-    return metrics

@@ -45,6 +45,6 @@ def time_alternating(runs, repeats, warmup=1, faults=None):
 
 
 def height_by_width(text):
-    """Parse "256x128" as (256, 128); utils.evaluation.image_size is the per-dataset default, not this."""
+    """Parse "256x128" as (256, 128); a dataset's default size is its class's image_size, not this."""
     height, _, width = text.partition("x")
     return int(height), int(width)

@@ -18,9 +18,10 @@ LOADER_SETTINGS = [
 ]
 
 
-def write_loader_jpegs(folder, family, sizes, count, seed=0):
-    """`count` JPEGs (quality 90, as datasets.synthetic writes them) of drawn persons, vehicles or
-    sites, each of a size drawn from `sizes` = ((low, high) height, (low, high) width)."""
+def write_loader_jpegs(folder, sizes, count, seed=0, sites=False):
+    """`count` JPEGs (quality 90, as datasets.synthetic writes them) of drawn persons (portrait sizes),
+    vehicles or, with `sites`, drone views of sites, each of a size drawn from `sizes` = ((low, high)
+    height, (low, high) width)."""
     import numpy as np
     from datasets import drawing
     rng = np.random.default_rng(seed)
@@ -28,7 +29,7 @@ def write_loader_jpegs(folder, family, sizes, count, seed=0):
     paths = []
     for i in range(count):
         height, width = (int(rng.integers(low, high + 1)) for low, high in sizes)
-        if family == "university":
+        if sites:
             site, _ = drawing.draw_site(rng, size=max(height, width))
             img = drawing.drone_view(site, cam, rng, size=(width, height))
         elif width < height:
@@ -74,7 +75,7 @@ def bench(args):
         for i, (name, family, view, (height, width), sizes) in enumerate(LOADER_SETTINGS):
             sub = os.path.join(folder, str(i))
             os.makedirs(sub)
-            paths = write_loader_jpegs(sub, family, sizes, count, seed=i)
+            paths = write_loader_jpegs(sub, sizes, count, seed=i, sites=view is not None)  # views: University-1652
             runs = {}
             for route, fn in loader_pipelines(family, view, height, width).items():
                 def run(fn=fn):
