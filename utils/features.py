@@ -88,14 +88,17 @@ def compile_model(model):
 
 
 def prepare_for_inference(model, dtype="float32", compile=False):
-    """An eval-mode DBN ready for features: in float32 the model itself; in another `dtype` a copy,
-    BatchNorm folded (a BN after a bfloat16 conv loses much more precision) and cast by
-    DBN.to_inference_dtype; compiled when `compile` (compile_model). The returned callable maps a
-    float32 batch to the five embeddings."""
+    """An eval-mode DBN ready for features: a copy (the caller's model is left alone), BatchNorm
+    folded (DBN.fuse), in the inference form of DBN.optimize (ReLUs and residual sums fused into the
+    convolutions, 1x1 convolutions as matrix products: the same features up to rounding), cast to
+    `dtype` by DBN.to_inference_dtype (a BN after a bfloat16 conv loses much more precision, hence
+    folding first) and compiled when `compile` (compile_model). The returned callable maps a float32
+    batch to the five embeddings."""
+    model = copy.deepcopy(model).eval()
+    if not model.fused:
+        model.fuse()
+    model.optimize()
     if dtype != "float32":
-        model = copy.deepcopy(model).eval()
-        if not model.fused:
-            model.fuse()
         model.to_inference_dtype(DTYPES[dtype])
     return compile_model(model) if compile else model
 
