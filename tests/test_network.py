@@ -426,6 +426,25 @@ def test_optimized_inference_form_matches_unfused(net, size, batch, layout):
         DBN(3, pretrained=None).eval().optimize()
 
 
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 10)])
+def test_bfloat16_inference_attention_is_as_close_to_float32_as_sdpa(size):
+    """Eval-mode attention on bfloat16 q, k, v (CPU, no gradient) takes bfloat16_attention (float32
+    logits and softmax): within 2e-2 of the float32 attention, and no further from it than SDPA's own
+    bfloat16 kernel (plus rounding), padded windows included."""
+    torch.manual_seed(0)
+    attn = LocalEnhanceAttention(heads=2, window=8).eval()
+    q, k, v = (torch.randn(2, 32, *size) for _ in range(3))
+    with torch.no_grad():
+        want = attn(q, k, v)
+        got = attn(*(t.bfloat16() for t in (q, k, v)))
+        with torch.enable_grad():  # the SDPA path
+            sdpa = attn(*(t.bfloat16() for t in (q, k, v))).detach()
+    assert got.dtype == torch.bfloat16
+    assert rel_err(got.float(), want) < 2e-2
+    assert rel_err(got.float(), want) < rel_err(sdpa.float(), want) + 5e-3
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def save_forms(sd, tmp_path):
