@@ -143,6 +143,8 @@ class InferenceConv(nn.Module):
         self.groups, self.relu = conv.groups, bool(relu)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
 
+    traced_as_linear = True
+
     def forward(self, x, add=None):
         fast = fused_cpu_kernels(x)
         if self.pointwise:
@@ -157,7 +159,10 @@ class InferenceConv(nn.Module):
                     y = torch.ops.mkldnn._linear_pointwise.binary(t, add.permute(0, 2, 3, 1), self.weight, self.bias,
                                                                   "add")
                     return y.permute(0, 3, 1, 2)
-            y = F.conv2d(x, self.weight[:, :, None, None], self.bias)
+            if self.traced_as_linear and x.dtype != torch.float32 and t.is_contiguous() and torch.compiler.is_compiling():
+                y = F.linear(t, self.weight, self.bias).permute(0, 3, 1, 2)
+            else:
+                y = F.conv2d(x, self.weight[:, :, None, None], self.bias)
         elif fast and (add is None or add.is_contiguous(memory_format=torch.channels_last) == is_channels_last(x)):
             if add is None:
                 return torch.ops.mkldnn._convolution_pointwise(

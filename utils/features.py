@@ -103,12 +103,26 @@ def prepare_for_inference(model, dtype="float32", compile=False):
     return compile_model(model) if compile else model
 
 
+JOINT_FLIP_BATCH = 4  # up to this many images, the images and their flips go through the model as one batch
+
+
 def dbn_features(model, imgs, flip=True, normalize=True):
     """(B, 3, H, W) float in [0, 1] -> (B, 5F) float32: the concatenated embeddings of DBN `model`
-    (eval mode), plus those of the horizontally flipped images (`flip`), L2-normalised (`normalize`)."""
-    feats = torch.cat(model(imgs), dim=1).float()
-    if flip:
-        feats = feats + torch.cat(model(torch.flip(imgs, dims=[3])), dim=1).float()
+    (eval mode), plus those of the horizontally flipped images (`flip`), L2-normalised (`normalize`).
+
+    For B <= JOINT_FLIP_BATCH (a tracker's few crops) the images and their flips run as one batch
+    of 2B: measured on one core, one batch-2 call takes 0.76x the time of two batch-1 calls (float32
+    and bfloat16), batch 4 0.8-0.9x of two batch-2 calls; from 8 images on it gains nothing. Not
+    while tracing or compiling (an exported graph keeps the two calls, valid for any batch)."""
+    n = imgs.shape[0]
+    flipped = torch.flip(imgs, dims=[3]) if flip else None
+    if flip and n <= JOINT_FLIP_BATCH and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+        both = torch.cat(model(torch.cat([imgs, flipped])), dim=1).float()
+        feats = both[:n] + both[n:]
+    else:
+        feats = torch.cat(model(imgs), dim=1).float()
+        if flip:
+            feats = feats + torch.cat(model(flipped), dim=1).float()
     return F.normalize(feats, dim=1) if normalize else feats
 
 
