@@ -118,7 +118,9 @@ def dbn_features(model, imgs, flip=True, normalize=True):
     calls, valid for any batch)."""
     n = imgs.shape[0]
     flipped = torch.flip(imgs, dims=[3]) if flip else None
-    if flip and n <= JOINT_FLIP_BATCH and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+    eager = not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                 or isinstance(n, torch.SymInt))
+    if flip and eager and n <= JOINT_FLIP_BATCH:
         both = torch.cat(model(torch.cat([imgs, flipped])), dim=1).float()
         feats = both[:n] + both[n:]
     else:
