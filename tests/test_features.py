@@ -51,6 +51,26 @@ def test_test_time_feature_is_the_flip_sum_of_five_embeddings_normalised(model):
     assert dbn_features(model, x).dtype == torch.float32
 
 
+def test_few_images_and_their_flips_run_as_one_batch(model):
+    """Up to JOINT_FLIP_BATCH images go through the model once with their flips (the same features
+    as two calls); more images take two calls."""
+    from utils.features import JOINT_FLIP_BATCH
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return model(x)
+    for n in (1, JOINT_FLIP_BATCH, JOINT_FLIP_BATCH + 2):
+        x = torch.rand(n, 3, 64, 32)
+        calls.clear()
+        with torch.no_grad():
+            want = F.normalize(torch.cat(model(x), 1) + torch.cat(model(x.flip(3)), 1), dim=1)
+            calls.clear()
+            got = dbn_features(counted, x)
+        assert calls == ([2 * n] if n <= JOINT_FLIP_BATCH else [n, n])
+        assert (got - want).abs().max() < 1e-5
+
+
 def test_extractor_reads_size_and_transform_from_the_checkpoint(extractor):
     assert (extractor.img_height, extractor.img_width, extractor.family) == (64, 32, "reid")
     assert extractor.model.fused and extractor.feature_dim == 1920

@@ -399,6 +399,52 @@ def test_fuse_keeps_outputs(golden):
         assert rel_err(backbone.fuse()(case["x"]), case["backbone_logits"]) < 1e-4
 
 
+
+@pytest.mark.parametrize("net,size,batch,layout", [
+    ("small", (256, 128), 1, "channels_last"), ("small", (250, 120), 2, "channels_last"),
+    ("small", (64, 32), 17, "channels_last"), ("small", (96, 48), 2, "nchw"), ("large", (90, 70), 1, "channels_last")])
+def test_optimized_inference_form_matches_unfused(net, size, batch, layout):
+    """DBN.optimize (after fuse: ReLUs and residual sums fused into oneDNN convolutions, 1x1
+    convolutions as matrix products): the same embeddings as the unfused eager model within 1e-4,
+    with sides that need attention padding, from batch 16 on (float32 sums done apart), in NCHW,
+    and with gradients enabled (the plain-op path)."""
+    import copy
+    torch.manual_seed(0)
+    model = with_formula_weights(DBN(751, net=net, pretrained=None))
+    x = torch.rand(batch, 3, *size)
+    with torch.no_grad():
+        want = torch.cat(model(x), 1)
+    optimized = copy.deepcopy(model).fuse().optimize()
+    if layout == "nchw":
+        optimized.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        got = torch.cat(optimized(x), 1)
+    assert rel_err(got, want) < 1e-4
+    assert rel_err(torch.cat(optimized(x), 1).detach(), want) < 1e-4  # grad enabled: plain ops
+    assert optimized.optimized and not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimized.modules())
+    with pytest.raises(RuntimeError, match="optimize: fuse\\(\\) this DBN first"):
+        DBN(3, pretrained=None).eval().optimize()
+
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 10)])
+def test_bfloat16_inference_attention_is_as_close_to_float32_as_sdpa(size):
+    """Eval-mode attention on bfloat16 q, k, v (CPU, no gradient) takes bfloat16_attention (float32
+    logits and softmax): within 2e-2 of the float32 attention, and no further from it than SDPA's own
+    bfloat16 kernel (plus rounding), padded windows included."""
+    torch.manual_seed(0)
+    attn = LocalEnhanceAttention(heads=2, window=8).eval()
+    q, k, v = (torch.randn(2, 32, *size) for _ in range(3))
+    with torch.no_grad():
+        want = attn(q, k, v)
+        got = attn(*(t.bfloat16() for t in (q, k, v)))
+        with torch.enable_grad():  # the SDPA path
+            sdpa = attn(*(t.bfloat16() for t in (q, k, v))).detach()
+    assert got.dtype == torch.bfloat16
+    assert rel_err(got.float(), want) < 2e-2
+    assert rel_err(got.float(), want) < rel_err(sdpa.float(), want) + 5e-3
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def save_forms(sd, tmp_path):

@@ -1,7 +1,9 @@
 """`--what model`: parameters and FLOPs; images/s of LEViT and DBN at one batch size next to
 torchvision's ResNet-50 and the peers of utils/bench/peers.py, with the matrix-multiply peak of the
-same run; latency (ms per call) at batch 1, 8 and 32 of DBN-S in float32 (eager, fused), in
-bfloat16 and compiled, next to ResNet-50 in the same settings; training steps.
+same run; latency (ms per call) at batch 1, 8 and 32 of DBN-S in float32 (eager, fused, with and
+without DBN.optimize), in bfloat16 and compiled, next to ResNet-50 in the same settings; the
+test-time features of one, two and four crops (images and flips as one batch or two calls);
+training steps.
 
 Every table is measured in one process, alternating the models run by run (so a busy machine slows
 them all alike), medians reported. On CUDA (--device cuda) the half precision is float16 and every
@@ -18,7 +20,8 @@ from network import DBN, LEViT, VARIANTS
 from network.flops import count_flops, count_params
 from utils.bench import configure_malloc, time_alternating
 from utils.bench.peers import OSNet, release_style
-from utils.features import DTYPES, check_dtype, compile_model, prepare_for_inference
+import utils.features
+from utils.features import DTYPES, check_dtype, compile_model, dbn_features, prepare_for_inference
 
 PEAK_SIZE = 2048  # the peak is the speed of a PEAK_SIZE^3 matrix product
 LATENCY_BATCHES = (1, 8, 32)
@@ -63,13 +66,13 @@ def matmul_peak(dtype, device, repeats):
     return max(2 * PEAK_SIZE ** 3 / seconds["mm"], 2 * x.numel() * 512 / seconds["conv"]) / 1e9
 
 
-def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=751):
-    """DBN-S, random weights, eval mode, on `device`: BN folded (`fused`), in `dtype`, compiled
-    (`compile`): the path FeatureExtractor runs."""
+def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=751, optimize=True):
+    """DBN-S, random weights, eval mode, on `device`: BN folded (`fused`), in the inference form of
+    DBN.optimize (`optimize`), in `dtype`, compiled (`compile`): the path FeatureExtractor runs."""
     model = DBN(num_classes, net="small", pretrained=None).eval()
     if not fused:
         return model.to(device)
-    return prepare_for_inference(model.fuse().to(device), dtype, compile)
+    return prepare_for_inference(model.fuse().to(device), dtype, compile, optimize)
 
 
 def resnet50(device, dtype="float32", compile=False, channels_last=True):
@@ -141,6 +144,7 @@ def inference_table(batch, device, repeats, peak):
         "DBN-S release-style": (release_style(dbn), "DBN-S", torch.float32, False),
         "DBN-S unoptimised": (plain(DBN(751, net="small", pretrained=None).eval().to(device)), "DBN-S",
                               torch.float32, False),
+        "DBN-S fused, not optimized": (dbn_small(device, optimize=False), "DBN-S", torch.float32, True),
         "DBN-S fused, channels_last": (dbn_small(device), "DBN-S", torch.float32, True),
     }
     if half:
@@ -182,6 +186,9 @@ def latency_table(device, repeats):
     import torch._inductor.config
     torch._inductor.config.fx_graph_cache = False  # compile times from cold, whatever earlier runs left on disk
     compiled = {}  # compiled name: its eager twin
+    models["DBN-S fused, not optimized, float32"] = (dbn_small(device, optimize=False), "float32")
+    if half:
+        models[f"DBN-S fused, not optimized, {half}"] = (dbn_small(device, half, optimize=False), "float32")
     for dtype in ("float32",) + ((half,) if half else ()):
         for net, build, input_dtype in (("DBN-S", dbn_small, "float32"), ("ResNet-50 CL", resnet50, dtype)):
             eager = f"{net}{' fused' if net == 'DBN-S' else ''}, {dtype}"
@@ -198,12 +205,13 @@ def latency_table(device, repeats):
         seconds[batch] = {name: t / (largest // batch) for name, t in time_alternating(runs, repeats).items()}
     print(f"\nlatency: ms per call (images/s), 256x128, eval mode, median of {repeats} alternating runs of "
           f"{largest} images; CL: channels_last")
-    print(f"{'model':32s}" + "".join(f"{'batch ' + str(b):>20s}" for b in LATENCY_BATCHES)
-          + f"{'x fused fp32 at 1':>19s}")
-    eager_1 = seconds[1]["DBN-S fused, float32"]
+    print("DBN-S fused: BN folded and DBN.optimize (the path FeatureExtractor runs); not optimized: BN folded only")
+    print(f"{'model':36s}" + "".join(f"{'batch ' + str(b):>20s}" for b in LATENCY_BATCHES)
+          + f"{'x not optimized fp32 at 1':>27s}")
+    eager_1 = seconds[1]["DBN-S fused, not optimized, float32"]
     for name in models:
         cells = "".join(f"{1000 * seconds[b][name]:9.1f} ({b / seconds[b][name]:6.1f}/s)" for b in LATENCY_BATCHES)
-        print(f"{name:32s}{cells} {eager_1 / seconds[1][name]:17.2f}x")
+        print(f"{name:36s}{cells} {eager_1 / seconds[1][name]:25.2f}x")
     print("\ncompiling (torch.compile, inductor, frozen weights, one graph per power-of-two batch: "
           "first call of a graph, compile included, inductor's on-disk cache off)")
     print(f"{'model':32s} {'batch 32 graph s':>17s} {'batch 8 graph s':>16s} {'batch 1 graph s':>16s} "
@@ -213,6 +221,40 @@ def latency_table(device, repeats):
         saved = seconds[largest][eager] / largest - seconds[largest][name] / largest  # per image at batch 32
         pays = f"{compile_s / saved:,.0f}" if saved > 0 else "never (not faster)"
         print(f"{name:32s} {first[name][largest]:17.1f} {first[name][8]:16.1f} {first[name][1]:16.1f} {pays:>24s}")
+
+
+def features_table(device, repeats, crops=(1, 2, 4)):
+    """ms per call of the test-time features (flip-averaged, utils.features.dbn_features) of a few
+    crops, as a tracker asks for them: the images and their flips as one batch (what dbn_features
+    does up to JOINT_FLIP_BATCH images) against two calls, eager DBN-S in float32 and half precision."""
+    half = half_dtype(device)
+    models = {dtype: dbn_small(device, dtype) for dtype in ("float32",) + ((half,) if half else ())}
+
+    def run(model, x, joint):
+        def fn():
+            saved = utils.features.JOINT_FLIP_BATCH
+            utils.features.JOINT_FLIP_BATCH = saved if joint else 0
+            try:
+                with torch.no_grad():
+                    dbn_features(model, x)
+            finally:
+                utils.features.JOINT_FLIP_BATCH = saved
+            synchronize(device)
+        return fn
+    runs = {}
+    for n in crops:
+        x = torch.rand(n, 3, *SIZE, generator=torch.Generator().manual_seed(0)).to(device)
+        for dtype, model in models.items():
+            runs[(dtype, n, "one batch")] = run(model, x, True)
+            runs[(dtype, n, "two calls")] = run(model, x, False)
+    seconds = time_alternating(runs, repeats)
+    print(f"\ntest-time features (image + flip) of a few crops, DBN-S eager: ms per call, median of {repeats} "
+          "alternating runs")
+    print(f"{'dtype':10s} {'crops':>6s} {'two calls':>10s} {'one batch':>10s} {'speed-up':>9s}")
+    for dtype in models:
+        for n in crops:
+            two, one = seconds[(dtype, n, "two calls")], seconds[(dtype, n, "one batch")]
+            print(f"{dtype:10s} {n:6d} {1000 * two:10.1f} {1000 * one:10.1f} {two / one:8.2f}x")
 
 
 def training_runs(batch, device, num_classes=751):
@@ -282,5 +324,6 @@ def bench(args):
     print(line)
     inference_table(args.batch, device, repeats + 2, peak)
     latency_table(device, repeats + 2)
+    features_table(device, repeats + 2)
     if not args.no_training:
         training_table(args.batch, device, repeats)
