@@ -244,3 +244,22 @@ def test_matmul_peak_is_the_faster_of_the_two_products(monkeypatch):
     assert bench_model.matmul_peak(torch.float32, "cpu", 1) == pytest.approx(max(2 * 2048 ** 3, conv_flops / 0.5) / 1e9)
     monkeypatch.setattr(bench_model, "time_alternating", lambda runs, repeats, warmup: {"mm": 0.01, "conv": 100.0})
     assert bench_model.matmul_peak(torch.float32, "cpu", 1) == pytest.approx(2 * 2048 ** 3 / 0.01 / 1e9)
+
+
+@pytest.mark.slow
+def test_features_table_compares_one_crop_on_every_path(monkeypatch, capsys):
+    """The features table, small: every crop count of each dtype, and the one-crop comparison of the
+    path before DBN.optimize (two calls) with the optimized and compiled paths, each with its ratio."""
+    import utils.bench.model as bench_model
+    monkeypatch.setattr(bench_model, "SIZE", (32, 16))
+    monkeypatch.setattr(bench_model, "half_dtype", lambda device: "bfloat16")
+    bench_model.features_table(torch.device("cpu"), 1, crops=(1, 2))
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()]
+    assert [r[:2] for r in rows if r and r[0] in ("float32", "bfloat16") and len(r) == 5] == [
+        ["float32", "1"], ["float32", "2"], ["bfloat16", "1"], ["bfloat16", "2"]]
+    crop = out.split("features of one crop")[1].splitlines()[1:]
+    names = [line.rsplit(None, 2)[0] for line in crop if line.strip()]
+    assert names == ["float32, BN folded only, two calls", "float32, optimized, one batch",
+                     "float32, compiled, one batch", "bfloat16, optimized, one batch", "bfloat16, compiled, one batch"]
+    assert crop[0].endswith(" 1.00x")

@@ -247,6 +247,16 @@ def features_table(device, repeats, crops=(1, 2, 4)):
         for dtype, model in models.items():
             runs[(dtype, n, "one batch")] = run(model, x, True)
             runs[(dtype, n, "two calls")] = run(model, x, False)
+    # one crop, as a tracker with one target asks: the path before DBN.optimize and the joint batch
+    # (BN folded only, image and flip as two calls) against each path of FeatureExtractor
+    one = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1)).to(device)
+    paths = {"float32, BN folded only, two calls": run(dbn_small(device, optimize=False), one, False)}
+    for dtype in models:
+        paths[f"{dtype}, optimized, one batch"] = run(models[dtype], one, True)
+        compiled = dbn_small(device, dtype, compile=True)
+        run(compiled, one, True)()  # compiles the batch-2 graph before timing
+        paths[f"{dtype}, compiled, one batch"] = run(compiled, one, True)
+    runs.update({("crop", name): fn for name, fn in paths.items()})
     seconds = time_alternating(runs, repeats)
     print(f"\ntest-time features (image + flip) of a few crops, DBN-S eager: ms per call, median of {repeats} "
           "alternating runs")
@@ -255,6 +265,10 @@ def features_table(device, repeats, crops=(1, 2, 4)):
         for n in crops:
             two, one = seconds[(dtype, n, "two calls")], seconds[(dtype, n, "one batch")]
             print(f"{dtype:10s} {n:6d} {1000 * two:10.1f} {1000 * one:10.1f} {two / one:8.2f}x")
+    base = seconds[("crop", "float32, BN folded only, two calls")]
+    print(f"\nfeatures of one crop (image + flip), ms per call, same runs; x: against BN folded only, two calls")
+    for name in paths:
+        print(f"{name:42s} {1000 * seconds[('crop', name)]:7.1f}  {base / seconds[('crop', name)]:5.2f}x")
 
 
 def training_runs(batch, device, num_classes=751):
