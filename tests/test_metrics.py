@@ -24,6 +24,25 @@ def random_case(rng, ties):
     return dist, ids_q, ids_g, rng.integers(0, cams, Q), rng.integers(0, cams, G)
 
 
+def valid_random_cases(rng, ties, reference, n=60):
+    """[(case, reference(*case))] of n random cases, keeping those with a valid query (the cases
+    without one are checked in their own test); most are valid."""
+    cases = [(case, reference(*case)) for case in (random_case(rng, ties) for _ in range(n))]
+    valid = [(case, expected) for case, expected in cases if expected is not None]
+    assert len(valid) > 30
+    return valid
+
+
+def large_case(rng):
+    """64 queries against 40,000 gallery items, float32 distances rounded to 3 decimals (with ties):
+    several ranking steps and the binned path."""
+    Q, G = 64, 40000
+    qp, gp = rng.integers(0, 300, Q), rng.integers(0, 300, G)
+    qc, gc = rng.integers(0, 6, Q), rng.integers(0, 6, G)
+    dist = np.round(rng.standard_normal((Q, G)), 3).astype(np.float32)
+    return dist, qp, gp, qc, gc
+
+
 def check(got, expected, plain_length=None):
     cmc, mAP, left_out = got
     n = plain_length or len(expected[0])
@@ -110,12 +129,7 @@ def test_minp_hand_computed():
 @pytest.mark.parametrize("ties", [False, True])
 def test_minp_random_against_reference(ties):
     rng = np.random.default_rng(20 + ties)
-    checked = 0
-    for _ in range(60):
-        dist, qp, gp, qc, gc = random_case(rng, ties)
-        expected = minp_reference(dist, qp, gp, qc, gc)
-        if expected is None:
-            continue
+    for (dist, qp, gp, qc, gc), expected in valid_random_cases(rng, ties, minp_reference):
         for ap in ("trapezoid", "plain"):
             cmc, mAP, mINP, left_out = evaluate_rank(dist, qp, gp, qc, gc, ap=ap, return_minp=True,
                                                      return_num_invalid=True)
@@ -123,13 +137,7 @@ def test_minp_random_against_reference(ties):
             check((cmc, mAP, left_out), evaluate_rank(dist, qp, gp, qc, gc, ap=ap, return_num_invalid=True))
         blocks = [dist[s:s + 7] for s in range(0, len(dist), 7)]
         assert evaluate_rank_blocks(blocks, qp, gp, qc, gc, return_minp=True)[2] == pytest.approx(expected, rel=1e-12)
-        checked += 1
-    assert checked > 30
-    # a large gallery: several ranking steps and the binned path
-    Q, G = 64, 40000
-    qp, gp = rng.integers(0, 300, Q), rng.integers(0, 300, G)
-    qc, gc = rng.integers(0, 6, Q), rng.integers(0, 6, G)
-    dist = np.round(rng.standard_normal((Q, G)), 3).astype(np.float32)
+    dist, qp, gp, qc, gc = large_case(rng)
     assert evaluate_rank(dist, qp, gp, qc, gc, return_minp=True)[2] == pytest.approx(
         minp_reference(dist, qp, gp, qc, gc), rel=1e-12)
 
@@ -158,27 +166,17 @@ def test_infinite_distances():
 @pytest.mark.parametrize("ties", [False, True])
 def test_random_against_references(ties):
     rng = np.random.default_rng(10 + ties)
-    checked = 0
-    for _ in range(60):
-        dist, qp, gp, qc, gc = random_case(rng, ties)
-        expected = trapezoid_reference(dist, qp, gp, qc, gc, max_rank=20)
-        if expected is None:  # no valid query: checked in its own test
-            continue
+    reference = lambda *case: trapezoid_reference(*case, max_rank=20)  # noqa: E731
+    for (dist, qp, gp, qc, gc), expected in valid_random_cases(rng, ties, reference):
         check(evaluate_rank(dist, qp, gp, qc, gc, max_rank=20, return_num_invalid=True), expected)
         tr = torchreid_reference(dist, qp, gp, qc, gc, max_rank=20)
         check(evaluate_rank(dist, qp, gp, qc, gc, max_rank=20, ap="plain", return_num_invalid=True), tr,
               plain_length=len(tr[0]))
-        checked += 1
-    assert checked > 30
 
 
 def test_large_gallery_against_reference():
     # many bins, several ranking steps, float32 and torch input
-    rng = np.random.default_rng(2)
-    Q, G = 64, 40000
-    qp, gp = rng.integers(0, 300, Q), rng.integers(0, 300, G)
-    qc, gc = rng.integers(0, 6, Q), rng.integers(0, 6, G)
-    dist = np.round(rng.standard_normal((Q, G)), 3).astype(np.float32)  # with ties
+    dist, qp, gp, qc, gc = large_case(np.random.default_rng(2))
     expected = trapezoid_reference(dist, qp, gp, qc, gc)
     check(evaluate_rank(torch.from_numpy(dist), torch.from_numpy(qp), gp, qc, gc, return_num_invalid=True), expected)
 
