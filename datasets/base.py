@@ -131,8 +131,6 @@ class Dataset:
 
     def test_protocol(self):
         """The query / gallery split, scored by CMC and mAP (datasets.protocol)."""
-        if self.query is None or self.gallery is None:
-            raise DatasetError(f"{self.name} at {self.root} has no query and gallery split to evaluate")
         return Protocol((TestSplit(self.name, self.query, self.gallery),))
 
     # -- checks -----------------------------------------------------------------------------------

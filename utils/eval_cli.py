@@ -78,8 +78,8 @@ def get_args_parser(add_help=False):
 
 def load_model(weights, device, *, default_size, net=None, img_height=None, img_width=None, default_net=None,
                dtype="float32", compile=False):
-    """(DBN of the `weights` checkpoint in eval mode with BatchNorm folded, on `device` and prepared
-    for `dtype` / `compile`; its variant; its input size (height, width)).
+    """(DBN of the `weights` checkpoint on `device`, prepared for inference in `dtype` / `compile` by
+    utils.features.prepare_for_inference (BatchNorm folded); its variant; its input size (height, width)).
 
     The variant and the input size come from the file where it records them (train.py's
     --save-path format, or the args of a _last.pth); `net`, `img_height` and `img_width` (the
@@ -101,8 +101,8 @@ def load_model(weights, device, *, default_size, net=None, img_height=None, img_
               f"evaluating at {size[0]}x{size[1]} (this dataset's default). If it was trained at "
               "another size (python train.py --demo: 128x64), pass --img-height H --img-width W",
               file=sys.stderr)
-    model = model.fuse().to(device)  # conv+BN folded: same features, faster
-    return prepare_for_inference(model, dtype, compile), info["variant"], size
+    # prepare_for_inference folds conv+BN (same features, faster) and builds the inference form
+    return prepare_for_inference(model.to(device), dtype, compile), info["variant"], size
 
 
 def device_type(text):
