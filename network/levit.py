@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import StochasticDepth
 
+from . import kernels
+
 # Constructor arguments of the released backbones; the fields match the released file names.
 VARIANTS = {
     "small": dict(stem=16, embed_dim=96, mlp_ratio=1.0, layers=[4, 7, 4], num_heads=[1, 2, 4],
@@ -142,6 +144,20 @@ class InferenceConv(nn.Module):
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
         self.groups, self.relu = conv.groups, bool(relu)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        # LEViT's 3x3 convolutions with groups of 4 channels: the native kernel where it is built
+        self.group4 = kernels.supports_group4_conv(conv)
+        self._group4_key = self._group4_weights = None
+
+    def group4_weights(self):
+        """(packed weight, float32 bias) for kernels.group4_conv3x3, re-made when the weights change
+        (a copy, a cast to another dtype); under torch.compile as graph ops, which freezing folds."""
+        if torch.compiler.is_compiling():
+            return kernels.pack_group4_weight(self.weight), self.bias.float()
+        key = (self.weight.data_ptr(), self.weight.dtype, self.weight._version, self.bias.data_ptr(), self.bias._version)
+        if self._group4_key != key:
+            self._group4_weights = (kernels.pack_group4_weight(self.weight), self.bias.float().contiguous())
+            self._group4_key = key
+        return self._group4_weights
 
     # Under torch.compile a bfloat16 1x1 convolution goes to inductor as a linear layer (measured
     # faster at batch 1: 16.0 against 19.2 ms for DBN-S on one core); a float32 one stays a
@@ -149,6 +165,10 @@ class InferenceConv(nn.Module):
     traced_as_linear = True
 
     def forward(self, x, add=None):
+        if self.group4 and kernels.group4_conv_applies(x, add):
+            if add is not None:  # a cropped attention output (padded windows) is not dense
+                add = add.contiguous(memory_format=torch.channels_last)
+            return kernels.group4_conv3x3(x, *self.group4_weights(), add, self.stride[0], self.relu)
         fast = fused_cpu_kernels(x)
         if self.pointwise:
             t = x.permute(0, 2, 3, 1)  # (B, H, W, C): the memory of a channels_last map

@@ -1,0 +1,196 @@
+// 3x3 convolution with groups of 4 input and 4 output channels (LEViT's q, k, v, v_spe, the MLP's
+// local enhancement and the skip's strided conv), padding 1, stride 1 or 2, over channels_last
+// float32 or bfloat16 maps, with the bias, an optional residual sum and an optional ReLU applied
+// before the store. oneDNN runs these convolutions at a small fraction of the CPU's peak (each
+// output needs only 36 multiply-adds, too few for its matrix kernels); here a vector of channels
+// holds whole groups (a group is one 128-bit lane), so an output is accumulated by multiplying the
+// input vector and its three in-group rotations by packed weights, eight output pixels at a time
+// in registers.
+//
+// Packed weights, (9, 4, C) float32: wp[kh * 3 + kw][r][c] = weight[c][(c % 4 + r) % 4][kh][kw],
+// so that out[c] += wp[tap][r][c] * in[tap][rotate_r(in)][c], with rotate_r(v)[c] = v[c - c % 4 + (c % 4 + r) % 4].
+//
+// Built on first use by network/kernels.py; registered as torch.ops.levit_kernels.group4_conv3x3.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VL = 16;
+#elif defined(__AVX__)
+constexpr int VL = 8;
+#else
+constexpr int VL = 4;
+#endif
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+typedef uint32_t vu __attribute__((vector_size(VL * 4)));
+typedef uint16_t vh __attribute__((vector_size(VL * 2)));
+
+// lane l of rotate<R>(v) is v[l - l % 4 + (l % 4 + R) % 4]
+template <int R>
+inline vf rotate(vf v) {
+  if constexpr (R == 0) {
+    return v;
+  } else {
+    vi mask;
+    for (int l = 0; l < VL; ++l) mask[l] = (l & ~3) | ((l + R) & 3);
+#if defined(__clang__)
+    vf out;
+    for (int l = 0; l < VL; ++l) out[l] = v[mask[l]];
+    return out;
+#else
+    return __builtin_shuffle(v, mask);
+#endif
+  }
+}
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline vf load(const c10::BFloat16* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof(h));
+  vu u = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline void store(c10::BFloat16* p, vf v) {
+  // round to nearest even, as c10::BFloat16's conversion; a NaN stays a (quiet) NaN
+  vu u;
+  std::memcpy(&u, &v, sizeof(u));
+  const vu nan = (vu)(v != v);
+  u = ((u + 0x7FFFu + ((u >> 16) & 1u)) & ~nan) | ((u | 0x400000u) & nan);
+  u >>= 16;
+  vh h = __builtin_convertvector(u, vh);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+struct Args {
+  int64_t H, W, C, Ho, Wo;
+  bool relu;
+};
+
+// P output pixels of one row, VL channels starting at c0, stride S.
+template <int S, int P, typename T>
+inline void block(const T* x, const float* wp, const float* bias, const T* add, T* out, int64_t b, int64_t oh,
+                  int64_t ow0, int64_t c0, const Args& a) {
+  constexpr int J = (P - 1) * S + 3;  // input pixels the P outputs read in one row
+  const vf zero = {};
+  vf acc[P];
+  const vf bv = load(bias + c0);
+  for (int p = 0; p < P; ++p) acc[p] = bv;
+  for (int kh = 0; kh < 3; ++kh) {
+    const int64_t ih = oh * S - 1 + kh;
+    if (ih < 0 || ih >= a.H) continue;
+    const T* row = x + ((b * a.H + ih) * a.W) * a.C + c0;
+    vf in[J];
+    const int64_t iw0 = ow0 * S - 1;
+    for (int j = 0; j < J; ++j) {
+      const int64_t iw = iw0 + j;
+      in[j] = (iw >= 0 && iw < a.W) ? load(row + iw * a.C) : zero;
+    }
+    const float* w = wp + (kh * 3) * 4 * a.C + c0;
+    auto tap = [&](auto r) {
+      constexpr int R = decltype(r)::value;
+      for (int j = 0; j < J; ++j) {
+        const vf v = rotate<R>(in[j]);
+        for (int kw = 0; kw < 3; ++kw) {
+          const int d = j - kw;
+          if (d < 0 || d % S != 0 || d / S >= P) continue;
+          acc[d / S] += load(w + (kw * 4 + R) * a.C) * v;
+        }
+      }
+    };
+    tap(std::integral_constant<int, 0>{});
+    tap(std::integral_constant<int, 1>{});
+    tap(std::integral_constant<int, 2>{});
+    tap(std::integral_constant<int, 3>{});
+  }
+  const int64_t o = ((b * a.Ho + oh) * a.Wo + ow0) * a.C + c0;
+  for (int p = 0; p < P; ++p) {
+    vf v = acc[p];
+    if (add != nullptr) v += load(add + o + p * a.C);
+    if (a.relu) v = v > zero ? v : zero;
+    store(out + o + p * a.C, v);
+  }
+}
+
+template <int S, typename T>
+void run(const T* x, const float* wp, const float* bias, const T* add, T* out, int64_t B, const Args& a) {
+  const int64_t rows = B * a.Ho;
+  const int64_t work = a.Wo * a.C * 36;  // multiply-adds a row
+  const int64_t grain = work >= 32768 ? 1 : (32768 + work - 1) / work;
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / a.Ho, oh = r % a.Ho;
+      for (int64_t c0 = 0; c0 < a.C; c0 += VL) {
+        int64_t ow = 0;
+        for (; ow + 8 <= a.Wo; ow += 8) block<S, 8>(x, wp, bias, add, out, b, oh, ow, c0, a);
+        for (; ow + 4 <= a.Wo; ow += 4) block<S, 4>(x, wp, bias, add, out, b, oh, ow, c0, a);
+        for (; ow < a.Wo; ++ow) block<S, 1>(x, wp, bias, add, out, b, oh, ow, c0, a);
+      }
+    }
+  });
+}
+
+at::Tensor group4_conv3x3(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias,
+                          const std::optional<at::Tensor>& add, int64_t stride, bool relu) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu(), "group4_conv3x3: a 4-D CPU tensor, got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "group4_conv3x3: float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "group4_conv3x3: a channels_last input");
+  TORCH_CHECK(stride == 1 || stride == 2, "group4_conv3x3: stride 1 or 2, got ", stride);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(C % VL == 0, "group4_conv3x3: channels a multiple of ", VL, ", got ", C);
+  TORCH_CHECK(packed.scalar_type() == at::kFloat && packed.is_contiguous() && packed.numel() == 36 * C,
+              "group4_conv3x3: packed weights (9, 4, ", C, ") float32");
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == C,
+              "group4_conv3x3: a float32 bias of ", C);
+  const Args a{H, W, C, (H - 1) / stride + 1, (W - 1) / stride + 1, relu};
+  at::Tensor out = at::empty({B, C, a.Ho, a.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (add.has_value()) {
+    TORCH_CHECK(add->sizes() == out.sizes() && add->scalar_type() == x.scalar_type() &&
+                    add->is_contiguous(at::MemoryFormat::ChannelsLast),
+                "group4_conv3x3: the sum's term must be a channels_last ", x.scalar_type(), " tensor of ",
+                out.sizes());
+  }
+  auto go = [&](auto* xp, auto* ap, auto* op) {
+    if (stride == 1)
+      run<1>(xp, packed.data_ptr<float>(), bias.data_ptr<float>(), ap, op, B, a);
+    else
+      run<2>(xp, packed.data_ptr<float>(), bias.data_ptr<float>(), ap, op, B, a);
+  };
+  if (x.scalar_type() == at::kFloat) {
+    go(x.data_ptr<float>(), add ? add->data_ptr<float>() : nullptr, out.data_ptr<float>());
+  } else {
+    using bf = c10::BFloat16;
+    go(x.data_ptr<bf>(), add ? add->data_ptr<bf>() : nullptr, out.data_ptr<bf>());
+  }
+  return out;
+}
+
+int64_t vector_lanes() { return VL; }
+
+}  // namespace
+
+TORCH_LIBRARY(levit_kernels, m) {
+  m.def("group4_conv3x3(Tensor x, Tensor packed, Tensor bias, Tensor? add, int stride, bool relu) -> Tensor");
+  m.impl("group4_conv3x3", c10::DispatchKey::CPU, TORCH_FN(group4_conv3x3));
+  m.def("vector_lanes() -> int", &vector_lanes);
+}

@@ -1,0 +1,171 @@
+"""Native CPU kernels for inference, compiled from network/csrc on first use and cached on disk.
+
+One kernel today: `group4_conv3x3(x, weight, bias, add=None, stride=1, relu=False)`, LEViT's 3x3
+convolutions with groups of 4 channels over channels_last float32 or bfloat16 maps, with the
+bias, residual sum and ReLU fused (measured 3.5-5x oneDNN's float32 and about 2x its bfloat16
+speed at DBN-S's shapes; `python -m utils.bench --what model` compares the two).
+
+The build needs a C++20 compiler (`$CXX`, else `c++`; the one torch.compile uses on the CPU) and
+takes about 10 s, once per machine: the library is kept under `$LEVIT_KERNELS_CACHE` (default
+`~/.cache/levit_reid/kernels`), named by a hash of the source, torch's version, the compiler and
+the CPU's vector extensions, so a shared home directory serves machines of different CPUs.
+Without a compiler, or when the build fails, `available()` is False, a warning says why once, and
+the convolutions run in oneDNN as before (same outputs up to rounding). `LEVIT_KERNELS=0` turns
+the kernels off.
+"""
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(REPO, "network", "csrc", "group4_conv3x3.cpp")
+# compiler flags for the CPU capability torch reports (the instruction sets the kernel may use)
+ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
+              "AVX2": ["-mavx2", "-mfma"]}
+
+
+class KernelBuildError(RuntimeError):
+    """The kernels could not be built or loaded; the message says why."""
+
+
+def enabled():
+    """False when LEVIT_KERNELS=0 (or off/false/no) is set."""
+    return os.environ.get("LEVIT_KERNELS", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_dir():
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                           "levit_reid", "kernels")
+    return os.environ.get("LEVIT_KERNELS_CACHE") or default
+
+
+def compiler():
+    """The C++ compiler's path: $CXX, else c++ on the PATH; KernelBuildError when there is none."""
+    name = os.environ.get("CXX", "c++")
+    path = shutil.which(name)
+    if path is None:
+        raise KernelBuildError(f"no C++ compiler: {name!r} is not on the PATH (set CXX to one)")
+    return path
+
+
+def build_command(cxx, output):
+    """The compile-and-link command of the kernels' shared library."""
+    torch_dir = os.path.dirname(torch.__file__)
+    lib = os.path.join(torch_dir, "lib")
+    flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp",
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+             *ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+    if sys.platform == "darwin":
+        flags.append("-undefined dynamic_lookup")
+    return [cxx, *flags, "-I", os.path.join(torch_dir, "include"), SOURCE, "-L", lib, "-ltorch_cpu", "-lc10",
+            f"-Wl,-rpath,{lib}", "-o", output]
+
+
+def library_path(cxx):
+    """Where the library built for this source, torch, compiler and CPU capability is kept."""
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(b"\0".join(x if isinstance(x, bytes) else x.encode() for x in (
+        source, torch.__version__, version, torch.backends.cpu.get_cpu_capability(), platform.machine(),
+        " ".join(build_command(cxx, "")))))
+    return os.path.join(cache_dir(), f"levit_kernels_{key.hexdigest()[:16]}.so")
+
+
+def build():
+    """The path of the built library, compiling it first when it is not in the cache (the output is
+    written to a temporary name and renamed, so processes building at once do not clash)."""
+    cxx = compiler()
+    path = library_path(cxx)
+    if os.path.isfile(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        done = subprocess.run(build_command(cxx, tmp), capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+            raise KernelBuildError(f"compiling {os.path.relpath(SOURCE, REPO)} with {cxx} failed:\n{tail}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _group4_conv3x3_shape(x, packed, bias, add, stride, relu):
+    """The kernel's output for torch.compile's tracing: shape, dtype and channels_last layout."""
+    B, C, H, W = x.shape
+    return torch.empty((B, C, (H - 1) // stride + 1, (W - 1) // stride + 1), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@functools.cache
+def _ops():
+    """torch.ops.levit_kernels once the library is loaded, or None (with one warning saying why)."""
+    if not enabled():
+        return None
+    try:
+        torch.ops.load_library(build())
+        torch.library.register_fake("levit_kernels::group4_conv3x3", _group4_conv3x3_shape)
+        return torch.ops.levit_kernels
+    except (KernelBuildError, OSError) as e:
+        warnings.warn(f"network.kernels: the native CPU kernels are not available ({e}); LEViT's grouped "
+                      "convolutions run in oneDNN instead (slower, same results)", stacklevel=3)
+        return None
+
+
+def available():
+    """True when the kernels are on and built (building them on the first call)."""
+    return _ops() is not None
+
+
+def vector_lanes():
+    """Channels in one of the kernel's vectors (16 with AVX512, 8 with AVX, else 4); None without the kernels."""
+    ops = _ops()
+    return None if ops is None else int(ops.vector_lanes())
+
+
+def supports_group4_conv(conv):
+    """True for a convolution the kernel computes: 3x3, padding 1, stride 1 or 2 (both ways), no
+    dilation, groups of 4 input and 4 output channels, channels a multiple of the vector width."""
+    lanes = vector_lanes()
+    return (lanes is not None and tuple(conv.kernel_size) == (3, 3) and tuple(conv.padding) == (1, 1)
+            and tuple(conv.dilation) == (1, 1) and tuple(conv.stride) in ((1, 1), (2, 2))
+            and conv.in_channels == conv.out_channels == 4 * conv.groups and conv.in_channels % lanes == 0)
+
+
+def group4_conv_applies(x, add=None):
+    """True when group4_conv3x3 takes this input (and sum term, once laid out channels_last): a
+    channels_last float32 or bfloat16 CPU map, no gradient (the kernel has no backward), the term of
+    x's dtype."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and (add is None or add.dtype == x.dtype))
+
+
+def pack_group4_weight(weight):
+    """(C, 4, 3, 3) grouped weights -> the kernel's (9, 4, C) float32 layout:
+    packed[kh * 3 + kw, r, c] = weight[c, (c % 4 + r) % 4, kh, kw]."""
+    C = weight.shape[0]
+    c = torch.arange(C, device=weight.device)
+    r = torch.arange(4, device=weight.device)
+    rotated = weight.float()[c[None, :], (c[None, :] % 4 + r[:, None]) % 4]  # (4, C, 3, 3)
+    return rotated.permute(2, 3, 0, 1).reshape(9, 4, C).contiguous()
+
+
+def group4_conv3x3(x, packed, bias, add=None, stride=1, relu=False):
+    """relu?(conv(x) + bias + add) for a channels_last float32/bfloat16 x (see the module docstring);
+    `packed` from pack_group4_weight, `bias` float32. Returns a channels_last tensor of x's dtype."""
+    if not torch.compiler.is_compiling() and not available():
+        raise KernelBuildError("the native CPU kernels are not available (see the warning, or LEVIT_KERNELS)")
+    return torch.ops.levit_kernels.group4_conv3x3(x, packed, bias, add, stride, relu)

@@ -1,0 +1,198 @@
+"""network/kernels.py: the native grouped-convolution kernel against torch's convolution, its use
+in the optimized model (eager and compiled), and what a user sees when it cannot be built."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from network import DBN, kernels
+from network.levit import InferenceConv
+
+from conftest import ROOT, with_formula_weights
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="the native kernels could not be built here")
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def grouped_conv(x, weight, bias, add, stride, relu):
+    y = F.conv2d(x, weight, bias, stride, 1, 1, weight.shape[0] // 4)
+    if add is not None:
+        y = y + add
+    return y.relu() if relu else y
+
+
+def test_packed_weight_layout():
+    """packed[kh * 3 + kw, r, c] = weight[c, (c % 4 + r) % 4, kh, kw], element by element."""
+    weight = torch.randn(16, 4, 3, 3)
+    packed = kernels.pack_group4_weight(weight)
+    assert packed.shape == (9, 4, 16) and packed.dtype == torch.float32
+    for kh in range(3):
+        for kw in range(3):
+            for r in range(4):
+                for c in range(16):
+                    assert packed[kh * 3 + kw, r, c] == weight[c, (c % 4 + r) % 4, kh, kw]
+
+
+SHAPES = [(2, 32, 64, 32, 1), (1, 96, 32, 16, 2), (3, 48, 7, 5, 1), (2, 64, 9, 11, 2), (1, 16, 1, 1, 1),
+          (1, 16, 2, 3, 2), (2, 32, 13, 21, 1)]  # sides below, at and past the 8- and 4-pixel blocks
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,channels,height,width,stride", SHAPES)
+@pytest.mark.parametrize("with_add,relu", [(False, False), (False, True), (True, False), (True, True)])
+def test_group4_conv3x3_equals_grouped_conv2d(batch, channels, height, width, stride, with_add, relu):
+    """float32: conv (padding 1, groups of 4), + bias, + the sum term, ReLU: torch's result within
+    float32 rounding, every border and block tail included; a channels_last result."""
+    if channels % kernels.vector_lanes():
+        pytest.skip("channels not a multiple of this CPU's vector")
+    torch.manual_seed(0)
+    x = channels_last(torch.randn(batch, channels, height, width))
+    weight, bias = torch.randn(channels, 4, 3, 3), torch.randn(channels)
+    want = grouped_conv(x, weight, bias, None, stride, False)
+    add = channels_last(torch.randn_like(want)) if with_add else None
+    want = grouped_conv(x, weight, bias, add, stride, relu)
+    got = kernels.group4_conv3x3(x, kernels.pack_group4_weight(weight), bias, add, stride, relu)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(got, want) < 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("stride", [1, 2])
+def test_group4_conv3x3_in_bfloat16(stride):
+    """bfloat16 maps, float32 weights and sums: the float32 result over the same bfloat16 inputs,
+    rounded once to bfloat16 (at most one bfloat16 step off where the sum order tips the rounding);
+    a NaN stays a NaN."""
+    torch.manual_seed(0)
+    x = channels_last(torch.randn(2, 32, 12, 10)).bfloat16()
+    weight, bias = torch.randn(32, 4, 3, 3), torch.randn(32)
+    add = channels_last(torch.randn(2, 32, 12 // stride, 10 // stride)).bfloat16()
+    want = grouped_conv(x.float(), weight, bias, add.float(), stride, True)
+    got = kernels.group4_conv3x3(x, kernels.pack_group4_weight(weight), bias, add, stride, True)
+    assert got.dtype == torch.bfloat16
+    step = want.abs().clamp_min(1e-30) * 2.0 ** -7
+    assert ((got.float() - want).abs() <= step).all()
+    assert (got == want.bfloat16()).float().mean() > 0.99
+    x[0, 0, 5, 5] = float("nan")
+    got = kernels.group4_conv3x3(x, kernels.pack_group4_weight(weight), bias, None, 1, False)
+    assert got.float().isnan().sum() == 9 * 4 and not got.float().isinf().any()  # 9 pixels, 4 channels
+
+
+@needs_kernels
+def test_group4_conv3x3_refuses_what_it_does_not_compute():
+    weight, bias = kernels.pack_group4_weight(torch.randn(16, 4, 3, 3)), torch.zeros(16)
+    with pytest.raises(RuntimeError, match="a channels_last input"):
+        kernels.group4_conv3x3(torch.randn(1, 16, 8, 8), weight, bias)
+    with pytest.raises(RuntimeError, match="stride 1 or 2, got 3"):
+        kernels.group4_conv3x3(channels_last(torch.randn(1, 16, 8, 8)), weight, bias, stride=3)
+    with pytest.raises(RuntimeError, match="the sum's term must be a channels_last"):
+        kernels.group4_conv3x3(channels_last(torch.randn(1, 16, 8, 8)), weight, bias, add=torch.randn(1, 16, 4, 4))
+
+
+@needs_kernels
+def test_optimized_model_runs_its_grouped_convolutions_in_the_kernel(monkeypatch):
+    """Every 3x3 convolution with groups of 4 of an optimized DBN-S goes to the kernel (eager, no
+    gradient, channels_last), with the same embeddings as the oneDNN path; with gradients on, or in
+    NCHW, none does."""
+    torch.manual_seed(0)
+    model = with_formula_weights(DBN(751, net="small", pretrained=None)).eval().fuse().optimize()
+    convs = [m for m in model.modules() if isinstance(m, InferenceConv) and m.groups > 1]
+    assert convs and all(m.group4 for m in convs)
+    calls = []
+    original = kernels.group4_conv3x3
+    monkeypatch.setattr(kernels, "group4_conv3x3", lambda *a: calls.append(a) or original(*a))
+    x = torch.rand(2, 3, 64, 32)
+    with torch.no_grad():
+        got = torch.cat(model(x), 1)
+    assert len(calls) == len(convs)
+    onednn = copy.deepcopy(model)
+    for m in onednn.modules():
+        if isinstance(m, InferenceConv):
+            m.group4 = False
+    calls.clear()
+    with torch.no_grad():
+        want = torch.cat(onednn(x), 1)
+    assert not calls and rel_err(got, want) < 1e-5
+    torch.cat(model(x), 1)  # gradients on: plain ops
+    with torch.no_grad():
+        model.to(memory_format=torch.contiguous_format)(x)
+    assert not calls
+
+
+@needs_kernels
+def test_compiled_model_calls_the_kernel_without_graph_breaks():
+    """Under torch.compile the kernel is an operator of the graph (its output shape registered):
+    one graph for a block, no break, the eager block's output."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = with_formula_weights(DBN(751, net="small", pretrained=None)).eval().fuse().optimize()
+    block = model.layer2.layers[1]
+    x = channels_last(torch.randn(1, 192, 8, 4))
+    with torch.no_grad():
+        want = block(x)
+        explained = torch._dynamo.explain(block)(x)
+        got = torch.compile(block)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    ops = {str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert any("levit_kernels.group4_conv3x3" in op for op in ops)
+    assert rel_err(got, want) < 1e-5
+
+
+def python_with_env(code, **env):
+    """(exit status, stdout, stderr) of `code` run by this Python in the repository root."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+FALLBACK = """
+import torch
+from network import DBN, kernels
+model = DBN(10, net="small", pretrained=None).eval().fuse().optimize()
+with torch.no_grad():
+    out = model(torch.rand(1, 3, 64, 32))
+print(kernels.available(), any(getattr(m, "group4", False) for m in model.modules()), len(out))
+"""
+
+
+@pytest.mark.parametrize("cxx,message", [
+    ("no-such-compiler", "no C++ compiler: 'no-such-compiler' is not on the PATH (set CXX to one)"),
+    ("false", "compiling network/csrc/group4_conv3x3.cpp with ")])
+def test_without_a_compiler_the_model_runs_in_onednn_and_says_why(tmp_path, cxx, message):
+    status, out, err = python_with_env(FALLBACK, CXX=cxx, LEVIT_KERNELS_CACHE=str(tmp_path))
+    assert status == 0, err
+    assert out.split() == ["False", "False", "5"]
+    assert message in err and "LEViT's grouped convolutions run in oneDNN instead (slower, same results)" in err
+    assert err.count("native CPU kernels are not available") == 1  # once per process
+
+
+def test_levit_kernels_0_turns_them_off_silently(tmp_path):
+    status, out, err = python_with_env(FALLBACK, LEVIT_KERNELS="0", LEVIT_KERNELS_CACHE=str(tmp_path))
+    assert status == 0, err
+    assert out.split() == ["False", "False", "5"] and "not available" not in err
+    assert os.listdir(tmp_path) == []
+
+
+@needs_kernels
+def test_the_library_is_built_once_and_named_by_what_it_depends_on(tmp_path, monkeypatch):
+    """The cached library is reused (not rebuilt), and its name changes with the compiler flags'
+    CPU capability, so machines of different CPUs sharing a cache do not load each other's."""
+    monkeypatch.setenv("LEVIT_KERNELS_CACHE", str(tmp_path))
+    path = kernels.build()
+    assert os.path.dirname(path) == str(tmp_path) and os.listdir(tmp_path) == [os.path.basename(path)]
+    mtime = os.stat(path).st_mtime_ns
+    assert kernels.build() == path and os.stat(path).st_mtime_ns == mtime
+    capability = torch.backends.cpu.get_cpu_capability()
+    other = "AVX2" if capability != "AVX2" else "DEFAULT"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
+    assert kernels.library_path(kernels.compiler()) != path
