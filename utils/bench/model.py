@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from network import DBN, LEViT, VARIANTS
+from network import DBN, LEViT, VARIANTS, kernels
 from network.flops import count_flops, count_params
 from utils.bench import configure_malloc, time_alternating
 from utils.bench.peers import OSNet, release_style
@@ -73,6 +73,16 @@ def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=75
     if not fused:
         return model.to(device)
     return prepare_for_inference(model.fuse().to(device), dtype, compile, optimize)
+
+
+def without_native_kernels(model):
+    """`model` with its grouped convolutions sent to oneDNN instead of network/kernels.py's kernel
+    (the path of a machine without a C++ compiler, or with LEVIT_KERNELS=0)."""
+    model = getattr(model, "model", model)  # a CompiledModel's eager model
+    for m in model.modules():
+        if getattr(m, "group4", False):
+            m.group4 = False
+    return model
 
 
 def resnet50(device, dtype="float32", compile=False, channels_last=True):
@@ -147,8 +157,14 @@ def inference_table(batch, device, repeats, peak):
         "DBN-S fused, not optimized": (dbn_small(device, optimize=False), "DBN-S", torch.float32, True),
         "DBN-S fused, channels_last": (dbn_small(device), "DBN-S", torch.float32, True),
     }
+    if kernels.available():
+        models["DBN-S fused, CL, oneDNN groups"] = (without_native_kernels(dbn_small(device)), "DBN-S",
+                                                    torch.float32, True)
     if half:
         models[f"DBN-S fused, {half}"] = (dbn_small(device, half), "DBN-S", torch.float32, True)
+        if kernels.available():
+            models[f"DBN-S {half}, oneDNN groups"] = (without_native_kernels(dbn_small(device, half)), "DBN-S",
+                                                      torch.float32, True)
     runs = {name: runner(m, batch, device, dtype, cl) for name, (m, _, dtype, cl) in models.items()}
     faults = {}
     seconds = time_alternating(runs, repeats, faults=faults)
