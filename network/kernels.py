@@ -63,6 +63,8 @@ def build_command(cxx, output):
     flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              *ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.cpu._is_avx512_bf16_supported():
+        flags.append("-mavx512bf16")
     if sys.platform == "darwin":
         flags.append("-undefined dynamic_lookup")
     return [cxx, *flags, "-I", os.path.join(torch_dir, "include"), SOURCE, "-L", lib, "-ltorch_cpu", "-lc10",
@@ -127,6 +129,12 @@ def _ops():
 def available():
     """True when the kernels are on and built (building them on the first call)."""
     return _ops() is not None
+
+
+def bfloat16_dot():
+    """True when bfloat16 maps use AVX512-BF16's pair products (the weights rounded to bfloat16)."""
+    ops = _ops()
+    return ops is not None and bool(ops.bfloat16_dot())
 
 
 def vector_lanes():

@@ -70,12 +70,12 @@ def test_group4_conv3x3_equals_grouped_conv2d(batch, channels, height, width, st
 @needs_kernels
 @pytest.mark.parametrize("stride", [1, 2])
 def test_group4_conv3x3_in_bfloat16(stride):
-    """bfloat16 maps, float32 weights and sums: the float32 result over the same bfloat16 inputs,
-    rounded once to bfloat16 (at most one bfloat16 step off where the sum order tips the rounding);
-    a NaN stays a NaN."""
+    """bfloat16 maps and weights (as a model's after to_inference_dtype), float32 sums: the float32
+    result over the same bfloat16 inputs, rounded once to bfloat16 (at most one bfloat16 step off
+    where the sum order tips the rounding); a NaN stays a NaN."""
     torch.manual_seed(0)
     x = channels_last(torch.randn(2, 32, 12, 10)).bfloat16()
-    weight, bias = torch.randn(32, 4, 3, 3), torch.randn(32)
+    weight, bias = torch.randn(32, 4, 3, 3).bfloat16().float(), torch.randn(32)
     add = channels_last(torch.randn(2, 32, 12 // stride, 10 // stride)).bfloat16()
     want = grouped_conv(x.float(), weight, bias, add.float(), stride, True)
     got = kernels.group4_conv3x3(x, kernels.pack_group4_weight(weight), bias, add, stride, True)

@@ -19,6 +19,11 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -131,11 +136,103 @@ inline void block(const T* x, const float* wp, const float* bias, const T* add, 
   }
 }
 
+#if defined(__AVX512BF16__)
+// bfloat16 maps on a CPU with AVX512-BF16: each vdpbf16ps adds the products of two input channels
+// of the group (a bfloat16 pair a lane) to a float32 output lane, so a tap takes two instructions
+// instead of four multiply-adds, with the weights in bfloat16 (as the model's, once cast).
+// wq[(tap * 2 + r) * C + c]: the pair (wp[tap][2r][c], wp[tap][2r + 1][c]), low half first;
+// pairs[r] gathers the matching input pair for every lane from the 16 loaded channels.
+struct Pairs {
+  __m512i idx[2];
+  Pairs() {
+    alignas(64) int16_t w[2][32];
+    for (int r = 0; r < 2; ++r)
+      for (int k = 0; k < 32; ++k) {
+        const int l = k / 2;
+        w[r][k] = static_cast<int16_t>((l & ~3) | (((l & 3) + 2 * r + k % 2) & 3));
+      }
+    idx[0] = _mm512_load_si512(w[0]);
+    idx[1] = _mm512_load_si512(w[1]);
+  }
+};
+
+inline __m512 load_bf16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int S, int P>
+inline void block_dot(const c10::BFloat16* x, const uint32_t* wq, const float* bias, const c10::BFloat16* add,
+                      c10::BFloat16* out, int64_t b, int64_t oh, int64_t ow0, int64_t c0, const Args& a,
+                      const Pairs& pairs) {
+  constexpr int J = (P - 1) * S + 3;
+  __m512 acc[P];
+  const __m512 bv = _mm512_loadu_ps(bias + c0);
+  for (int p = 0; p < P; ++p) acc[p] = bv;
+  for (int kh = 0; kh < 3; ++kh) {
+    const int64_t ih = oh * S - 1 + kh;
+    if (ih < 0 || ih >= a.H) continue;
+    const c10::BFloat16* row = x + ((b * a.H + ih) * a.W) * a.C + c0;
+    __m512i in[J];
+    const int64_t iw0 = ow0 * S - 1;
+    for (int j = 0; j < J; ++j) {
+      const int64_t iw = iw0 + j;
+      in[j] = (iw >= 0 && iw < a.W)
+                  ? _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + iw * a.C)))
+                  : _mm512_setzero_si512();
+    }
+    const uint32_t* w = wq + (kh * 3) * 2 * a.C + c0;
+    for (int r = 0; r < 2; ++r) {
+      for (int j = 0; j < J; ++j) {
+        const __m512bh v = (__m512bh)_mm512_permutexvar_epi16(pairs.idx[r], in[j]);
+        for (int kw = 0; kw < 3; ++kw) {
+          const int d = j - kw;
+          if (d < 0 || d % S != 0 || d / S >= P) continue;
+          acc[d / S] = _mm512_dpbf16_ps(acc[d / S], v, (__m512bh)_mm512_loadu_si512(w + (kw * 2 + r) * a.C));
+        }
+      }
+    }
+  }
+  const int64_t o = ((b * a.Ho + oh) * a.Wo + ow0) * a.C + c0;
+  for (int p = 0; p < P; ++p) {
+    __m512 v = acc[p];
+    if (add != nullptr) v = _mm512_add_ps(v, load_bf16(add + o + p * a.C));
+    if (a.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o + p * a.C), (__m256i)_mm512_cvtneps_pbh(v));
+  }
+}
+#endif
+
 template <int S, typename T>
 void run(const T* x, const float* wp, const float* bias, const T* add, T* out, int64_t B, const Args& a) {
   const int64_t rows = B * a.Ho;
   const int64_t work = a.Wo * a.C * 36;  // multiply-adds a row
   const int64_t grain = work >= 32768 ? 1 : (32768 + work - 1) / work;
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    std::vector<uint32_t> wq(18 * a.C);
+    for (int tap = 0; tap < 9; ++tap)
+      for (int r = 0; r < 2; ++r)
+        for (int64_t c = 0; c < a.C; ++c) {
+          const uint32_t lo = c10::BFloat16(wp[(tap * 4 + 2 * r) * a.C + c]).x;
+          const uint32_t hi = c10::BFloat16(wp[(tap * 4 + 2 * r + 1) * a.C + c]).x;
+          wq[(tap * 2 + r) * a.C + c] = lo | (hi << 16);
+        }
+    static const Pairs pairs;
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / a.Ho, oh = r % a.Ho;
+        for (int64_t c0 = 0; c0 < a.C; c0 += VL) {
+          int64_t ow = 0;
+          for (; ow + 8 <= a.Wo; ow += 8) block_dot<S, 8>(x, wq.data(), bias, add, out, b, oh, ow, c0, a, pairs);
+          for (; ow + 4 <= a.Wo; ow += 4) block_dot<S, 4>(x, wq.data(), bias, add, out, b, oh, ow, c0, a, pairs);
+          for (; ow < a.Wo; ++ow) block_dot<S, 1>(x, wq.data(), bias, add, out, b, oh, ow, c0, a, pairs);
+        }
+      }
+    });
+    return;
+  }
+#endif
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / a.Ho, oh = r % a.Ho;
@@ -187,10 +284,17 @@ at::Tensor group4_conv3x3(const at::Tensor& x, const at::Tensor& packed, const a
 
 int64_t vector_lanes() { return VL; }
 
+#if defined(__AVX512BF16__)
+bool bfloat16_dot() { return true; }
+#else
+bool bfloat16_dot() { return false; }
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY(levit_kernels, m) {
   m.def("group4_conv3x3(Tensor x, Tensor packed, Tensor bias, Tensor? add, int stride, bool relu) -> Tensor");
   m.impl("group4_conv3x3", c10::DispatchKey::CPU, TORCH_FN(group4_conv3x3));
   m.def("vector_lanes() -> int", &vector_lanes);
+  m.def("bfloat16_dot() -> bool", &bfloat16_dot);
 }
