@@ -429,8 +429,23 @@ def test_optimized_inference_form_matches_unfused(net, size, batch, layout):
 
 
 @pytest.mark.parametrize("size", [(16, 16), (13, 10)])
+def test_float32_inference_attention_equals_sdpa_and_the_reference(size):
+    """Eval-mode float32 attention on the CPU without a gradient takes inference_attention (explicit
+    logits, in-place softmax): the SDPA path's output (taken with gradients on) and the per-window
+    reference within float32 rounding, padded windows included."""
+    torch.manual_seed(0)
+    attn = LocalEnhanceAttention(heads=2, window=8).eval()
+    q, k, v = (torch.randn(2, 32, *size) for _ in range(3))
+    with torch.no_grad():
+        got = attn(q, k, v)
+        want = reference_attention(attn, q, k, v)
+    sdpa = attn(q, k, v).detach()
+    assert rel_err(got, sdpa) < 1e-5 and rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 10)])
 def test_bfloat16_inference_attention_is_as_close_to_float32_as_sdpa(size):
-    """Eval-mode attention on bfloat16 q, k, v (CPU, no gradient) takes bfloat16_attention (float32
+    """Eval-mode attention on bfloat16 q, k, v (CPU, no gradient) takes inference_attention (float32
     logits and softmax): within 2e-2 of the float32 attention, and no further from it than SDPA's own
     bfloat16 kernel (plus rounding), padded windows included."""
     torch.manual_seed(0)

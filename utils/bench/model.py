@@ -282,7 +282,7 @@ def features_table(device, repeats, crops=(1, 2, 4)):
             two, one = seconds[(dtype, n, "two calls")], seconds[(dtype, n, "one batch")]
             print(f"{dtype:10s} {n:6d} {1000 * two:10.1f} {1000 * one:10.1f} {two / one:8.2f}x")
     base = seconds[("crop", "float32, BN folded only, two calls")]
-    print(f"\nfeatures of one crop (image + flip), ms per call, same runs; x: against BN folded only, two calls")
+    print("\nfeatures of one crop (image + flip), ms per call, same runs; x: against BN folded only, two calls")
     for name in paths:
         print(f"{name:42s} {1000 * seconds[('crop', name)]:7.1f}  {base / seconds[('crop', name)]:5.2f}x")
 
@@ -331,6 +331,17 @@ def training_table(batch, device, repeats):
         print(f"{name:30s} {batch / t:9.1f} {base / t:11.2f}x {base_cl / t:25.2f}x {faults[name]:16,.0f}")
 
 
+def native_kernels_line():
+    """Whether network/kernels.py's grouped-convolution kernel runs here, and how."""
+    if not kernels.enabled():
+        return "native kernels: off (LEVIT_KERNELS=0): grouped convolutions in oneDNN"
+    if not kernels.available():
+        return "native kernels: not built (see the warning above): grouped convolutions in oneDNN"
+    return (f"native kernels: built ({kernels.vector_lanes()} float32 lanes"
+            + (", bfloat16 pair products" if kernels.bfloat16_dot() else "") + "): the grouped convolutions of "
+            "the optimized DBN-S rows; the 'oneDNN groups' rows run them in oneDNN")
+
+
 def bench(args):
     torch.set_num_threads(args.threads)
     malloc = configure_malloc(args.malloc)  # before any model allocates
@@ -345,6 +356,8 @@ def bench(args):
         print("bfloat16: " + (f"native ({'AMX' if torch.cpu._is_amx_tile_supported() else 'AVX512-BF16'}), "
                               "benchmarked" if half else "not native on this CPU (it would be emulated, slower "
                               "than float32): left out"))
+    if device.type == "cpu":
+        print(native_kernels_line())
     print_flop_table()
     peak = matmul_peak(torch.float32, device, repeats + 2)
     line = (f"\nmatrix-multiply peak (the faster of torch.mm {PEAK_SIZE}^3 and a 512 -> 512 1x1 conv), float32: "
