@@ -26,7 +26,9 @@ import warnings
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = os.path.join(REPO, "network", "csrc", "group4_conv3x3.cpp")
+CSRC = os.path.join(REPO, "network", "csrc")
+SOURCES = [os.path.join(CSRC, name) for name in ("group4_conv3x3.cpp", "window_attention.cpp")]
+HEADERS = [os.path.join(CSRC, "vec.h")]
 # compiler flags for the CPU capability torch reports (the instruction sets the kernel may use)
 ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
               "AVX2": ["-mavx2", "-mfma"]}
@@ -67,14 +69,16 @@ def build_command(cxx, output):
         flags.append("-mavx512bf16")
     if sys.platform == "darwin":
         flags.append("-undefined dynamic_lookup")
-    return [cxx, *flags, "-I", os.path.join(torch_dir, "include"), SOURCE, "-L", lib, "-ltorch_cpu", "-lc10",
+    return [cxx, *flags, "-I", os.path.join(torch_dir, "include"), *SOURCES, "-L", lib, "-ltorch_cpu", "-lc10",
             f"-Wl,-rpath,{lib}", "-o", output]
 
 
 def library_path(cxx):
     """Where the library built for this source, torch, compiler and CPU capability is kept."""
-    with open(SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for path in SOURCES + HEADERS:
+        with open(path, "rb") as f:
+            source += f.read()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(b"\0".join(x if isinstance(x, bytes) else x.encode() for x in (
         source, torch.__version__, version, torch.backends.cpu.get_cpu_capability(), platform.machine(),
@@ -96,7 +100,7 @@ def build():
         done = subprocess.run(build_command(cxx, tmp), capture_output=True, text=True)
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
-            raise KernelBuildError(f"compiling {os.path.relpath(SOURCE, REPO)} with {cxx} failed:\n{tail}")
+            raise KernelBuildError(f"compiling {os.path.relpath(CSRC, REPO)} with {cxx} failed:\n{tail}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -116,9 +120,12 @@ def _ops():
     """torch.ops.levit_kernels once the library is loaded, or None (with one warning saying why)."""
     if not enabled():
         return None
+    global _lanes
     try:
         torch.ops.load_library(build())
         torch.library.register_fake("levit_kernels::group4_conv3x3", _group4_conv3x3_shape)
+        torch.library.register_fake("levit_kernels::window_attention", _window_attention_shape)
+        _lanes = int(torch.ops.levit_kernels.vector_lanes())
         return torch.ops.levit_kernels
     except (KernelBuildError, OSError) as e:
         warnings.warn(f"network.kernels: the native CPU kernels are not available ({e}); LEViT's grouped "
@@ -137,10 +144,15 @@ def bfloat16_dot():
     return ops is not None and bool(ops.bfloat16_dot())
 
 
+_lanes = None  # vector_lanes() once the library is loaded
+
+
 def vector_lanes():
-    """Channels in one of the kernel's vectors (16 with AVX512, 8 with AVX, else 4); None without the kernels."""
-    ops = _ops()
-    return None if ops is None else int(ops.vector_lanes())
+    """Channels in one of the kernels' vectors (16 with AVX512, 8 with AVX, else 4); None without the
+    kernels. While torch.compile traces, the value of the library loaded before (nothing is built then)."""
+    if not torch.compiler.is_compiling():
+        _ops()
+    return _lanes
 
 
 def supports_group4_conv(conv):
@@ -159,6 +171,40 @@ def group4_conv_applies(x, add=None):
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and (add is None or add.dtype == x.dtype))
+
+
+ATTENTION_WINDOW = 8
+ATTENTION_HEAD_VECTORS = (1, 2, 3, 4, 6, 8)  # vectors of channels a head the attention kernel is built for
+
+
+def window_attention_applies(q, k, v, heads, window):
+    """True when window_attention takes these maps: CPU float32 or bfloat16 q, k, v of one shape and
+    dtype, channels_last, no gradient, 8x8 windows, channels a head a multiple of the vector width
+    (1, 2, 3, 4, 6 or 8 vectors), with the kernels built; not while tracing or exporting."""
+    if not (q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
+            and window == ATTENTION_WINDOW and q.dim() == 4):
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():  # an exported graph keeps torch's own ops
+        return False
+    lanes = vector_lanes()
+    head_dim = q.shape[1] // heads
+    return (lanes is not None and q.shape[1] == heads * head_dim and head_dim % lanes == 0
+            and head_dim // lanes in ATTENTION_HEAD_VECTORS
+            and all(t.shape == q.shape and t.dtype == q.dtype and t.is_contiguous(memory_format=torch.channels_last)
+                    for t in (q, k, v)))
+
+
+def window_attention(q, k, v, scale, heads, window=ATTENTION_WINDOW):
+    """LEViT's cosine window attention for inference (network/csrc/window_attention.cpp): `scale` the
+    (heads,) float32 factors exp(min(logit_scale, log 100)); maps as window_attention_applies says.
+    Windows cut by the border hold fewer tokens, as the masked padding of the plain path."""
+    if not torch.compiler.is_compiling() and not available():
+        raise KernelBuildError("the native CPU kernels are not available (see the warning, or LEVIT_KERNELS)")
+    return torch.ops.levit_kernels.window_attention(q, k, v, scale, heads, window)
+
+
+def _window_attention_shape(q, k, v, scale, heads, window):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device, memory_format=torch.channels_last)
 
 
 def pack_group4_weight(weight):

@@ -241,6 +241,9 @@ class LocalEnhanceAttention(nn.Module):
         self.window = window
         self.logit_scale = nn.Parameter(torch.full((heads, 1, 1), math.log(10.0)))
 
+    # inference on the CPU goes to network/kernels.py's window_attention where it applies (False: torch ops)
+    native_kernel = True
+
     def to_windows(self, t, memory_format):
         # (B, C, H, W) -> (B * nH * nW, heads, ws * ws, d); channel c belongs to head c // d.
         # Reading in the input's own memory order keeps the gradient in that format too.
@@ -270,6 +273,9 @@ class LocalEnhanceAttention(nn.Module):
         return valid.reshape(-1, 1, 1, ws * ws)
 
     def forward(self, q, k, v):
+        if self.native_kernel and kernels.window_attention_applies(q, k, v, self.heads, self.window):
+            scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().flatten().float()
+            return kernels.window_attention(q, k, v, scale, self.heads, self.window)
         B, C, H, W = q.shape
         ws = self.window
         memory_format = torch.channels_last if is_channels_last(q) else torch.contiguous_format

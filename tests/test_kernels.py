@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from network import DBN, kernels
-from network.levit import InferenceConv
+from network.levit import InferenceConv, LocalEnhanceAttention
 
 from conftest import ROOT, with_formula_weights
 
@@ -100,33 +100,38 @@ def test_group4_conv3x3_refuses_what_it_does_not_compute():
 
 
 @needs_kernels
-def test_optimized_model_runs_its_grouped_convolutions_in_the_kernel(monkeypatch):
-    """Every 3x3 convolution with groups of 4 of an optimized DBN-S goes to the kernel (eager, no
-    gradient, channels_last), with the same embeddings as the oneDNN path; with gradients on, or in
-    NCHW, none does."""
+def test_optimized_model_runs_its_grouped_convolutions_and_attention_in_the_kernels(monkeypatch):
+    """Every 3x3 convolution with groups of 4 and every window attention of an optimized DBN-S goes to
+    the kernels (eager, no gradient, channels_last), with the same embeddings as oneDNN and torch's
+    operators; with gradients on, or in NCHW, none does."""
     torch.manual_seed(0)
     model = with_formula_weights(DBN(751, net="small", pretrained=None)).eval().fuse().optimize()
     convs = [m for m in model.modules() if isinstance(m, InferenceConv) and m.groups > 1]
     assert convs and all(m.group4 for m in convs)
-    calls = []
-    original = kernels.group4_conv3x3
-    monkeypatch.setattr(kernels, "group4_conv3x3", lambda *a: calls.append(a) or original(*a))
+    attentions = [m for m in model.modules() if isinstance(m, LocalEnhanceAttention)]
+    calls, attention_calls = [], []
+    conv, attention = kernels.group4_conv3x3, kernels.window_attention
+    monkeypatch.setattr(kernels, "group4_conv3x3", lambda *a: calls.append(a) or conv(*a))
+    monkeypatch.setattr(kernels, "window_attention", lambda *a: attention_calls.append(a) or attention(*a))
     x = torch.rand(2, 3, 64, 32)
     with torch.no_grad():
         got = torch.cat(model(x), 1)
-    assert len(calls) == len(convs)
-    onednn = copy.deepcopy(model)
-    for m in onednn.modules():
+    assert len(calls) == len(convs) and len(attention_calls) == len(attentions) == 11
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
         if isinstance(m, InferenceConv):
             m.group4 = False
+        if isinstance(m, LocalEnhanceAttention):
+            m.native_kernel = False
     calls.clear()
+    attention_calls.clear()
     with torch.no_grad():
-        want = torch.cat(onednn(x), 1)
-    assert not calls and rel_err(got, want) < 1e-5
+        want = torch.cat(plain(x), 1)
+    assert not calls and not attention_calls and rel_err(got, want) < 1e-5
     torch.cat(model(x), 1)  # gradients on: plain ops
     with torch.no_grad():
         model.to(memory_format=torch.contiguous_format)(x)
-    assert not calls
+    assert not calls and not attention_calls
 
 
 @needs_kernels
@@ -145,6 +150,7 @@ def test_compiled_model_calls_the_kernel_without_graph_breaks():
     assert explained.graph_break_count == 0 and explained.graph_count == 1
     ops = {str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"}
     assert any("levit_kernels.group4_conv3x3" in op for op in ops)
+    assert any("levit_kernels.window_attention" in op for op in ops)
     assert rel_err(got, want) < 1e-5
 
 
@@ -167,7 +173,7 @@ print(kernels.available(), any(getattr(m, "group4", False) for m in model.module
 
 @pytest.mark.parametrize("cxx,message", [
     ("no-such-compiler", "no C++ compiler: 'no-such-compiler' is not on the PATH (set CXX to one)"),
-    ("false", "compiling network/csrc/group4_conv3x3.cpp with ")])
+    ("false", "compiling network/csrc with ")])
 def test_without_a_compiler_the_model_runs_in_onednn_and_says_why(tmp_path, cxx, message):
     status, out, err = python_with_env(FALLBACK, CXX=cxx, LEVIT_KERNELS_CACHE=str(tmp_path))
     assert status == 0, err
@@ -196,3 +202,85 @@ def test_the_library_is_built_once_and_named_by_what_it_depends_on(tmp_path, mon
     other = "AVX2" if capability != "AVX2" else "DEFAULT"
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
     assert kernels.library_path(kernels.compiler()) != path
+
+
+# ---------------------------------------------------------------- window attention
+
+ATTENTION_SHAPES = [(2, 32, 64, 32, 1), (2, 96, 32, 16, 2), (1, 192, 16, 8, 2), (2, 32, 13, 10, 2),
+                    (1, 96, 5, 3, 1), (1, 64, 9, 17, 4), (1, 128, 8, 8, 1)]  # border windows; 16 to 128 channels a head
+
+
+def attention_inputs(batch, channels, height, width, heads, seed=0):
+    torch.manual_seed(seed)
+    attn = LocalEnhanceAttention(heads, 8).eval()
+    with torch.no_grad():
+        attn.logit_scale.uniform_(1.0, 5.0)  # scales up to the clamp at 100
+    q, k, v = (channels_last(torch.randn(batch, channels, height, width)) for _ in range(3))
+    return attn, q, k, v
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,channels,height,width,heads", ATTENTION_SHAPES)
+def test_window_attention_equals_the_torch_path_and_the_reference(batch, channels, height, width, heads):
+    """float32: the kernel's output equals LocalEnhanceAttention's torch path (SDPA, taken with
+    gradients on) and the per-window reference within float32 rounding, border windows included."""
+    from test_network import reference_attention
+    attn, q, k, v = attention_inputs(batch, channels, height, width, heads)
+    with torch.no_grad():
+        if not kernels.window_attention_applies(q, k, v, heads, 8):
+            pytest.skip("channels a head not a multiple of this CPU's vector")
+    with torch.no_grad():
+        got = attn(q, k, v)
+        want = reference_attention(attn, q, k, v)
+    torch_path = attn(q, k, v).detach()
+    assert got.shape == q.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(got, torch_path) < 1e-5 and rel_err(got, want) < 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,channels,height,width,heads", ATTENTION_SHAPES[1:4])
+def test_window_attention_in_bfloat16_is_as_close_to_float32_as_the_torch_path(batch, channels, height, width,
+                                                                               heads):
+    """bfloat16 maps: within 3e-2 of float32 (the rounding of q, k and v to bfloat16, with logit
+    scales up to 100: the torch path is as far) and no further from it than the torch path in
+    bfloat16 (plus rounding); a bfloat16 channels_last result."""
+    attn, q, k, v = attention_inputs(batch, channels, height, width, heads)
+    with torch.no_grad():
+        want = attn(q, k, v)
+        qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+        got = attn(qb, kb, vb)
+        attn.native_kernel = False
+        torch_path = attn(qb, kb, vb)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(got.float(), want) < 3e-2
+    assert rel_err(got.float(), want) < rel_err(torch_path.float(), want) + 5e-3
+
+
+@needs_kernels
+def test_window_attention_applies_only_where_it_computes_the_same():
+    attn, q, k, v = attention_inputs(1, 32, 16, 16, 2)
+    with torch.no_grad():
+        assert kernels.window_attention_applies(q, k, v, 2, 8)
+        assert not kernels.window_attention_applies(q, k, v, 2, 7)  # another window
+        assert not kernels.window_attention_applies(q.contiguous(), k, v, 2, 8)  # NCHW
+        assert not kernels.window_attention_applies(q, k.bfloat16(), v, 2, 8)  # mixed dtypes
+        assert not kernels.window_attention_applies(q.double(), k.double(), v.double(), 2, 8)
+        assert not kernels.window_attention_applies(q, k, v, 32, 8)  # 1 channel a head
+    assert not kernels.window_attention_applies(q, k, v, 2, 8)  # gradients on
+    with pytest.raises(RuntimeError, match="window 8, got 4"):
+        torch.ops.levit_kernels.window_attention(q, k, v, torch.ones(2), 2, 4)
+    with pytest.raises(RuntimeError, match="one shape and dtype"):
+        torch.ops.levit_kernels.window_attention(q, k.contiguous(), v, torch.ones(2), 2, 8)
+
+
+@needs_kernels
+def test_traced_attention_keeps_torch_ops():
+    """While tracing (TorchScript, ONNX) or exporting the attention stays in torch's operators, so an
+    exported graph holds no operator of this library."""
+    attn, q, k, v = attention_inputs(1, 32, 16, 16, 2)
+    with torch.no_grad():
+        traced = torch.jit.trace(attn, (q, k, v))
+        assert "levit_kernels" not in str(traced.inlined_graph)
+        assert rel_err(traced(q, k, v), attn(q, k, v)) < 1e-5
+        exported = torch.export.export(attn, (q, k, v))
+    assert "levit_kernels" not in str(exported.graph)

@@ -76,12 +76,15 @@ def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=75
 
 
 def without_native_kernels(model):
-    """`model` with its grouped convolutions sent to oneDNN instead of network/kernels.py's kernel
-    (the path of a machine without a C++ compiler, or with LEVIT_KERNELS=0)."""
+    """`model` with its grouped convolutions sent to oneDNN and its attention to torch's operators
+    instead of network/kernels.py's kernels (the path of a machine without a C++ compiler, or with
+    LEVIT_KERNELS=0)."""
     model = getattr(model, "model", model)  # a CompiledModel's eager model
     for m in model.modules():
         if getattr(m, "group4", False):
             m.group4 = False
+        if getattr(m, "native_kernel", False):
+            m.native_kernel = False
     return model
 
 
@@ -158,12 +161,12 @@ def inference_table(batch, device, repeats, peak):
         "DBN-S fused, channels_last": (dbn_small(device), "DBN-S", torch.float32, True),
     }
     if kernels.available():
-        models["DBN-S fused, CL, oneDNN groups"] = (without_native_kernels(dbn_small(device)), "DBN-S",
+        models["DBN-S fused, CL, no native"] = (without_native_kernels(dbn_small(device)), "DBN-S",
                                                     torch.float32, True)
     if half:
         models[f"DBN-S fused, {half}"] = (dbn_small(device, half), "DBN-S", torch.float32, True)
         if kernels.available():
-            models[f"DBN-S {half}, oneDNN groups"] = (without_native_kernels(dbn_small(device, half)), "DBN-S",
+            models[f"DBN-S {half}, no native"] = (without_native_kernels(dbn_small(device, half)), "DBN-S",
                                                       torch.float32, True)
     runs = {name: runner(m, batch, device, dtype, cl) for name, (m, _, dtype, cl) in models.items()}
     faults = {}
@@ -339,7 +342,8 @@ def native_kernels_line():
         return "native kernels: not built (see the warning above): grouped convolutions in oneDNN"
     return (f"native kernels: built ({kernels.vector_lanes()} float32 lanes"
             + (", bfloat16 pair products" if kernels.bfloat16_dot() else "") + "): the grouped convolutions of "
-            "the optimized DBN-S rows; the 'oneDNN groups' rows run them in oneDNN")
+            "the optimized DBN-S rows and the attention of every channels_last LEViT/DBN row; the 'no native' rows "
+            "run both in oneDNN and torch's operators")
 
 
 def bench(args):
