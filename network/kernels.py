@@ -174,13 +174,14 @@ def group4_conv_applies(x, add=None):
 
 
 ATTENTION_WINDOW = 8
-ATTENTION_HEAD_VECTORS = (1, 2, 3, 4, 6, 8)  # vectors of channels a head the attention kernel is built for
+# vectors of channels a head the attention kernel is built for (LEViT's 16 to 96 channels at 4 to 16 lanes)
+ATTENTION_HEAD_VECTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 
 
 def window_attention_applies(q, k, v, heads, window):
     """True when window_attention takes these maps: CPU float32 or bfloat16 q, k, v of one shape and
     dtype, channels_last, no gradient, 8x8 windows, channels a head a multiple of the vector width
-    (1, 2, 3, 4, 6 or 8 vectors), with the kernels built; not while tracing or exporting."""
+    (ATTENTION_HEAD_VECTORS of them), with the kernels built; not while tracing or exporting."""
     if not (q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
             and window == ATTENTION_WINDOW and q.dim() == 4):
         return False

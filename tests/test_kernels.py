@@ -284,3 +284,35 @@ def test_traced_attention_keeps_torch_ops():
         assert rel_err(traced(q, k, v), attn(q, k, v)) < 1e-5
         exported = torch.export.export(attn, (q, k, v))
     assert "levit_kernels" not in str(exported.graph)
+
+
+@needs_kernels
+def test_vector_width_follows_the_cpu_capability():
+    """16 lanes where torch reports AVX512, 8 for AVX2, 4 otherwise; bfloat16 pair products only with
+    AVX512-BF16."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert kernels.vector_lanes() == {"AVX512": 16, "AVX2": 8}.get(capability, 4)
+    assert kernels.bfloat16_dot() == (capability == "AVX512" and torch.cpu._is_avx512_bf16_supported())
+
+
+@pytest.mark.slow
+@needs_kernels
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_kernels_built_for_narrower_vectors_pass_the_same_tests(capability, tmp_path):
+    """A CPU without AVX512 gets 8-lane (AVX2) or 4-lane (SSE) builds of the same source: this file's
+    kernel tests, run in a process where torch reports that capability (ATEN_CPU_CAPABILITY), pass
+    against torch's operators. Inductor gets a cache folder of its own (the capability is not part
+    of its cache key), and with ATEN_CPU_CAPABILITY=default it cannot compile at all (its generated
+    code needs at::vec), so the compiled test runs for AVX2 only."""
+    skip = "not narrower_vectors and not without_a_compiler and not levit_kernels_0 and not built_once"
+    if capability == "default":
+        skip += " and not compiled_model"
+    cache = tmp_path / "kernels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", skip],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "ATEN_CPU_CAPABILITY": capability, "LEVIT_KERNELS_CACHE": str(cache),
+             "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
+    assert len(os.listdir(cache)) == 1  # built for this capability
