@@ -1,17 +1,24 @@
 """Native CPU kernels for inference, compiled from network/csrc on first use and cached on disk.
 
-One kernel today: `group4_conv3x3(x, weight, bias, add=None, stride=1, relu=False)`, LEViT's 3x3
-convolutions with groups of 4 channels over channels_last float32 or bfloat16 maps, with the
-bias, residual sum and ReLU fused (measured 3.5-5x oneDNN's float32 and about 2x its bfloat16
-speed at DBN-S's shapes; `python -m utils.bench --what model` compares the two).
+- `group4_conv3x3(x, packed, bias, add=None, stride=1, relu=False)`: LEViT's 3x3 convolutions with
+  groups of 4 channels over channels_last float32 or bfloat16 maps, bias, residual sum and ReLU
+  fused (measured 3.5-5x oneDNN's float32 speed at DBN-S's shapes, 3.5-6x its bfloat16 speed with
+  AVX512-BF16). `InferenceConv` (DBN.optimize) calls it.
+- `window_attention(q, k, v, scale, heads)`: the cosine attention in 8x8 windows read from and
+  written to the channels_last maps, without window copies or padding (measured 1.5-2.4x torch's
+  operators in float32). `LocalEnhanceAttention` calls it for inference without a gradient.
 
-The build needs a C++20 compiler (`$CXX`, else `c++`; the one torch.compile uses on the CPU) and
-takes about 10 s, once per machine: the library is kept under `$LEVIT_KERNELS_CACHE` (default
-`~/.cache/levit_reid/kernels`), named by a hash of the source, torch's version, the compiler and
-the CPU's vector extensions, so a shared home directory serves machines of different CPUs.
-Without a compiler, or when the build fails, `available()` is False, a warning says why once, and
-the convolutions run in oneDNN as before (same outputs up to rounding). `LEVIT_KERNELS=0` turns
-the kernels off.
+Both run eager and under torch.compile (their output shapes are registered); traced and exported
+graphs keep torch's own operators. `python -m utils.bench --what model` compares the model with
+and without them ("no native" rows).
+
+The build needs a C++20 compiler (`$CXX`, else `c++`; what torch.compile needs on the CPU too) and
+takes 10-20 s, once per machine: the library is kept under `$LEVIT_KERNELS_CACHE` (default
+`~/.cache/levit_reid/kernels`), named by a hash of the sources, torch's version, the compiler and
+the CPU's vector extensions (AVX512, AVX2 or neither, as torch reports them), so a shared home
+directory serves machines of different CPUs. Without a compiler, or when the build fails,
+`available()` is False, a warning says why once, and everything runs in oneDNN and torch's
+operators as before (same outputs up to rounding). `LEVIT_KERNELS=0` turns the kernels off.
 """
 import functools
 import hashlib

@@ -263,3 +263,27 @@ def test_features_table_compares_one_crop_on_every_path(monkeypatch, capsys):
     assert names == ["float32, BN folded only, two calls", "float32, optimized, one batch",
                      "float32, compiled, one batch", "bfloat16, optimized, one batch", "bfloat16, compiled, one batch"]
     assert crop[0].endswith(" 1.00x")
+
+
+def test_inference_table_has_the_native_and_compiled_rows_and_the_peer_summary(monkeypatch, capsys):
+    """The inference table, small and uncompiled (compile_model replaced by the identity: the rows,
+    not inductor, are under test): with the kernels built it has the 'no native' rows beside the
+    optimized ones, OSNet and DBN-S compiled, and a last line comparing float32 DBN-S with the peers."""
+    import utils.bench.model as bench_model
+    import utils.features
+    from network import kernels
+    monkeypatch.setattr(bench_model, "SIZE", (128, 128))  # the release-style attention needs sides of 8
+    monkeypatch.setattr(bench_model, "half_dtype", lambda device: "bfloat16")
+    monkeypatch.setattr(bench_model, "compile_model", lambda model: model)
+    monkeypatch.setattr(utils.features, "compile_model", lambda model: model)
+    bench_model.inference_table(2, torch.device("cpu"), 1, peak=100.0)
+    out = capsys.readouterr().out
+    names = [line[:30].strip() for line in out.splitlines()[3:-1]]
+    assert names[:9] == ["ResNet-50", "ResNet-50 channels_last", "OSNet x1_0 channels_last", "LEViT-S unoptimised",
+                         "LEViT-S fused, channels_last", "DBN-S release-style", "DBN-S unoptimised",
+                         "DBN-S fused, not optimized", "DBN-S fused, channels_last"]
+    native = ["DBN-S fused, CL, no native"] if kernels.available() else []
+    assert names[9:] == native + ["OSNet x1_0 CL compiled", "DBN-S compiled, float32", "DBN-S fused, bfloat16"] + (
+        ["DBN-S bfloat16, no native"] if native else [])
+    last = out.splitlines()[-1]
+    assert last.startswith("float32 DBN-S against the peers: eager ") and last.endswith("x OSNet x1_0 compiled")

@@ -162,7 +162,11 @@ def inference_table(batch, device, repeats, peak):
     }
     if kernels.available():
         models["DBN-S fused, CL, no native"] = (without_native_kernels(dbn_small(device)), "DBN-S",
-                                                    torch.float32, True)
+                                                torch.float32, True)
+    # compiled against compiled (torch.compile, inductor, frozen weights: utils.features.compile_model)
+    models["OSNet x1_0 CL compiled"] = (compile_model(OSNet(751).eval().to(device, memory_format=torch.channels_last)),
+                                        "OSNet x1_0", torch.float32, True)
+    models["DBN-S compiled, float32"] = (dbn_small(device, compile=True), "DBN-S", torch.float32, True)
     if half:
         models[f"DBN-S fused, {half}"] = (dbn_small(device, half), "DBN-S", torch.float32, True)
         if kernels.available():
@@ -181,6 +185,9 @@ def inference_table(batch, device, repeats, peak):
         gflops = flops[models[name][1]] * batch / t / 1e9
         print(f"{name:30s} {batch / t:9.1f} {base / t:14.2f}x {release / t:15.2f}x {osnet / t:7.2f}x "
               f"{gflops:8.1f} {100 * gflops / peak:12.0f}% {faults[name]:11,.0f}")
+    print(f"float32 DBN-S against the peers: eager {release / seconds['DBN-S fused, channels_last']:.2f}x the "
+          f"release-style and {osnet / seconds['DBN-S fused, channels_last']:.2f}x OSNet x1_0; compiled "
+          f"{seconds['OSNet x1_0 CL compiled'] / seconds['DBN-S compiled, float32']:.2f}x OSNet x1_0 compiled")
 
 
 def compile_first(models, batches, device):
