@@ -166,11 +166,27 @@ inline void block_dot(const c10::BFloat16* x, const uint32_t* wq, const float* b
 }
 #endif
 
-template <int S, typename T>
-void run(const T* x, const float* wp, const float* bias, const T* add, T* out, int64_t B, const Args& a) {
-  const int64_t rows = B * a.Ho;
+// Calls block.template operator()<P>(b, oh, ow, c0) over every output row, channel vector and run
+// of P = 8, 4 or 1 pixels, the rows shared out among torch's threads.
+template <typename Block>
+void for_each_block(int64_t B, const Args& a, const Block& block) {
   const int64_t work = a.Wo * a.C * 36;  // multiply-adds a row
   const int64_t grain = work >= 32768 ? 1 : (32768 + work - 1) / work;
+  at::parallel_for(0, B * a.Ho, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / a.Ho, oh = r % a.Ho;
+      for (int64_t c0 = 0; c0 < a.C; c0 += VL) {
+        int64_t ow = 0;
+        for (; ow + 8 <= a.Wo; ow += 8) block.template operator()<8>(b, oh, ow, c0);
+        for (; ow + 4 <= a.Wo; ow += 4) block.template operator()<4>(b, oh, ow, c0);
+        for (; ow < a.Wo; ++ow) block.template operator()<1>(b, oh, ow, c0);
+      }
+    }
+  });
+}
+
+template <int S, typename T>
+void run(const T* x, const float* wp, const float* bias, const T* add, T* out, int64_t B, const Args& a) {
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     std::vector<uint32_t> wq(18 * a.C);
@@ -182,30 +198,14 @@ void run(const T* x, const float* wp, const float* bias, const T* add, T* out, i
           wq[(tap * 2 + r) * a.C + c] = lo | (hi << 16);
         }
     static const Pairs pairs;
-    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t b = r / a.Ho, oh = r % a.Ho;
-        for (int64_t c0 = 0; c0 < a.C; c0 += VL) {
-          int64_t ow = 0;
-          for (; ow + 8 <= a.Wo; ow += 8) block_dot<S, 8>(x, wq.data(), bias, add, out, b, oh, ow, c0, a, pairs);
-          for (; ow + 4 <= a.Wo; ow += 4) block_dot<S, 4>(x, wq.data(), bias, add, out, b, oh, ow, c0, a, pairs);
-          for (; ow < a.Wo; ++ow) block_dot<S, 1>(x, wq.data(), bias, add, out, b, oh, ow, c0, a, pairs);
-        }
-      }
+    for_each_block(B, a, [&]<int P>(int64_t b, int64_t oh, int64_t ow, int64_t c0) {
+      block_dot<S, P>(x, wq.data(), bias, add, out, b, oh, ow, c0, a, pairs);
     });
     return;
   }
 #endif
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / a.Ho, oh = r % a.Ho;
-      for (int64_t c0 = 0; c0 < a.C; c0 += VL) {
-        int64_t ow = 0;
-        for (; ow + 8 <= a.Wo; ow += 8) block<S, 8>(x, wp, bias, add, out, b, oh, ow, c0, a);
-        for (; ow + 4 <= a.Wo; ow += 4) block<S, 4>(x, wp, bias, add, out, b, oh, ow, c0, a);
-        for (; ow < a.Wo; ++ow) block<S, 1>(x, wp, bias, add, out, b, oh, ow, c0, a);
-      }
-    }
+  for_each_block(B, a, [&]<int P>(int64_t b, int64_t oh, int64_t ow, int64_t c0) {
+    block<S, P>(x, wp, bias, add, out, b, oh, ow, c0, a);
   });
 }
 

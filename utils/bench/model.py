@@ -209,8 +209,6 @@ def latency_table(device, repeats):
     compiled, ResNet-50 (channels_last) in the same settings. A run is 32 images at every batch size."""
     half = half_dtype(device)
     models = {}  # name: (model, input dtype); DBN casts its input itself
-    import torch._inductor.config
-    torch._inductor.config.fx_graph_cache = False  # compile times from cold, whatever earlier runs left on disk
     compiled = {}  # compiled name: its eager twin
     models["DBN-S fused, not optimized, float32"] = (dbn_small(device, optimize=False), "float32")
     if half:
@@ -239,7 +237,7 @@ def latency_table(device, repeats):
         cells = "".join(f"{1000 * seconds[b][name]:9.1f} ({b / seconds[b][name]:6.1f}/s)" for b in LATENCY_BATCHES)
         print(f"{name:36s}{cells} {eager_1 / seconds[1][name]:25.2f}x")
     print("\ncompiling (torch.compile, inductor, frozen weights, one graph per power-of-two batch: "
-          "first call of a graph, compile included, inductor's on-disk cache off)")
+          "first call of a graph, compile included, inductor's graph caches off)")
     print(f"{'model':32s} {'batch 32 graph s':>17s} {'batch 8 graph s':>16s} {'batch 1 graph s':>16s} "
           f"{'pays off after (images)':>24s}")
     for name, eager in compiled.items():
@@ -353,8 +351,18 @@ def native_kernels_line():
             "run both in oneDNN and torch's operators")
 
 
+def compile_from_cold():
+    """Turns inductor's and AOTAutograd's graph caches off (on disk and in memory), so that every
+    compile time is measured from cold, whatever earlier runs or earlier tables compiled."""
+    import torch._functorch.config
+    import torch._inductor.config
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
+
+
 def bench(args):
     torch.set_num_threads(args.threads)
+    compile_from_cold()
     malloc = configure_malloc(args.malloc)  # before any model allocates
     device = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
