@@ -144,8 +144,9 @@ class InferenceConv(nn.Module):
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
         self.groups, self.relu = conv.groups, bool(relu)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        # LEViT's 3x3 convolutions with groups of 4 channels: the native kernel where it is built
-        self.group4 = kernels.supports_group4_conv(conv)
+        # LEViT's 3x3 convolutions with groups of 4 channels: the native CPU kernel where it is built
+        # (a model optimized on a GPU does not build it)
+        self.group4 = weight.device.type == "cpu" and kernels.supports_group4_conv(conv)
         self._group4_key = self._group4_weights = None
 
     def group4_weights(self):
