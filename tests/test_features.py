@@ -189,6 +189,19 @@ def test_bfloat16_features_agree_with_float32_on_photographs(weights_of):
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is left alone
 
 
+def test_inference_dtype_keeps_the_first_convolution_and_the_batchnorms_in_float32():
+    """to_inference_dtype(bfloat16): the stem's first convolution (the [0, 1] input) and the five
+    BatchNorm1d stay float32, every other weight is bfloat16, and the output is float32."""
+    model = DBN(10, net="small", pretrained=None).eval().fuse().to_inference_dtype(torch.bfloat16)
+    kept = {name for name, p in model.named_parameters() if p.dtype == torch.float32}
+    assert kept and all(name.startswith(("stem.0.", "bn_list.")) for name in kept)
+    assert {p.dtype for name, p in model.named_parameters() if name not in kept} == {torch.bfloat16}
+    assert any(name.startswith("stem.0.") for name in kept) and any(name.startswith("bn_list.") for name in kept)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 32))
+    assert all(e.dtype == torch.float32 for e in out)
+
+
 def test_dtype_checks_say_what_is_offered(monkeypatch):
     with pytest.raises(ValueError, match="float16 inference is offered on CUDA only; on the CPU use bfloat16"):
         check_dtype("float16", "cpu")

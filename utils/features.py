@@ -204,7 +204,7 @@ class FeatureExtractor:
     def __init__(self, model, img_height, img_width, transform="reid", device="cpu", batch_size=64, flip=True,
                  dtype="float32", compile=False):
         """`dtype` "bfloat16" (a CPU with AVX512-BF16 or AMX, or CUDA) or "float16" (CUDA) runs all but
-        the stem and the last BatchNorm1d in that precision (check_dtype refuses where unsupported);
+        the stem's first convolution and the last BatchNorm1d in that precision (check_dtype refuses where unsupported);
         `compile` runs the model through torch.compile (CompiledModel: one graph per power-of-two
         batch size, compiled on its first batch and kept for the life of the extractor). Features are float32 either way."""
         from datasets.transforms import build_transform
