@@ -208,6 +208,10 @@ def latency_table(device, repeats):
     """ms per call and images/s at batch 1, 8 and 32: DBN-S float32 eager fused, half precision and
     compiled, ResNet-50 (channels_last) in the same settings. A run is 32 images at every batch size."""
     half = half_dtype(device)
+    # dynamo keeps the code it compiled for the inference table's models and would reuse it for another
+    # model of the same class and shapes (parameters are graph inputs): forget it, so the compile
+    # times below are from cold
+    torch._dynamo.reset()
     models = {}  # name: (model, input dtype); DBN casts its input itself
     compiled = {}  # compiled name: its eager twin
     models["DBN-S fused, not optimized, float32"] = (dbn_small(device, optimize=False), "float32")
