@@ -41,6 +41,9 @@ ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", 
               "AVX2": ["-mavx2", "-mfma"]}
 
 
+BUILD_TIMEOUT = 600  # seconds; the build takes 10-20 s
+
+
 class KernelBuildError(RuntimeError):
     """The kernels could not be built or loaded; the message says why."""
 
@@ -75,7 +78,7 @@ def build_command(cxx, output):
     if torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.cpu._is_avx512_bf16_supported():
         flags.append("-mavx512bf16")
     if sys.platform == "darwin":
-        flags.append("-undefined dynamic_lookup")
+        flags += ["-undefined", "dynamic_lookup"]
     return [cxx, *flags, "-I", os.path.join(torch_dir, "include"), *SOURCES, "-L", lib, "-ltorch_cpu", "-lc10",
             f"-Wl,-rpath,{lib}", "-o", output]
 
@@ -104,7 +107,11 @@ def build():
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
     os.close(fd)
     try:
-        done = subprocess.run(build_command(cxx, tmp), capture_output=True, text=True)
+        try:
+            done = subprocess.run(build_command(cxx, tmp), capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise KernelBuildError(f"compiling {os.path.relpath(CSRC, REPO)} with {cxx} took over "
+                                   f"{BUILD_TIMEOUT} s; stopped") from None
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
             raise KernelBuildError(f"compiling {os.path.relpath(CSRC, REPO)} with {cxx} failed:\n{tail}")
@@ -136,7 +143,8 @@ def _ops():
         return torch.ops.levit_kernels
     except (KernelBuildError, OSError) as e:
         warnings.warn(f"network.kernels: the native CPU kernels are not available ({e}); LEViT's grouped "
-                      "convolutions run in oneDNN instead (slower, same results)", stacklevel=3)
+                      "convolutions and window attention run in oneDNN and torch's operators instead (slower, "
+                      "same results up to rounding)", stacklevel=3)
         return None
 
 

@@ -178,8 +178,21 @@ def test_without_a_compiler_the_model_runs_in_onednn_and_says_why(tmp_path, cxx,
     status, out, err = python_with_env(FALLBACK, CXX=cxx, LEVIT_KERNELS_CACHE=str(tmp_path))
     assert status == 0, err
     assert out.split() == ["False", "False", "5"]
-    assert message in err and "LEViT's grouped convolutions run in oneDNN instead (slower, same results)" in err
+    assert message in err and ("LEViT's grouped convolutions and window attention run in oneDNN and torch's "
+                               "operators instead (slower, same results up to rounding)") in err
     assert err.count("native CPU kernels are not available") == 1  # once per process
+
+
+def test_a_compiler_that_hangs_is_stopped_with_a_message(tmp_path, monkeypatch):
+    compiler = tmp_path / "slow-c++"
+    compiler.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo slow 1.0; exit 0; fi\nsleep 30\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setenv("LEVIT_KERNELS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "BUILD_TIMEOUT", 0.5)
+    with pytest.raises(kernels.KernelBuildError, match=r"compiling network/csrc with .*slow-c\+\+ took over 0.5 s; stopped"):
+        kernels.build()
+    assert os.listdir(tmp_path / "cache") == []  # no half-written library left
 
 
 def test_levit_kernels_0_turns_them_off_silently(tmp_path):
