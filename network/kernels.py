@@ -2,10 +2,11 @@
 
 - `group4_conv3x3(x, packed, bias, add=None, stride=1, relu=False)`: LEViT's 3x3 convolutions with
   groups of 4 channels over channels_last float32 or bfloat16 maps, bias, residual sum and ReLU
-  fused (measured 3.5-5x oneDNN's float32 speed at DBN-S's shapes, 3.5-6x its bfloat16 speed with
-  AVX512-BF16). `InferenceConv` (DBN.optimize) calls it.
+  fused (measured at DBN-S's batch-32 shapes: 3.5-5x oneDNN's float32 speed, 3.5-6x its bfloat16
+  speed with AVX512-BF16; 1.7-3x at the first block's 32 channels on 64x32 maps). `InferenceConv`
+  (DBN.optimize) calls it.
 - `window_attention(q, k, v, scale, heads)`: the cosine attention in 8x8 windows read from and
-  written to the channels_last maps, without window copies or padding (measured 1.5-2.4x torch's
+  written to the channels_last maps, without window copies or padding (measured 1.5-2.6x torch's
   operators in float32). `LocalEnhanceAttention` calls it for inference without a gradient.
 
 Both run eager and under torch.compile (their output shapes are registered); traced and exported

@@ -274,9 +274,11 @@ class LocalEnhanceAttention(nn.Module):
         return valid.reshape(-1, 1, 1, ws * ws)
 
     def forward(self, q, k, v):
+        # cosine attention: unit-length q and k; the per-head scale exp(min(logit_scale, log 100))
+        # is folded into q (one multiply instead of two), so SDPA runs with scale 1
+        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
         if self.native_kernel and kernels.window_attention_applies(q, k, v, self.heads, self.window):
-            scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().flatten().float()
-            return kernels.window_attention(q, k, v, scale, self.heads, self.window)
+            return kernels.window_attention(q, k, v, scale.flatten().float(), self.heads, self.window)
         B, C, H, W = q.shape
         ws = self.window
         memory_format = torch.channels_last if is_channels_last(q) else torch.contiguous_format
@@ -287,10 +289,6 @@ class LocalEnhanceAttention(nn.Module):
             mask = self.key_mask(H, W, H + pad_h, W + pad_w, q.device).repeat(B, 1, 1, 1)
         Hp, Wp = H + pad_h, W + pad_w
         q, k, v = (self.to_windows(t, memory_format) for t in (q, k, v))
-        # cosine attention: unit-length q and k; the per-head scale exp(min(logit_scale, log 100))
-        # is folded into q (one multiply instead of two), so SDPA runs with scale 1 (inference on the
-        # CPU: inference_attention)
-        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
         if q.dtype in (torch.float32, torch.bfloat16) and q.device.type == "cpu" and not torch.is_grad_enabled():
             out = inference_attention(q, k, v, scale, mask)
         else:

@@ -287,3 +287,18 @@ def test_inference_table_has_the_native_and_compiled_rows_and_the_peer_summary(m
         ["DBN-S bfloat16, no native"] if native else [])
     last = out.splitlines()[-1]
     assert last.startswith("float32 DBN-S against the peers: eager ") and last.endswith("x OSNet x1_0 compiled")
+
+
+def test_native_kernels_line_says_what_runs(monkeypatch):
+    import utils.bench.model as bench_model
+    from network import kernels
+    monkeypatch.setattr(kernels, "enabled", lambda: False)
+    assert bench_model.native_kernels_line() == ("native kernels: off (LEVIT_KERNELS=0): grouped convolutions in "
+                                                 "oneDNN, attention in torch's operators")
+    monkeypatch.setattr(kernels, "enabled", lambda: True)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    assert bench_model.native_kernels_line().startswith("native kernels: not built (see the warning above): grouped")
+    monkeypatch.setattr(kernels, "available", lambda: True)
+    monkeypatch.setattr(kernels, "vector_lanes", lambda: 8)
+    monkeypatch.setattr(kernels, "bfloat16_dot", lambda: False)
+    assert bench_model.native_kernels_line().startswith("native kernels: built (8 float32 lanes): the grouped")

@@ -344,11 +344,12 @@ def training_table(batch, device, repeats):
 
 
 def native_kernels_line():
-    """Whether network/kernels.py's grouped-convolution kernel runs here, and how."""
+    """Whether network/kernels.py's kernels (grouped convolutions, window attention) run here, and how."""
+    elsewhere = "grouped convolutions in oneDNN, attention in torch's operators"
     if not kernels.enabled():
-        return "native kernels: off (LEVIT_KERNELS=0): grouped convolutions in oneDNN"
+        return f"native kernels: off (LEVIT_KERNELS=0): {elsewhere}"
     if not kernels.available():
-        return "native kernels: not built (see the warning above): grouped convolutions in oneDNN"
+        return f"native kernels: not built (see the warning above): {elsewhere}"
     return (f"native kernels: built ({kernels.vector_lanes()} float32 lanes"
             + (", bfloat16 pair products" if kernels.bfloat16_dot() else "") + "): the grouped convolutions of "
             "the optimized DBN-S rows and the attention of every channels_last LEViT/DBN row; the 'no native' rows "
