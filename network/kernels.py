@@ -140,6 +140,7 @@ def _ops():
         torch.ops.load_library(build())
         torch.library.register_fake("levit_kernels::group4_conv3x3", _group4_conv3x3_shape)
         torch.library.register_fake("levit_kernels::window_attention", _window_attention_shape)
+        torch.library.register_fake("levit_kernels::group4_conv3x3_weight_grad", _weight_grad_shape)
         _lanes = int(torch.ops.levit_kernels.vector_lanes())
         return torch.ops.levit_kernels
     except (KernelBuildError, OSError) as e:
@@ -240,3 +241,76 @@ def group4_conv3x3(x, packed, bias, add=None, stride=1, relu=False):
     if not torch.compiler.is_compiling() and not available():
         raise KernelBuildError("the native CPU kernels are not available (see the warning, or LEVIT_KERNELS)")
     return torch.ops.levit_kernels.group4_conv3x3(x, packed, bias, add, stride, relu)
+
+
+def _weight_grad_shape(x, grad):
+    return torch.empty((9, 4, x.shape[1]), dtype=torch.float32, device=x.device)
+
+
+def unpack_group4_weight(packed):
+    """The inverse of pack_group4_weight: (9, 4, C) -> (C, 4, 3, 3), weight[c, (c % 4 + r) % 4] = packed[:, r, c]."""
+    C = packed.shape[2]
+    c = torch.arange(C, device=packed.device)
+    r = torch.arange(4, device=packed.device)
+    weight = packed.new_empty(C, 4, 9)
+    weight[c[None, :], (c[None, :] % 4 + r[:, None]) % 4] = packed.permute(1, 2, 0)  # (4, C, 9)
+    return weight.view(C, 4, 3, 3)
+
+
+def transpose_group4_weight(weight):
+    """The weights of the input gradient of a stride-1 grouped 3x3 convolution as one of its kind: within
+    each group, input and output channels swapped and the kernel turned by 180 degrees
+    (grad_x = conv(grad_y, w') with w'[4g + i, o, kh, kw] = w[4g + o, i, 2 - kh, 2 - kw])."""
+    C = weight.shape[0]
+    return weight.reshape(C // 4, 4, 4, 3, 3).transpose(1, 2).flip(3, 4).reshape(C, 4, 3, 3)
+
+
+class _Group4Conv3x3(torch.autograd.Function):
+    """A stride-1 grouped 3x3 convolution (groups of 4) with its backward in the kernels: the input
+    gradient as the forward kernel with transpose_group4_weight, the weight gradient by
+    group4_conv3x3_weight_grad, the bias gradient as a sum."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        b = bias.float().contiguous() if bias is not None else x.new_zeros(weight.shape[0], dtype=torch.float32)
+        return torch.ops.levit_kernels.group4_conv3x3(x, pack_group4_weight(weight), b, None, 1, False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            zeros = grad.new_zeros(weight.shape[0], dtype=torch.float32)
+            grad_x = torch.ops.levit_kernels.group4_conv3x3(
+                grad, pack_group4_weight(transpose_group4_weight(weight)), zeros, None, 1, False)
+        if ctx.needs_input_grad[1]:
+            packed = torch.ops.levit_kernels.group4_conv3x3_weight_grad(x, grad)
+            grad_w = torch.empty_like(weight).copy_(unpack_group4_weight(packed))  # the weight's layout
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+
+def group4_conv_trains(conv, x):
+    """True when group4_conv3x3_trainable takes this stride-1 convolution (supports_group4_conv) and
+    input, gradients on or off: a channels_last float32 CPU map and float32 weights, no autocast,
+    eager (not while compiling, tracing or exporting: their graphs keep torch's operators)."""
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and tuple(conv.stride) == (1, 1) and not torch.is_autocast_enabled("cpu")):
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() \
+            or torch.compiler.is_exporting():
+        return False
+    return supports_group4_conv(conv)
+
+
+def group4_conv3x3_trainable(x, weight, bias=None):
+    """conv2d(x, weight, bias, padding=1, groups=C // 4) through the kernels, forward and backward
+    (see group4_conv_trains for the inputs it takes). Returns a channels_last float32 map."""
+    if not available():
+        raise KernelBuildError("the native CPU kernels are not available (see the warning, or LEVIT_KERNELS)")
+    return _Group4Conv3x3.apply(x, weight, bias)

@@ -99,6 +99,149 @@ def test_group4_conv3x3_refuses_what_it_does_not_compute():
         kernels.group4_conv3x3(channels_last(torch.randn(1, 16, 8, 8)), weight, bias, add=torch.randn(1, 16, 4, 4))
 
 
+TRAIN_SHAPES = [(2, 32, 32, 16, True), (3, 96, 16, 8, False), (2, 192, 8, 4, True), (4, 384, 4, 2, False),
+                (2, 64, 5, 3, True), (1, 16, 1, 1, False), (2, 48, 13, 21, True)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,channels,height,width,with_bias", TRAIN_SHAPES)
+def test_trainable_group4_conv_has_conv2d_output_and_gradients(batch, channels, height, width, with_bias):
+    """Stride 1, float32: output and the input, weight and bias gradients of F.conv2d within float32
+    rounding (borders, 1x1 maps and block tails included), for weights laid out either way."""
+    if channels % kernels.vector_lanes():
+        pytest.skip("channels not a multiple of this CPU's vector")
+    torch.manual_seed(0)
+    x = channels_last(torch.randn(batch, channels, height, width)).requires_grad_()
+    weight = torch.randn(channels, 4, 3, 3)
+    weight = (channels_last(weight) if with_bias else weight).requires_grad_()
+    bias = torch.randn(channels, requires_grad=True) if with_bias else None
+    grad = torch.randn(batch, channels, height, width)
+    leaves = [t for t in (x, weight, bias) if t is not None]
+    got = kernels.group4_conv3x3_trainable(x, weight, bias)
+    got_grads = torch.autograd.grad(got, leaves, grad)
+    want = F.conv2d(x, weight, bias, 1, 1, 1, channels // 4)
+    want_grads = torch.autograd.grad(want, leaves, grad)
+    assert got.is_contiguous(memory_format=torch.channels_last) and rel_err(got, want) < 1e-5
+    for g, w, leaf in zip(got_grads, want_grads, leaves):
+        assert g.shape == w.shape and rel_err(g, w) < 1e-5
+        if leaf.dim() == 4:  # the gradient in its tensor's layout
+            assert g.is_contiguous(memory_format=torch.channels_last) == \
+                leaf.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_weight_layouts_of_the_gradient_kernels():
+    """unpack_group4_weight inverts pack_group4_weight; transpose_group4_weight swaps the input and
+    output channels of each group and turns the kernel by 180 degrees, element by element."""
+    weight = torch.randn(8, 4, 3, 3)
+    assert torch.equal(kernels.unpack_group4_weight(kernels.pack_group4_weight(weight)), weight)
+    turned = kernels.transpose_group4_weight(weight)
+    for g in range(2):
+        for i in range(4):
+            for o in range(4):
+                assert torch.equal(turned[4 * g + i, o], weight[4 * g + o, i].flip(0, 1))
+
+
+@needs_kernels
+def test_group4_weight_gradient_refuses_what_it_does_not_compute():
+    x = channels_last(torch.randn(1, 16, 8, 8))
+    grad_of = torch.ops.levit_kernels.group4_conv3x3_weight_grad
+    with pytest.raises(RuntimeError, match="a channels_last float32 CPU input"):
+        grad_of(torch.randn(1, 16, 8, 8), x)
+    with pytest.raises(RuntimeError, match="a channels_last float32 gradient of"):
+        grad_of(x, channels_last(torch.randn(1, 16, 4, 4)))
+    with pytest.raises(RuntimeError, match="a channels_last float32 CPU input"):
+        grad_of(x.bfloat16(), x.bfloat16())
+
+
+def seeded_step(model, x, labels):
+    """The loss and the parameters' gradients of one DBN training step (stochastic depth seeded)."""
+    from losses import ReIDLoss
+    torch.manual_seed(5)
+    model.zero_grad(set_to_none=True)
+    logits, embeddings = model(x)
+    loss = ReIDLoss()(logits, embeddings, labels)[0]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def backbone_grads(model, x):
+    """The parameters' gradients of a fixed weighted sum of DBN's first branch (stem to branch_1) in
+    eval mode. (In train mode BatchNorm's batch statistics over a few pixels amplify rounding: there
+    a correctly rounded float64 convolution's gradients are as far from torch's float32 ones as the
+    kernels'; and the other branch ends in a max pool, whose gradient follows an argmax that
+    rounding may move.)"""
+    model.zero_grad(set_to_none=True)
+    out = model.branch_1(model.layer2(model.layer1(model.stem(x))))
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def norm_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@needs_kernels
+def test_training_step_runs_the_stride_1_grouped_convolutions_in_the_kernels(monkeypatch):
+    """A DBN-S training step on the CPU sends each stride-1 grouped convolution to the kernels,
+    forward and backward, with torch's loss and finite gradients; with gradients on in eval mode,
+    the first branch's gradients are torch's within float32 rounding. The stride-2 convolutions, and
+    everything under CPU autocast, stay with torch."""
+    from network.levit import Group4Conv2d
+    torch.manual_seed(0)
+    model = with_formula_weights(DBN(12, net="small", pretrained=None)).train()
+    convs = [m for m in model.modules() if isinstance(m, Group4Conv2d)]
+    stride_1 = [m for m in convs if m.stride == (1, 1)]
+    assert len(convs) == 67 and 0 < len(stride_1) < len(convs)
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, Group4Conv2d):
+            m.native_kernel = False
+    calls = []
+    trainable = kernels.group4_conv3x3_trainable
+    monkeypatch.setattr(kernels, "group4_conv3x3_trainable", lambda *a: calls.append(a) or trainable(*a))
+    x, labels = torch.rand(8, 3, 64, 32), torch.arange(4).repeat_interleave(2)
+    loss, grads = seeded_step(model, x, labels)
+    assert len(calls) == len(stride_1)
+    calls.clear()
+    want_loss, want_grads = seeded_step(plain, x, labels)
+    assert not calls and abs(loss - want_loss) < 1e-5 * abs(want_loss)
+    assert grads.keys() == want_grads.keys() and all(g.isfinite().all() for g in grads.values())
+
+    calls.clear()
+    grads, want = backbone_grads(model.eval(), x), backbone_grads(plain.eval(), x)
+    assert len(calls) == sum(m.stride == (1, 1) for m in model.branch_1.modules() if isinstance(m, Group4Conv2d)) + \
+        sum(m.stride == (1, 1) for part in (model.layer1, model.layer2) for m in part.modules()
+            if isinstance(m, Group4Conv2d))
+    assert grads.keys() == want.keys()
+    for name, grad in want.items():
+        assert norm_err(grads[name], grad) < 1e-4, name
+    model.train()
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        seeded_step(model, x, labels)
+    assert not calls
+
+
+@needs_kernels
+def test_grouped_convolution_keeps_torch_ops_where_the_kernels_do_not_train():
+    """Group4Conv2d runs as nn.Conv2d for NCHW or bfloat16 input, stride 2, and in traced or exported
+    graphs (which must run without the library)."""
+    from network.levit import Group4Conv2d
+    conv = Group4Conv2d(32, 32, 3, 1, 1, groups=8, bias=False)
+    x = channels_last(torch.randn(1, 32, 8, 8))
+    assert kernels.group4_conv_trains(conv, x)
+    assert not kernels.group4_conv_trains(conv, x.contiguous())
+    assert not kernels.group4_conv_trains(conv, x.bfloat16())
+    assert not kernels.group4_conv_trains(Group4Conv2d(32, 32, 3, 2, 1, groups=8), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not kernels.group4_conv_trains(conv, x)
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, x)
+    assert "levit_kernels" not in str(traced.inlined_graph)
+    assert "levit_kernels" not in str(torch.export.export(conv, (x,)).graph)
+
+
 @needs_kernels
 def test_optimized_model_runs_its_grouped_convolutions_and_attention_in_the_kernels(monkeypatch):
     """Every 3x3 convolution with groups of 4 and every window attention of an optimized DBN-S goes to

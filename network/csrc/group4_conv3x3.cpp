@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
@@ -248,6 +249,66 @@ at::Tensor group4_conv3x3(const at::Tensor& x, const at::Tensor& packed, const a
   return out;
 }
 
+// The weight gradient of a stride-1 group4_conv3x3 over float32 maps, for training: for every
+// output pixel and tap, the output gradient times the input vector and its in-group rotations, so
+// the result is in the packed layout (9, 4, C) of the forward's weights:
+// gw[kh * 3 + kw][r][c] = sum over images and pixels of grad[c] * rotate_r(x at the tap)[c].
+// Rows are shared out among torch's threads, each summing into its own buffer; the buffers are
+// added in thread order (the same result for the same thread count).
+at::Tensor group4_conv3x3_weight_grad(const at::Tensor& x, const at::Tensor& grad) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "group4_conv3x3_weight_grad: a channels_last float32 CPU input, got ", x.sizes());
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == at::kFloat &&
+                  grad.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "group4_conv3x3_weight_grad: a channels_last float32 gradient of ", x.sizes(), " (stride 1)");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(C % VL == 0, "group4_conv3x3_weight_grad: channels a multiple of ", VL, ", got ", C);
+  const int threads = at::get_num_threads();
+  std::vector<float> partial(static_cast<size_t>(threads) * 36 * C, 0.f);
+  const float* xp = x.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  const int64_t work = W * C * 36;  // multiply-adds a row
+  const int64_t grain = work >= 32768 ? 1 : (32768 + work - 1) / work;
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    float* sum = partial.data() + static_cast<size_t>(at::get_thread_num()) * 36 * C;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H, oh = row % H;
+      for (int64_t c0 = 0; c0 < C; c0 += VL) {
+        const float* g = gp + ((b * H + oh) * W) * C + c0;
+        for (int kh = 0; kh < 3; ++kh) {
+          const int64_t ih = oh - 1 + kh;
+          if (ih < 0 || ih >= H) continue;
+          const float* in = xp + ((b * H + ih) * W) * C + c0;
+          vf acc[3][4] = {};
+          for (int64_t ow = 0; ow < W; ++ow) {
+            const vf gv = load(g + ow * C);
+            for (int kw = 0; kw < 3; ++kw) {
+              const int64_t iw = ow - 1 + kw;
+              if (iw < 0 || iw >= W) continue;
+              const vf v = load(in + iw * C);
+              acc[kw][0] += gv * v;
+              acc[kw][1] += gv * rotate<1>(v);
+              acc[kw][2] += gv * rotate<2>(v);
+              acc[kw][3] += gv * rotate<3>(v);
+            }
+          }
+          for (int kw = 0; kw < 3; ++kw)
+            for (int r = 0; r < 4; ++r) {
+              float* dst = sum + ((kh * 3 + kw) * 4 + r) * C + c0;
+              store(dst, load(dst) + acc[kw][r]);
+            }
+        }
+      }
+    }
+  });
+  at::Tensor out = at::zeros({9, 4, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  float* op = out.data_ptr<float>();
+  for (int t = 0; t < threads; ++t)
+    for (int64_t i = 0; i < 36 * C; ++i) op[i] += partial[static_cast<size_t>(t) * 36 * C + i];
+  return out;
+}
+
 int64_t vector_lanes() { return VL; }
 
 #if defined(__AVX512BF16__)
@@ -261,6 +322,8 @@ bool bfloat16_dot() { return false; }
 TORCH_LIBRARY(levit_kernels, m) {
   m.def("group4_conv3x3(Tensor x, Tensor packed, Tensor bias, Tensor? add, int stride, bool relu) -> Tensor");
   m.impl("group4_conv3x3", c10::DispatchKey::CPU, TORCH_FN(group4_conv3x3));
+  m.def("group4_conv3x3_weight_grad(Tensor x, Tensor grad) -> Tensor");
+  m.impl("group4_conv3x3_weight_grad", c10::DispatchKey::CPU, TORCH_FN(group4_conv3x3_weight_grad));
   m.def("vector_lanes() -> int", &vector_lanes);
   m.def("bfloat16_dot() -> bool", &bfloat16_dot);
 }
