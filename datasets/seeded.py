@@ -50,5 +50,7 @@ class SeededDataset(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, image_seed = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(image_seed)
+            # the CPU generator only: torch.manual_seed also seeds every accelerator backend, and
+            # where none is initialised it records a stack trace for each (about 1 ms an image)
+            torch.default_generator.manual_seed(image_seed)
             return self.dataset[index]
