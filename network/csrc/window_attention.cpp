@@ -74,7 +74,7 @@ struct Shape {
 template <int DV, typename T>
 void attend(const T* q, const T* k, const T* v, const float* scale, T* out, const Shape& s) {
   constexpr int D = DV * VL;
-  constexpr int R = DV <= 4 ? 4 : DV <= 8 ? 2 : 1;  // query rows at once in the product with v
+  constexpr int R = DV <= 6 ? 4 : DV <= 8 ? 2 : 1;  // query rows at once in the product with v
   const int64_t nh = (s.H + WS - 1) / WS, nw = (s.W + WS - 1) / WS;
   const int64_t tasks = s.B * nh * nw * s.heads;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
