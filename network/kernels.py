@@ -1,15 +1,18 @@
-"""Native CPU kernels for inference, compiled from network/csrc on first use and cached on disk.
+"""Native CPU kernels for LEViT, compiled from network/csrc on first use and cached on disk.
 
 - `group4_conv3x3(x, packed, bias, add=None, stride=1, relu=False)`: LEViT's 3x3 convolutions with
   groups of 4 channels over channels_last float32 or bfloat16 maps, bias, residual sum and ReLU
-  fused (measured at DBN-S's batch-32 shapes: 3.5-5x oneDNN's float32 speed, 3.5-6x its bfloat16
-  speed with AVX512-BF16; 1.7-3x at the first block's 32 channels on 64x32 maps). `InferenceConv`
-  (DBN.optimize) calls it.
+  fused (see README, CPU kernels, for the speed against oneDNN). `InferenceConv` (DBN.optimize)
+  calls it.
+- `group4_conv3x3_trainable(x, weight, bias=None)`: the same stride-1 convolution with a backward
+  (the input gradient by the kernel above with transpose_group4_weight, the weight gradient by
+  `group4_conv3x3_weight_grad`), float32; `Group4Conv2d` calls it where `group4_conv_trains` allows
+  (CPU training and the unfused model's evaluation).
 - `window_attention(q, k, v, scale, heads)`: the cosine attention in 8x8 windows read from and
-  written to the channels_last maps, without window copies or padding (measured 1.5-2.6x torch's
-  operators in float32). `LocalEnhanceAttention` calls it for inference without a gradient.
+  written to the channels_last maps, without window copies or padding. `LocalEnhanceAttention`
+  calls it for inference without a gradient.
 
-Both run eager and under torch.compile (their output shapes are registered); traced and exported
+They run eager and under torch.compile (their output shapes are registered); traced and exported
 graphs keep torch's own operators. `python -m utils.bench --what model` compares the model with
 and without them ("no native" rows).
 

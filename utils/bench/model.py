@@ -75,6 +75,12 @@ def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=75
     return prepare_for_inference(model.fuse().to(device), dtype, compile, optimize)
 
 
+def folded_only(device, dtype="float32"):
+    """DBN-S with BN folded only, in oneDNN and torch's operators: the path before DBN.optimize and the
+    native kernels, which the 'not optimized' rows and the features of one crop are compared with."""
+    return without_native_kernels(dbn_small(device, dtype, optimize=False))
+
+
 def without_native_kernels(model):
     """`model` with its grouped convolutions sent to oneDNN and its attention to torch's operators
     instead of network/kernels.py's kernels (the path of a machine without a C++ compiler, or with
@@ -157,7 +163,7 @@ def inference_table(batch, device, repeats, peak):
         "DBN-S release-style": (release_style(dbn), "DBN-S", torch.float32, False),
         "DBN-S unoptimised": (plain(DBN(751, net="small", pretrained=None).eval().to(device)), "DBN-S",
                               torch.float32, False),
-        "DBN-S fused, not optimized": (dbn_small(device, optimize=False), "DBN-S", torch.float32, True),
+        "DBN-S fused, not optimized": (folded_only(device), "DBN-S", torch.float32, True),
         "DBN-S fused, channels_last": (dbn_small(device), "DBN-S", torch.float32, True),
     }
     if kernels.available():
@@ -178,7 +184,8 @@ def inference_table(batch, device, repeats, peak):
     base, release, osnet = (seconds[k] for k in ("ResNet-50 channels_last", "DBN-S release-style",
                                                  "OSNet x1_0 channels_last"))
     print(f"\ninference, eval mode, batch {batch} (median of {repeats} alternating runs); unoptimised: BN not "
-          "folded, NCHW; release-style: also attention as explicit normalize/matmul/softmax (utils/bench/peers.py)")
+          "folded, NCHW; not optimized: BN folded, no native kernels; release-style: also attention as explicit "
+          "normalize/matmul/softmax (utils/bench/peers.py)")
     print(f"{'model':30s} {'images/s':>9s} {'x ResNet-50 CL':>15s} {'x release-style':>16s} {'x OSNet':>8s} "
           f"{'GFLOP/s':>8s} {'of fp32 peak':>13s} {'faults/run':>11s}")
     for name, t in seconds.items():
@@ -214,9 +221,9 @@ def latency_table(device, repeats):
     torch._dynamo.reset()
     models = {}  # name: (model, input dtype); DBN casts its input itself
     compiled = {}  # compiled name: its eager twin
-    models["DBN-S fused, not optimized, float32"] = (dbn_small(device, optimize=False), "float32")
+    models["DBN-S fused, not optimized, float32"] = (folded_only(device), "float32")
     if half:
-        models[f"DBN-S fused, not optimized, {half}"] = (dbn_small(device, half, optimize=False), "float32")
+        models[f"DBN-S fused, not optimized, {half}"] = (folded_only(device, half), "float32")
     for dtype in ("float32",) + ((half,) if half else ()):
         for net, build, input_dtype in (("DBN-S", dbn_small, "float32"), ("ResNet-50 CL", resnet50, dtype)):
             eager = f"{net}{' fused' if net == 'DBN-S' else ''}, {dtype}"
@@ -233,7 +240,8 @@ def latency_table(device, repeats):
         seconds[batch] = {name: t / (largest // batch) for name, t in time_alternating(runs, repeats).items()}
     print(f"\nlatency: ms per call (images/s), 256x128, eval mode, median of {repeats} alternating runs of "
           f"{largest} images; CL: channels_last")
-    print("DBN-S fused: BN folded and DBN.optimize (the path FeatureExtractor runs); not optimized: BN folded only")
+    print("DBN-S fused: BN folded and DBN.optimize (the path FeatureExtractor runs); not optimized: BN folded only, "
+          "no native kernels")
     print(f"{'model':36s}" + "".join(f"{'batch ' + str(b):>20s}" for b in LATENCY_BATCHES)
           + f"{'x not optimized fp32 at 1':>27s}")
     eager_1 = seconds[1]["DBN-S fused, not optimized, float32"]
@@ -278,7 +286,7 @@ def features_table(device, repeats, crops=(1, 2, 4)):
     # one crop, as a tracker with one target asks: the path before DBN.optimize and the joint batch
     # (BN folded only, image and flip as two calls) against each path of FeatureExtractor
     one = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1)).to(device)
-    paths = {"float32, BN folded only, two calls": run(dbn_small(device, optimize=False), one, False)}
+    paths = {"float32, BN folded only, two calls": run(folded_only(device), one, False)}
     for dtype in models:
         paths[f"{dtype}, optimized, one batch"] = run(models[dtype], one, True)
         compiled = dbn_small(device, dtype, compile=True)
@@ -294,7 +302,8 @@ def features_table(device, repeats, crops=(1, 2, 4)):
             two, one = seconds[(dtype, n, "two calls")], seconds[(dtype, n, "one batch")]
             print(f"{dtype:10s} {n:6d} {1000 * two:10.1f} {1000 * one:10.1f} {two / one:8.2f}x")
     base = seconds[("crop", "float32, BN folded only, two calls")]
-    print("\nfeatures of one crop (image + flip), ms per call, same runs; x: against BN folded only, two calls")
+    print("\nfeatures of one crop (image + flip), ms per call, same runs; x: against BN folded only (no native "
+          "kernels), two calls")
     for name in paths:
         print(f"{name:42s} {1000 * seconds[('crop', name)]:7.1f}  {base / seconds[('crop', name)]:5.2f}x")
 
@@ -351,9 +360,10 @@ def native_kernels_line():
     if not kernels.available():
         return f"native kernels: not built (see the warning above): {elsewhere}"
     return (f"native kernels: built ({kernels.vector_lanes()} float32 lanes"
-            + (", bfloat16 pair products" if kernels.bfloat16_dot() else "") + "): the grouped convolutions of "
-            "the optimized DBN-S rows and the attention of every channels_last LEViT/DBN row; the 'no native' rows "
-            "run both in oneDNN and torch's operators")
+            + (", bfloat16 pair products" if kernels.bfloat16_dot() else "") + "): the grouped convolutions "
+            "and the attention of every channels_last LEViT/DBN row (the unoptimized ones' stride-1 grouped "
+            "convolutions in float32 only, in training too); the 'no native' and 'not optimized' rows run both "
+            "in oneDNN and torch's operators")
 
 
 def compile_from_cold():
