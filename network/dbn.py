@@ -237,7 +237,19 @@ class DBN(Fusable, nn.Module):
         """The release's BatchDrop of x (B, C, H, W): see `batch_drop_boxes`."""
         return zero_boxes(x, batch_drop_boxes(x.shape[0], x.shape[-2], x.shape[-1], self.drop))
 
+    # the inference form on the CPU runs larger batches this many images at a time: their maps then stay
+    # in the caches between layers (measured on 2 threads at 256x128, alternating runs, batches of 32
+    # and 64: float32 1.07-1.31x, bfloat16 0.98-1.15x one batch; 8 or 4 at a time gain less or lose)
+    INFERENCE_CHUNK = 16
+
     def forward(self, x):
+        if (self.optimized and not self.training and x.shape[0] > self.INFERENCE_CHUNK and x.device.type == "cpu"
+                and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())):
+            parts = [self.forward_batch(chunk) for chunk in x.split(self.INFERENCE_CHUNK)]
+            return [torch.cat(embeddings) for embeddings in zip(*parts)]
+        return self.forward_batch(x)
+
+    def forward_batch(self, x):
         if self.training and self.drop > 0:
             x = self.batch_drop(x)
         elif self.training and self.erasing > 0:

@@ -428,6 +428,32 @@ def test_optimized_inference_form_matches_unfused(net, size, batch, layout):
 
 
 
+def test_optimized_model_runs_large_cpu_batches_in_chunks(monkeypatch):
+    """The inference form on the CPU runs a batch above DBN.INFERENCE_CHUNK images in chunks of it
+    (the last one shorter), with the embeddings of one batch within float32 rounding; not while
+    tracing, compiling or exporting (their graphs stay valid for any batch), and never an unoptimized
+    model."""
+    import copy
+    torch.manual_seed(0)
+    model = with_formula_weights(DBN(751, net="small", pretrained=None)).fuse()
+    optimized = copy.deepcopy(model).optimize()
+    sizes = []
+    forward_batch = DBN.forward_batch
+    monkeypatch.setattr(DBN, "forward_batch", lambda self, x: sizes.append(x.shape[0]) or forward_batch(self, x))
+    x = torch.rand(2 * DBN.INFERENCE_CHUNK + 3, 3, 64, 32)
+    with torch.no_grad():
+        got = optimized(x)
+        assert sizes == [DBN.INFERENCE_CHUNK, DBN.INFERENCE_CHUNK, 3]
+        sizes.clear()
+        want = forward_batch(optimized, x)
+        assert len(got) == len(want) == 5
+        assert all(g.shape == w.shape and rel_err(g, w) < 1e-5 for g, w in zip(got, want))
+        model(x)
+        monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+        optimized(x[:DBN.INFERENCE_CHUNK + 1])
+    assert sizes == [x.shape[0], DBN.INFERENCE_CHUNK + 1]
+
+
 @pytest.mark.parametrize("size", [(16, 16), (13, 10)])
 def test_float32_inference_attention_equals_sdpa_and_the_reference(size):
     """Eval-mode float32 attention on the CPU without a gradient takes inference_attention (explicit
