@@ -17,6 +17,7 @@ import warnings
 import torch
 from torch import nn
 
+from . import kernels
 from .checkpoint import (RELEASE_SOURCE, CheckpointError, checkpoint_filter_fn, detect_architecture, load_reid_weights,
                          read_checkpoint, read_reid_checkpoint, resolve_settings, unwrap_state_dict)
 from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
@@ -244,7 +245,7 @@ class DBN(Fusable, nn.Module):
 
     def forward(self, x):
         if (self.optimized and not self.training and x.shape[0] > self.INFERENCE_CHUNK and x.device.type == "cpu"
-                and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())):
+                and not kernels.capturing_graph()):
             parts = [self.forward_batch(chunk) for chunk in x.split(self.INFERENCE_CHUNK)]
             return [torch.cat(embeddings) for embeddings in zip(*parts)]
         return self.forward_batch(x)

@@ -52,6 +52,12 @@ class KernelBuildError(RuntimeError):
     """The kernels could not be built or loaded; the message says why."""
 
 
+def capturing_graph():
+    """True while torch.jit traces or torch.compile / torch.export capture a graph, which must stay valid
+    for any input and keep torch's own operators where the kernels are eager-only."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def enabled():
     """False when LEVIT_KERNELS=0 (or off/false/no) is set."""
     return os.environ.get("LEVIT_KERNELS", "1").strip().lower() not in ("0", "off", "false", "no")
@@ -305,10 +311,7 @@ def group4_conv_trains(conv, x):
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and tuple(conv.stride) == (1, 1) and not torch.is_autocast_enabled("cpu")):
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() \
-            or torch.compiler.is_exporting():
-        return False
-    return supports_group4_conv(conv)
+    return not capturing_graph() and supports_group4_conv(conv)
 
 
 def group4_conv3x3_trainable(x, weight, bias=None):

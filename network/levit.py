@@ -236,7 +236,7 @@ def inference_attention(q, k, v, scale, mask):
     logits = torch.matmul(q, k.transpose(-2, -1))
     if mask is not None:
         logits = logits.masked_fill_(~mask, float("-inf"))
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if kernels.capturing_graph():
         probs = logits.softmax(-1)
     else:
         probs = torch.softmax(logits, -1, out=logits)
