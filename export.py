@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from utils import features
+from evaluation import features
 
 FORMATS = ("torchscript", "exported", "onnx")
 ONNX_PACKAGES = ("onnx", "onnxscript")

@@ -6,7 +6,7 @@
 
 The .npz holds `features` (N, D) float32, L2-normalised (the dot product is the similarity),
 `paths` (N,), and `pids` / `camids` (N,) int64 when every name carries them (Market-1501 names,
-integer identity folders, or the list file's columns; see utils/image_list.py). Unreadable images
+integer identity folders, or the list file's columns; see datasets/image_list.py). Unreadable images
 are left out with a warning naming them. Exit status 2 on a usage error.
 """
 import argparse
@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 
-from utils import features
-from utils.image_list import ImageListError, collect_images
+from evaluation import features
+from datasets.image_list import ImageListError, collect_images
 
 
 def get_args_parser():

@@ -6,7 +6,7 @@
 --gallery is an .npz written by extract.py (the features are used as they are: extract them with
 the same checkpoint and flags) or a folder / glob / list of images, whose features are computed
 first. For each query, the top --topk gallery images are printed with their scores; --vis DIR
-writes one rank-list picture per query (utils/vis.py; frames are green / red / grey junk when the
+writes one rank-list picture per query (evaluation/vis.py; frames are green / red / grey junk when the
 names carry ids, black when the query's id is unknown). Exit status 2 on a usage error.
 """
 import argparse
@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import torch
 
-from utils import features
+from evaluation import features
 from utils.cli import require_at_least
-from utils.image_list import ImageListError, collect_images
+from datasets.image_list import ImageListError, collect_images
 
 
 def get_args_parser():
@@ -118,7 +118,7 @@ def main(argv=None):
         for rank, (score, g) in enumerate(zip(best[q].tolist(), order[q].tolist()), 1):
             print(f"  {rank:>4}  {score:.4f}  {show(gallery[g])}")
     if args.vis:
-        from utils.vis import cell_size, save_rank_lists
+        from evaluation.vis import cell_size, save_rank_lists
         written = save_rank_lists(-scores.double().numpy(), queries, gallery, args.vis, "search", topk=topk,
                                   cell=cell_size(extractor.img_height, extractor.img_width))
         print(f"rank-list pictures: {len(written)} written to {os.path.join(args.vis, 'search_rank_*.png')}")

@@ -3,7 +3,7 @@
     python test_custom.py --weights params/ema.pth --dataset-root path/to/your_dataset
 (--dataset-root is the dataset folder itself, holding query/ and gallery/ or query.txt and gallery.txt)
 """
-from utils.eval_cli import main
+from evaluation.cli import main
 
 # This script's defaults, as plain constants to edit as the release's users do. A flag overrides
 # them, and so does what the checkpoint records (train.py's files record the variant and the input

@@ -3,7 +3,7 @@
     python test_dukemtmc.py --weights params/ema.pth --net small --dataset-root data
 (see --help for every flag; the last line printed is the result in the release's format)
 """
-from utils.eval_cli import main
+from evaluation.cli import main
 
 # This script's defaults, as plain constants to edit as the release's users do. A flag overrides
 # them, and so does what the checkpoint records (train.py's files record the variant and the input

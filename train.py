@@ -8,10 +8,10 @@
 
 Recipe: P x K batches (PKSampler), loss = mean of 5 cross-entropy and 2 batch-hard soft-margin
 triplet terms (losses/), SGD with Nesterov momentum, the release's warm-up / cosine / hold schedule
-(utils/schedule.py), uniform weight averaging of the epochs floor(T * ema_ratio) .. T + ema_extra
+(training/schedule.py), uniform weight averaging of the epochs floor(T * ema_ratio) .. T + ema_extra
 (torch.optim.swa_utils) and a BatchNorm pass over the training data; the averaged DBN goes to
 --save-path with its variant, input size, dataset, args and final metrics (network.make_checkpoint).
-Files beside --save-path (utils/run_files.py): <stem>_last.pth, the resumable checkpoint
+Files beside --save-path (training/run_files.py): <stem>_last.pth, the resumable checkpoint
 rewritten after every epoch, and <stem>_log.jsonl, one JSON line per epoch.
 """
 import argparse
@@ -40,16 +40,16 @@ from losses import ReIDLoss
 from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, make_checkpoint, released_path
 from network.flops import count_flops, count_params
 from utils import distributed
-from utils.checkpoint import (atomic_save, last_checkpoint_path, load_training_checkpoint,
+from training.resume import (atomic_save, last_checkpoint_path, load_training_checkpoint,
                               log_path, rng_state, set_rng_state)
 from utils.cli import BooleanFlag, HelpFormatter, default_workers
 from utils.console import show_warnings_as_lines
-from utils.evaluation import MINP_LINE, EvaluationError, evaluate
+from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from utils.malloc import tune_allocator
-from utils.run_files import (TrainingError, UsageError, append_log, check_save_path, check_training_images,
+from training.run_files import (TrainingError, UsageError, append_log, check_save_path, check_training_images,
                              remove_earlier_run, saved_state)
-from utils.schedule import averaging_start, build_scheduler
-from utils.train_flags import check_args, epochs_type, freeze_words, gpus_type
+from training.schedule import averaging_start, build_scheduler
+from training.flags import check_args, epochs_type, freeze_words, gpus_type
 
 # --demo: the values of the flags a user did not give (explicit flags win)
 DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net="small", pretrained="none",
@@ -73,7 +73,7 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-# --- command line (flag types and checks: utils/train_flags.py) -------------------------------
+# --- command line (flag types and checks: training/flags.py) -------------------------------
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(

@@ -1,7 +1,7 @@
 """Test protocols: what a dataset's test consists of, said by the dataset itself.
 
 A dataset's `test_protocol(**options)` returns a `Protocol`: its test splits and how they are
-scored. utils.evaluation.evaluate runs any protocol the same way, so no module has to know which
+scored. evaluation.evaluator.evaluate runs any protocol the same way, so no module has to know which
 dataset (or dataset family) it evaluates:
 
 - scoring "rank": every split is a query list ranked against a gallery list (CMC, mAP, mINP; the

@@ -13,7 +13,7 @@
   calls it for inference without a gradient.
 
 They run eager and under torch.compile (their output shapes are registered); traced and exported
-graphs keep torch's own operators. `python -m utils.bench --what model` compares the model with
+graphs keep torch's own operators. `python -m benchmarks --what model` compares the model with
 and without them ("no native" rows).
 
 The build needs a C++20 compiler (`$CXX`, else `c++`; what torch.compile needs on the CPU too) and

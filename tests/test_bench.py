@@ -1,4 +1,4 @@
-"""utils/bench/ and network/flops.py: parameter and FLOP counting, alternating timing, malloc settings,
+"""benchmarks/ and network/flops.py: parameter and FLOP counting, alternating timing, malloc settings,
 the peers (release-style DBN-S, OSNet x1_0), the benchmark tables' shape."""
 import json
 import subprocess
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import utils.bench as bench
-import utils.bench.loader as bench_loader
+import benchmarks as bench
+import benchmarks.loader as bench_loader
 import utils.malloc
 from network import DBN, LEViT, VARIANTS
 from network.flops import count_flops, count_params
@@ -97,7 +97,7 @@ def test_time_alternating_reports_page_faults_per_call(monkeypatch):
 FAULTS_SCRIPT = """
 import sys
 import torch
-import utils.bench as bench
+import benchmarks as bench
 import utils.malloc
 print(bench.configure_malloc(sys.argv[1]))
 faults = []
@@ -130,7 +130,7 @@ def test_tuned_malloc_stops_the_page_faults_of_big_blocks(repo_root):
 
 
 def test_extract_worker_prints_one_json_line(repo_root):
-    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--worker", "extract", "--malloc", "default",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--worker", "extract", "--malloc", "default",
                            "--size", "64x32", "--batch", "2", "--repeats", "1", "--threads", "1"],
                           capture_output=True, text=True, cwd=repo_root, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -164,7 +164,7 @@ def test_loader_pipelines_are_the_training_transform_and_its_pillow_twin(tmp_pat
 
 
 def test_loader_bench_prints_both_routes_and_their_ratio(repo_root):
-    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--what", "loader", "--images", "2", "--repeats", "1"],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--what", "loader", "--images", "2", "--repeats", "1"],
                           capture_output=True, text=True, cwd=repo_root, check=True)
     lines = proc.stdout.splitlines()
     assert any(line.startswith("loader: training transforms") and "1 thread" in line for line in lines)
@@ -182,7 +182,7 @@ def test_loader_bench_prints_both_routes_and_their_ratio(repo_root):
 
 
 def test_loader_bench_rejects_unknown_flags(repo_root):
-    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--what", "loader", "--nope"],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--what", "loader", "--nope"],
                           capture_output=True, text=True, cwd=repo_root)
     assert proc.returncode == 2 and "unrecognized arguments: --nope" in proc.stderr
 
@@ -192,7 +192,7 @@ def test_loader_bench_rejects_unknown_flags(repo_root):
 def test_osnet_x1_0_has_the_published_size():
     """Zhou et al. 2019 (and torchreid's model zoo): OSNet x1_0 has 2.2 M parameters and 978.9 M
     multiply-adds at 256x128 (without the classifier, as ReID counts them)."""
-    from utils.bench.peers import OSNet
+    from benchmarks.peers import OSNet
     with torch.device("meta"):
         model = OSNet(751)
     params = count_params(model) - count_params(model.classifier)
@@ -205,7 +205,7 @@ def test_osnet_x1_0_has_the_published_size():
 def test_release_style_dbn_gives_the_same_features():
     """The release-style stand-in (explicit attention, NCHW, BN not folded) computes our network."""
     from conftest import with_formula_weights
-    from utils.bench.peers import ExplicitAttention, release_style
+    from benchmarks.peers import ExplicitAttention, release_style
     model = with_formula_weights(DBN(751, net="small", pretrained=None))
     peer = release_style(model)
     assert any(isinstance(m, ExplicitAttention) for m in peer.modules())
@@ -223,22 +223,22 @@ def test_release_style_dbn_gives_the_same_features():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without CUDA")
 def test_model_bench_on_cuda_without_cuda_says_so(repo_root):
-    proc = subprocess.run([sys.executable, "-m", "utils.bench", "--what", "model", "--device", "cuda"],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--what", "model", "--device", "cuda"],
                           capture_output=True, text=True, cwd=repo_root)
     assert proc.returncode == 2 and "--device cuda: no CUDA device is available" in proc.stderr
 
 
 def test_half_dtype_follows_the_cpu(monkeypatch):
-    import utils.bench.model as bench_model
-    import utils.features
-    monkeypatch.setattr(utils.features, "cpu_has_native_bfloat16", lambda: True)
+    import benchmarks.model as bench_model
+    import evaluation.features
+    monkeypatch.setattr(evaluation.features, "cpu_has_native_bfloat16", lambda: True)
     assert bench_model.half_dtype("cpu") == "bfloat16"
-    monkeypatch.setattr(utils.features, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(evaluation.features, "cpu_has_native_bfloat16", lambda: False)
     assert bench_model.half_dtype("cpu") is None
 
 
 def test_matmul_peak_is_the_faster_of_the_two_products(monkeypatch):
-    import utils.bench.model as bench_model
+    import benchmarks.model as bench_model
     monkeypatch.setattr(bench_model, "time_alternating", lambda runs, repeats, warmup: {"mm": 1.0, "conv": 0.5})
     conv_flops = 2 * (32 * 512 * 32 * 32) * 512
     assert bench_model.matmul_peak(torch.float32, "cpu", 1) == pytest.approx(max(2 * 2048 ** 3, conv_flops / 0.5) / 1e9)
@@ -250,7 +250,7 @@ def test_matmul_peak_is_the_faster_of_the_two_products(monkeypatch):
 def test_features_table_compares_one_crop_on_every_path(monkeypatch, capsys):
     """The features table, small: every crop count of each dtype, and the one-crop comparison of the
     path before DBN.optimize (two calls) with the optimized and compiled paths, each with its ratio."""
-    import utils.bench.model as bench_model
+    import benchmarks.model as bench_model
     monkeypatch.setattr(bench_model, "SIZE", (32, 16))
     monkeypatch.setattr(bench_model, "half_dtype", lambda device: "bfloat16")
     bench_model.features_table(torch.device("cpu"), 1, crops=(1, 2))
@@ -269,13 +269,13 @@ def test_inference_table_has_the_native_and_compiled_rows_and_the_peer_summary(m
     """The inference table, small and uncompiled (compile_model replaced by the identity: the rows,
     not inductor, are under test): with the kernels built it has the 'no native' rows beside the
     optimized ones, OSNet and DBN-S compiled, and a last line comparing float32 DBN-S with the peers."""
-    import utils.bench.model as bench_model
-    import utils.features
+    import benchmarks.model as bench_model
+    import evaluation.features
     from network import kernels
     monkeypatch.setattr(bench_model, "SIZE", (128, 128))  # the release-style attention needs sides of 8
     monkeypatch.setattr(bench_model, "half_dtype", lambda device: "bfloat16")
     monkeypatch.setattr(bench_model, "compile_model", lambda model: model)
-    monkeypatch.setattr(utils.features, "compile_model", lambda model: model)
+    monkeypatch.setattr(evaluation.features, "compile_model", lambda model: model)
     bench_model.inference_table(2, torch.device("cpu"), 1, peak=100.0)
     out = capsys.readouterr().out
     names = [line[:30].strip() for line in out.splitlines()[3:-1]]
@@ -290,7 +290,7 @@ def test_inference_table_has_the_native_and_compiled_rows_and_the_peer_summary(m
 
 
 def test_native_kernels_line_says_what_runs(monkeypatch):
-    import utils.bench.model as bench_model
+    import benchmarks.model as bench_model
     from network import kernels
     monkeypatch.setattr(kernels, "enabled", lambda: False)
     assert bench_model.native_kernels_line() == ("native kernels: off (LEVIT_KERNELS=0): grouped convolutions in "

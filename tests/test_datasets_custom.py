@@ -172,7 +172,7 @@ def test_test_custom_evaluates_query_and_gallery_without_train(tmp_path, capsys)
 
     from datasets.synthetic import generate
     from network import DBN
-    from utils import eval_cli
+    from evaluation import cli as eval_cli
     folder = generate("custom", str(tmp_path), ids=3, images_per_id=4, cameras=2, layout="lists")
     os.remove(os.path.join(folder, "train.txt"))
     for name in ("query.txt", "gallery.txt"):  # drop the camera column: nothing is junk then

@@ -1,4 +1,4 @@
-"""utils/evaluation.py and the test_<dataset>.py scripts, on generated datasets with a random DBN.
+"""evaluation/evaluator.py and the test_<dataset>.py scripts, on generated datasets with a random DBN.
 
 Each script runs in-process through `main(dataset, argv)` at a 64x32 input; one subprocess
 checks the exit status and the absence of a traceback.
@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils import eval_cli, evaluation, malloc
+from evaluation import cli as eval_cli, evaluator as evaluation
+from utils import malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("market1501", "dukemtmc", "msmt17", "veri776", "vehicleid", "car196", "cub200",
@@ -197,14 +198,14 @@ def test_vis_writes_rank_list_pictures(capsys, weights, data_root, tmp_path, mon
     pictures = sorted(os.listdir(tmp_path / "figs"))
     assert len(pictures) == 2 and all(re.match(r"market1501_rank_\d+\.png$", p) for p in pictures)
     with Image.open(tmp_path / "figs" / pictures[0]) as picture:
-        from utils import vis
+        from evaluation import vis
         assert picture.size[1] == 2 * vis.MARGIN + vis.CAPTION + 128 + 2 * vis.BORDER  # 64x32 input -> 64x128 cells
     assert RANK_RE.match(lines[-1])
 
 
 def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch):
     from datasets import build_dataset
-    from utils import metrics
+    from evaluation import metrics
     calls = []
     real = metrics.kmeans
     monkeypatch.setattr(evaluation, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
@@ -442,7 +443,7 @@ def test_save_features_and_metrics_json(capsys, weights, data_root, tmp_path):
         feats = saved[f"{split}_features"]
         assert feats.dtype == np.float32 and feats.shape == (len(items), 1920)
         assert np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
-    from utils.metrics import evaluate_rank_features
+    from evaluation.metrics import evaluate_rank_features
     q, g = (torch.from_numpy(saved[f"{s}_features"]) for s in ("query", "gallery"))
     cmc, mAP = evaluate_rank_features(q, g, saved["query_pids"], saved["gallery_pids"], saved["query_camids"],
                                       saved["gallery_camids"])

@@ -10,7 +10,7 @@ import torch
 
 import export
 from network import DBN, make_checkpoint
-from utils.features import cpu_has_native_bfloat16, dbn_features
+from evaluation.features import cpu_has_native_bfloat16, dbn_features
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""extract.py and utils/image_list.py: features of a dataset's query folder equal the test script's,
+"""extract.py and datasets/image_list.py: features of a dataset's query folder equal the test script's,
 the .npz layout, ids from names and lists, and every usage error's message."""
 import os
 
@@ -8,7 +8,7 @@ import torch
 
 import extract
 from conftest import untrained_market_weights
-from utils.image_list import ImageListError, collect_images
+from datasets.image_list import ImageListError, collect_images
 
 SMALL = ["--num-workers", "0", "--device", "cpu"]
 
@@ -35,7 +35,7 @@ def usage_error(capsys, *argv):
 
 def test_query_features_equal_the_test_scripts(setup, capsys, tmp_path):
     from datasets import build_dataset
-    from utils import eval_cli, evaluation
+    from evaluation import cli as eval_cli, evaluator as evaluation
     root, weights = setup
     out_path = str(tmp_path / "query.npz")
     code, out, _ = run(capsys, "--weights", weights, "--images", os.path.join(root, "market1501", "query"),

@@ -1,4 +1,4 @@
-"""utils/features.py: the test-time feature, the FeatureExtractor on every input kind, its errors."""
+"""evaluation/features.py: the test-time feature, the FeatureExtractor on every input kind, its errors."""
 import os
 
 import numpy as np
@@ -9,8 +9,8 @@ from PIL import Image
 
 from network import DBN, CheckpointError, make_checkpoint
 from conftest import with_formula_weights
-from utils import features
-from utils.features import FeatureExtractor, FeatureHead, check_dtype, cpu_has_native_bfloat16, dbn_features
+from evaluation import features
+from evaluation.features import FeatureExtractor, FeatureHead, check_dtype, cpu_has_native_bfloat16, dbn_features
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_test_time_feature_is_the_flip_sum_of_five_embeddings_normalised(model):
 def test_few_images_and_their_flips_run_as_one_batch(model):
     """Up to JOINT_FLIP_BATCH images go through the model once with their flips (the same features
     as two calls); more images take two calls."""
-    from utils.features import JOINT_FLIP_BATCH
+    from evaluation.features import JOINT_FLIP_BATCH
     calls = []
 
     def counted(x):

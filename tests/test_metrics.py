@@ -1,15 +1,15 @@
-"""utils.metrics: hand-built rankings with known answers, and random cases against per-query
-references (torchreid's plain AP, the release's trapezoid AP: utils/bench/eval.py's loops, which the
+"""evaluation.metrics: hand-built rankings with known answers, and random cases against per-query
+references (torchreid's plain AP, the release's trapezoid AP: benchmarks/eval.py's loops, which the
 evaluation benchmark times)."""
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from utils import metrics
-from utils.bench.eval import release_loop as trapezoid_reference  # the references: one copy, shared with the benchmark
-from utils.bench.eval import torchreid_evaluate_rank as torchreid_reference
-from utils.metrics import (evaluate_rank, evaluate_rank_blocks, evaluate_rank_features, kmeans,
+from evaluation import metrics
+from benchmarks.eval import release_loop as trapezoid_reference  # the references: one copy, shared with the benchmark
+from benchmarks.eval import torchreid_evaluate_rank as torchreid_reference
+from evaluation.metrics import (evaluate_rank, evaluate_rank_blocks, evaluate_rank_features, kmeans,
                            normalized_mutual_info, recall_at_k)
 
 

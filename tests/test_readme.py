@@ -122,7 +122,7 @@ def weights(tmp_path_factory):
 
 @pytest.mark.parametrize("command", EVAL_COMMANDS, ids=[shlex.split(c)[1] for c in EVAL_COMMANDS])
 def test_evaluation_command_runs(command, data_root, weights, capsys):
-    from utils import eval_cli
+    from evaluation import cli as eval_cli
     argv = shlex.split(command)[2:]
     net = argv[argv.index("--net") + 1] if "--net" in argv else "small"
     script = shlex.split(command)[1]
@@ -159,13 +159,13 @@ def test_demo_runs_as_documented_and_learns(tmp_path):
 
 def test_benchmark_commands_parse():
     """The Speed section's commands are accepted as written by their modules' parsers."""
-    from utils.bench import __main__ as bench
-    from utils.bench import eval as bench_eval
+    from benchmarks import __main__ as bench
+    from benchmarks import eval as bench_eval
     commands = re.findall(r"`python -m (utils\.bench(?:\.eval)?)([^`]*)`", section("Speed"))
-    assert {module for module, _ in commands} == {"utils.bench", "utils.bench.eval"}
+    assert {module for module, _ in commands} == {"benchmarks", "benchmarks.eval"}
     assert any("--malloc default" in args for _, args in commands)
     for module, args in commands:
-        parser = bench.get_args_parser() if module == "utils.bench" else bench_eval.get_args_parser()
+        parser = bench.get_args_parser() if module == "benchmarks" else bench_eval.get_args_parser()
         parser.parse_args(shlex.split(args))
 
 
@@ -176,7 +176,7 @@ def _run_line(line, extra):
     import extract
     import search
     from datasets import synthetic
-    from utils import eval_cli
+    from evaluation import cli as eval_cli
     words = shlex.split(line)
     if words[:3] == ["python", "-m", "datasets.synthetic"]:
         assert synthetic.main(words[3:]) == 0

@@ -113,7 +113,7 @@ def test_unreadable_descriptions_are_errors(small, tmp_path):
 
 def test_test_script_takes_variant_and_size_from_the_file(tmp_path, capsys):
     from datasets.synthetic import generate
-    from utils import eval_cli
+    from evaluation import cli as eval_cli
     root = str(tmp_path / "data")
     generate("market1501", root, ids=3, images_per_id=4, cameras=2)
     path = save(make_checkpoint(tiny_dbn("large"), 48, 32, dataset="market1501", transform="reid"), tmp_path)

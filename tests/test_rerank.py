@@ -1,10 +1,10 @@
-"""utils.rerank against a dense, loop-by-loop transcription of the published algorithm."""
+"""evaluation.rerank against a dense, loop-by-loop transcription of the published algorithm."""
 import numpy as np
 import pytest
 import torch
 
-from utils.metrics import evaluate_rank, evaluate_rank_blocks
-from utils.rerank import re_ranking, re_ranking_blocks
+from evaluation.metrics import evaluate_rank, evaluate_rank_blocks
+from evaluation.rerank import re_ranking, re_ranking_blocks
 
 
 def dense_reference(original_dist, query_num, k1=20, k2=6, lambda_value=0.3):

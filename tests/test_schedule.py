@@ -1,10 +1,10 @@
-"""utils/schedule.py: the release's warm-up / cosine / hold learning rate, per epoch."""
+"""training/schedule.py: the release's warm-up / cosine / hold learning rate, per epoch."""
 import math
 
 import pytest
 import torch
 
-from utils.schedule import averaging_start, build_scheduler, lr_factor
+from training.schedule import averaging_start, build_scheduler, lr_factor
 
 
 def run_schedule(lr, warmup, total, ratio, extra):

@@ -14,7 +14,8 @@ import torch
 import train
 import conftest
 from conftest import ROOT, assert_same_state, load, start, tiny_run
-from utils import malloc, run_files
+from utils import malloc
+from training import run_files
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
 IMAGES_PER_ID = 8  # of the data_root fixture (conftest)
@@ -731,7 +732,7 @@ def test_one_ctrl_c_is_announced_once_whatever_the_workers(monkeypatch, capsys):
 
 def test_warnings_are_one_clean_line(capsys):
     from utils.console import warning_line
-    warning_line("skipping unreadable image a.jpg: truncated", UserWarning, "utils/checkpoint.py", 151,
+    warning_line("skipping unreadable image a.jpg: truncated", UserWarning, "training/resume.py", 151,
                  line="    return self.dataset[index]")
     assert capsys.readouterr().err == "warning: skipping unreadable image a.jpg: truncated\n"
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import vis
+from evaluation import vis
 
 CELL = (32, 64)
 

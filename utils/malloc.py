@@ -6,7 +6,7 @@ the evaluation batch of 64 or ResNet-50 at 32, faults all of that memory in agai
 forward pass. `keep_freed_memory()` makes glibc keep freed memory for reuse instead; the price
 is that the process keeps its peak memory until it exits. DBN-S feature extraction at batch 64
 (with the flipped copy) ran 1.12x faster with it at 256x128 and 1.26x at 256x256 on a 2-core CPU
-(`python -m utils.bench --what extract`).
+(`python -m benchmarks --what extract`).
 """
 import ctypes
 import ctypes.util

@@ -8,7 +8,7 @@ import torch
 from network import (DBN, VARIANTS, CheckpointError, detect_architecture, out_of_range, read_checkpoint,
                      unwrap_state_dict)
 from utils.cli import check_gpu, require_at_least
-from utils.schedule import averaging_start, lr_factor
+from training.schedule import averaging_start, lr_factor
 
 
 def epochs_type(text):

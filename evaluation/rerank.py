@@ -18,9 +18,9 @@ the neighbour lists, once per query block for the result), so time grows as (N +
 
 API:
 - `re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3)`: features in, dense (Q, G) float32 distance out
-  (smaller = closer) for `utils.metrics.evaluate_rank`; fine while Q x G floats fit in memory.
+  (smaller = closer) for `evaluation.metrics.evaluate_rank`; fine while Q x G floats fit in memory.
 - `re_ranking_blocks(qf, gf, ...)`: the same rows, yielded as (B, G) blocks in query order, for
-  `utils.metrics.evaluate_rank_blocks` at any scale.
+  `evaluation.metrics.evaluate_rank_blocks` at any scale.
 """
 import numpy as np
 import scipy.sparse as sp

@@ -5,7 +5,7 @@ those of the horizontally flipped image, L2-normalised; similarity is the dot pr
 RGB in [0, 1] after the test transform of the dataset family (datasets.transforms.build_transform),
 with no mean/std normalisation.
 
-    from utils.features import FeatureExtractor
+    from evaluation.features import FeatureExtractor
     extract = FeatureExtractor.from_checkpoint("params/ema.pth")
     feats = extract(["a.jpg", "b.jpg"])              # (2, 5F) float32, L2-normalised
     feats = extract(frame, boxes=[(10, 20, 74, 148)], bgr=True)   # crops of an OpenCV frame

@@ -1,5 +1,5 @@
 """`--what model`: parameters and FLOPs; images/s of LEViT and DBN at one batch size next to
-torchvision's ResNet-50 and the peers of utils/bench/peers.py, with the matrix-multiply peak of the
+torchvision's ResNet-50 and the peers of benchmarks/peers.py, with the matrix-multiply peak of the
 same run; latency (ms per call) at batch 1, 8 and 32 of DBN-S in float32 (eager, fused, with and
 without DBN.optimize), in bfloat16 and compiled, next to ResNet-50 in the same settings; the
 test-time features of one, two and four crops (images and flips as one batch or two calls);
@@ -18,10 +18,10 @@ import torchvision
 
 from network import DBN, LEViT, VARIANTS, kernels
 from network.flops import count_flops, count_params
-from utils.bench import configure_malloc, time_alternating
-from utils.bench.peers import OSNet, release_style
-import utils.features
-from utils.features import DTYPES, check_dtype, compile_model, dbn_features, prepare_for_inference
+from benchmarks import configure_malloc, time_alternating
+from benchmarks.peers import OSNet, release_style
+import evaluation.features
+from evaluation.features import DTYPES, check_dtype, compile_model, dbn_features, prepare_for_inference
 
 PEAK_SIZE = 2048  # the peak is the speed of a PEAK_SIZE^3 matrix product
 LATENCY_BATCHES = (1, 8, 32)
@@ -34,7 +34,7 @@ def plain(model):
 
 
 def half_dtype(device):
-    """The half precision benchmarked on `device`, or None where it is not offered (utils.features.check_dtype)."""
+    """The half precision benchmarked on `device`, or None where it is not offered (evaluation.features.check_dtype)."""
     name = "float16" if torch.device(device).type == "cuda" else "bfloat16"
     try:
         check_dtype(name, device)
@@ -169,7 +169,7 @@ def inference_table(batch, device, repeats, peak):
     if kernels.available():
         models["DBN-S fused, CL, no native"] = (without_native_kernels(dbn_small(device)), "DBN-S",
                                                 torch.float32, True)
-    # compiled against compiled (torch.compile, inductor, frozen weights: utils.features.compile_model)
+    # compiled against compiled (torch.compile, inductor, frozen weights: evaluation.features.compile_model)
     models["OSNet x1_0 CL compiled"] = (compile_model(OSNet(751).eval().to(device, memory_format=torch.channels_last)),
                                         "OSNet x1_0", torch.float32, True)
     models["DBN-S compiled, float32"] = (dbn_small(device, compile=True), "DBN-S", torch.float32, True)
@@ -185,7 +185,7 @@ def inference_table(batch, device, repeats, peak):
                                                  "OSNet x1_0 channels_last"))
     print(f"\ninference, eval mode, batch {batch} (median of {repeats} alternating runs); unoptimised: BN not "
           "folded, NCHW; not optimized: BN folded, no native kernels; release-style: also attention as explicit "
-          "normalize/matmul/softmax (utils/bench/peers.py)")
+          "normalize/matmul/softmax (benchmarks/peers.py)")
     print(f"{'model':30s} {'images/s':>9s} {'x ResNet-50 CL':>15s} {'x release-style':>16s} {'x OSNet':>8s} "
           f"{'GFLOP/s':>8s} {'of fp32 peak':>13s} {'faults/run':>11s}")
     for name, t in seconds.items():
@@ -260,7 +260,7 @@ def latency_table(device, repeats):
 
 
 def features_table(device, repeats, crops=(1, 2, 4)):
-    """ms per call of the test-time features (flip-averaged, utils.features.dbn_features) of a few
+    """ms per call of the test-time features (flip-averaged, evaluation.features.dbn_features) of a few
     crops, as a tracker asks for them: the images and their flips as one batch (what dbn_features
     does up to JOINT_FLIP_BATCH images) against two calls, eager DBN-S in float32 and half precision."""
     half = half_dtype(device)
@@ -268,13 +268,13 @@ def features_table(device, repeats, crops=(1, 2, 4)):
 
     def run(model, x, joint):
         def fn():
-            saved = utils.features.JOINT_FLIP_BATCH
-            utils.features.JOINT_FLIP_BATCH = saved if joint else 0
+            saved = evaluation.features.JOINT_FLIP_BATCH
+            evaluation.features.JOINT_FLIP_BATCH = saved if joint else 0
             try:
                 with torch.no_grad():
                     dbn_features(model, x)
             finally:
-                utils.features.JOINT_FLIP_BATCH = saved
+                evaluation.features.JOINT_FLIP_BATCH = saved
             synchronize(device)
         return fn
     runs = {}

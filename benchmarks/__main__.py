@@ -1,14 +1,14 @@
-"""Benchmarks: `python -m utils.bench --what WHAT`.
+"""Benchmarks: `python -m benchmarks --what WHAT`.
 
 `--what model`: parameters and FLOPs, throughput and latency of DBN-S (float32 eager fused,
 bfloat16, compiled) next to torchvision's ResNet-50 and the peers (release-style DBN-S, OSNet x1_0),
-the matrix-multiply peak measured in the same run, training steps (utils/bench/model.py);
-`--what eval`: the evaluation benchmark (utils/bench/eval.py); `--what extract`: DBN-S test-time
+the matrix-multiply peak measured in the same run, training steps (benchmarks/model.py);
+`--what eval`: the evaluation benchmark (benchmarks/eval.py); `--what extract`: DBN-S test-time
 feature extraction under glibc's default malloc settings and tuned, each in a fresh process
-(utils/bench/extract.py); `--what loader`: one loader worker's training transforms
-(utils/bench/loader.py); `--what all` (default): model and eval.
+(benchmarks/extract.py); `--what loader`: one loader worker's training transforms
+(benchmarks/loader.py); `--what all` (default): model and eval.
 
-    python -m utils.bench --what model [--quick] [--batch 32] [--threads 2] [--malloc tuned|default]
+    python -m benchmarks --what model [--quick] [--batch 32] [--threads 2] [--malloc tuned|default]
                                        [--device cpu|cuda] [--no-training]
 
 `--malloc tuned` (default) makes glibc keep freed memory in the process, so that no model pays
@@ -22,11 +22,11 @@ import sys
 
 import torch
 
-from utils.bench import height_by_width
+from benchmarks import height_by_width
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser("python -m utils.bench", description=__doc__.split("\n\n")[0], add_help=True)
+    parser = argparse.ArgumentParser("python -m benchmarks", description=__doc__.split("\n\n")[0], add_help=True)
     parser.add_argument("--what", choices=("model", "eval", "extract", "loader", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (3)")
     parser.add_argument("--batch", type=int, default=32, help="images per batch")
@@ -52,19 +52,19 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.worker == "extract":
-        from utils.bench import extract
+        from benchmarks import extract
         return extract.worker(args)
     if args.what in ("model", "all"):
-        from utils.bench import model
+        from benchmarks import model
         model.bench(args)
     if args.what == "extract":
-        from utils.bench import extract
+        from benchmarks import extract
         extract.bench(args)
     if args.what == "loader":
-        from utils.bench import loader
+        from benchmarks import loader
         loader.bench(args)
     if args.what in ("eval", "all"):
-        from utils.bench import eval as bench_eval
+        from benchmarks import eval as bench_eval
         bench_eval.main((["--quick"] if args.quick else []) + rest)
     return None
 

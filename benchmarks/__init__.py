@@ -1,8 +1,8 @@
-"""Benchmarks, run as `python -m utils.bench --what ...` (see utils/bench/__main__.py).
+"""Benchmarks, run as `python -m benchmarks --what ...` (see benchmarks/__main__.py).
 
 model.py: parameters, FLOPs, throughput and latency of DBN / LEViT next to their peers; extract.py:
 feature extraction under the two malloc settings; loader.py: one loader worker's transforms;
-eval.py: CMC/mAP against the release's loop and torchreid's (also `python -m utils.bench.eval`);
+eval.py: CMC/mAP against the release's loop and torchreid's (also `python -m benchmarks.eval`);
 peers.py: the networks the figures are judged against (release-style DBN-S, OSNet x1_0).
 
 The timing helpers shared by all of them live here.

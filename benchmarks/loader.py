@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from utils.bench import time_alternating
+from benchmarks import time_alternating
 
 # (name, family, view, output (height, width), source sizes (height, width) drawn from [low, high]
 # each side): the real data sets' image sizes and the release's input sizes

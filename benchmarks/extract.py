@@ -9,7 +9,7 @@ import sys
 import torch
 
 from network import DBN
-from utils.bench import configure_malloc, time_alternating
+from benchmarks import configure_malloc, time_alternating
 
 def worker(args):
     """In a fresh process: seconds per batch of DBN-S feature extraction (fused, eval, image plus
@@ -39,7 +39,7 @@ def bench(args, batch=64, rounds=2):
         runs = {"default": [], "tuned": []}
         for _ in range(rounds):
             for mode in runs:
-                cmd = [sys.executable, "-m", "utils.bench", "--worker", "extract", "--malloc", mode,
+                cmd = [sys.executable, "-m", "benchmarks", "--worker", "extract", "--malloc", mode,
                        "--size", f"{height}x{width}", "--batch", str(batch), "--threads", str(args.threads),
                        "--repeats", "3"]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=repo_root).stdout

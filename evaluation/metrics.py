@@ -322,7 +322,7 @@ def evaluate_rank_features(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=
 def evaluate_rank_blocks(distance_blocks, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap="trapezoid",
                          return_num_invalid=False, return_minp=False):
     """`evaluate_rank` over an iterable of (B, G) distance blocks (arrays or tensors) that cover the
-    queries in order, e.g. `utils.rerank.re_ranking_blocks(...)`: for galleries whose full matrix
+    queries in order, e.g. `evaluation.rerank.re_ranking_blocks(...)`: for galleries whose full matrix
     should not be held at once. Same return value as `evaluate_rank`."""
     _check_ap(ap)
     _check_max_rank(max_rank)

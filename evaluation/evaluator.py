@@ -1,5 +1,5 @@
 """Test-time evaluation: `evaluate(model, dataset, image_size=...)` for train.py and the test scripts
-(whose command line is utils.eval_cli).
+(whose command line is evaluation.cli).
 
 Test-time feature (as the release): the five eval-mode BN embeddings of DBN concatenated (5F),
 summed with those of the horizontally flipped image, L2-normalised; similarity is the dot product.
@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.image_dataset import ImageDataset, collate_skip
-from utils.features import dbn_features
-from utils.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
-from utils.rerank import re_ranking_blocks
-from utils.vis import cell_size, save_rank_lists
+from evaluation.features import dbn_features
+from evaluation.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
+from evaluation.rerank import re_ranking_blocks
+from evaluation.vis import cell_size, save_rank_lists
 
 RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
 MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the line above RANK_LINE
@@ -52,7 +52,7 @@ def extract_features(model, loader, device, desc="features"):
         if batch[0].shape[0] == 0:  # every image of the batch was unreadable (collate_skip)
             continue
         imgs = batch[0].to(device, non_blocking=True)
-        feats.append(dbn_features(model, imgs).cpu())  # flip-summed, L2-normalised (utils/features.py)
+        feats.append(dbn_features(model, imgs).cpu())  # flip-summed, L2-normalised (evaluation/features.py)
         labels.append(torch.as_tensor(batch[1], dtype=torch.int64))
         camids.append(torch.as_tensor(batch[2], dtype=torch.int64))
     if not feats:
@@ -93,7 +93,7 @@ def rank_metrics(qf, gf, q_pids, q_camids, g_pids, g_camids, *, ap="trapezoid", 
     """top1/top5/top10/mAP/mINP of L2-normalised query and gallery features, query block by query block.
 
     With `rerank`, the k-reciprocal distances (k1=20, k2=6, lambda=0.3) are streamed block by
-    block from utils.rerank into utils.metrics (never the full query x gallery matrix). Returns
+    block from evaluation.rerank into evaluation.metrics (never the full query x gallery matrix). Returns
     (metrics, distance rows of the queries in `keep_rows` as a (len(keep_rows), G) array, for the
     pictures). metrics["left_out"] counts the queries without a correct gallery item (left out of
     CMC and mAP).

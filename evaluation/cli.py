@@ -1,5 +1,5 @@
 """The command line of the test_<dataset>.py scripts: parse, load --weights, evaluate, print the
-result line last. The evaluation itself is utils.evaluation.evaluate; each dataset's default input
+result line last. The evaluation itself is evaluation.evaluator.evaluate; each dataset's default input
 size and protocol options come from its class (datasets.dataset_class).
 """
 import argparse
@@ -15,8 +15,8 @@ from datasets.vehicleid import TEST_SIZES
 from network import DBN, CheckpointError
 from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
-from utils.evaluation import MINP_LINE, EvaluationError, evaluate
-from utils.features import add_compile_arg, add_dtype_arg, check_dtype, prepare_for_inference
+from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
+from evaluation.features import add_compile_arg, add_dtype_arg, check_dtype, prepare_for_inference
 from utils.malloc import tune_allocator
 
 
@@ -79,7 +79,7 @@ def get_args_parser(add_help=False):
 def load_model(weights, device, *, default_size, net=None, img_height=None, img_width=None, default_net=None,
                dtype="float32", compile=False):
     """(DBN of the `weights` checkpoint on `device`, prepared for inference in `dtype` / `compile` by
-    utils.features.prepare_for_inference (BatchNorm folded); its variant; its input size (height, width)).
+    evaluation.features.prepare_for_inference (BatchNorm folded); its variant; its input size (height, width)).
 
     The variant and the input size come from the file where it records them (train.py's
     --save-path format, or the args of a _last.pth); `net`, `img_height` and `img_width` (the

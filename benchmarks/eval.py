@@ -1,9 +1,9 @@
 """Evaluation benchmark: CMC/mAP speed against the release's per-query loop and torchreid's evaluate_rank.
 
-    python -m utils.bench.eval                # comparison at 3,000 x 20,000, then the MSMT17-size run
-    python -m utils.bench.eval --quick        # the comparison only
-    python -m utils.bench.eval --rerank ...   # also k-reciprocal re-ranking
-    python -m utils.bench --what eval         # the same, from the shared benchmark entry point
+    python -m benchmarks.eval                # comparison at 3,000 x 20,000, then the MSMT17-size run
+    python -m benchmarks.eval --quick        # the comparison only
+    python -m benchmarks.eval --rerank ...   # also k-reciprocal re-ranking
+    python -m benchmarks --what eval         # the same, from the shared benchmark entry point
 
 Data: identity-bearing random features (id centre + noise, L2-normalised, float32) with random
 cameras; every id has gallery items, so no query is left out. Timings are wall-clock medians.
@@ -11,7 +11,7 @@ cameras; every id has gallery items, so no query is left out. Timings are wall-c
 Comparison (3,000 queries x 20,000 gallery items, 750 ids, 6 cameras, 1920-d features, distance
 -q.g): on the same distance matrix, the release's per-query loop (stable argsort of the row, junk
 removal, trapezoid AP in a Python loop over the correct items), a faithful copy of torchreid's
-pure-Python `evaluate_rank` (plain AP; it runs once), and `utils.metrics.evaluate_rank` with both AP
+pure-Python `evaluate_rank` (plain AP; it runs once), and `evaluation.metrics.evaluate_rank` with both AP
 rules; also `evaluate_rank_features` from the features (matrix products included). Checks that the
 numbers agree and prints the speed ratios.
 
@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 
-from utils.metrics import evaluate_rank, evaluate_rank_blocks, evaluate_rank_features
-from utils.rerank import re_ranking_blocks
+from evaluation.metrics import evaluate_rank, evaluate_rank_blocks, evaluate_rank_features
+from evaluation.rerank import re_ranking_blocks
 
 
 def release_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -42,7 +42,7 @@ def release_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     AP = mean_i (i / r_i + (i + 1) / (r_i + 1)) / 2 over the 0-based ranks r_i of the correct items
     after junk removal (i / r_i = 1 when r_i = 0). Differences from the release: queries without a
     correct item are left out of the averages (the release divides by all queries), rows are sorted
-    stably so ties agree with utils.metrics, and a ranking shorter than max_rank after junk removal
+    stably so ties agree with evaluation.metrics, and a ranking shorter than max_rank after junk removal
     counts as found beyond its end. Returns (cmc (max_rank,), mAP, num_invalid), or None when no
     query has a correct item.
     """
@@ -224,7 +224,7 @@ def run_worker(kind, size, dim):
     print(f"[eval] {what}: {num_query} queries x {num_gallery} gallery, {dim}-d features (fresh process)",
           flush=True)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-m", "utils.bench.eval", "--worker", kind, "--size", size,
+    out = subprocess.run([sys.executable, "-m", "benchmarks.eval", "--worker", kind, "--size", size,
                           "--dim", str(dim)], cwd=root, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{out.stderr}")

@@ -1,7 +1,7 @@
 """The files of a training run and the checks before it starts (train.py).
 
 Beside --save-path (e.g. params/ema.pth): the averaged weights themselves, <stem>_last.pth (the
-resumable checkpoint, utils/checkpoint.py) and <stem>_log.jsonl (one JSON line per epoch). Before any
+resumable checkpoint, training/resume.py) and <stem>_log.jsonl (one JSON line per epoch). Before any
 training: --save-path must be writable and hold no earlier run unless --overwrite or --resume
 (check_save_path), and the training images must be readable (check_training_images).
 """
@@ -16,7 +16,7 @@ from tqdm import tqdm
 from datasets.image_dataset import DECODE_ERRORS
 from network import CheckpointError
 from utils import distributed
-from utils.checkpoint import last_checkpoint_path, load_training_checkpoint, log_path
+from training.resume import last_checkpoint_path, load_training_checkpoint, log_path
 
 
 class UsageError(ValueError):

@@ -1,0 +1,1 @@
+"""The training run's state: checkpoint files and resume, run files, flags and schedule."""
