@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 
-from evaluation import features
 from datasets.image_list import ImageListError, collect_images
+from evaluation import features
 
 
 def get_args_parser():

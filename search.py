@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import torch
 
+from datasets.image_list import ImageListError, collect_images
 from evaluation import features
 from utils.cli import require_at_least
-from datasets.image_list import ImageListError, collect_images
 
 
 def get_args_parser():

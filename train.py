@@ -11,7 +11,7 @@ triplet terms (losses/), SGD with Nesterov momentum, the release's warm-up / cos
 (training/schedule.py), uniform weight averaging of the epochs floor(T * ema_ratio) .. T + ema_extra
 (torch.optim.swa_utils) and a BatchNorm pass over the training data; the averaged DBN goes to
 --save-path with its variant, input size, dataset, args and final metrics (network.make_checkpoint).
-Files beside --save-path (training/run_files.py): <stem>_last.pth, the resumable checkpoint
+Files beside --save-path (training/run_files.py; the run's state: training/): <stem>_last.pth, the resumable checkpoint
 rewritten after every epoch, and <stem>_log.jsonl, one JSON line per epoch.
 """
 import argparse
@@ -22,7 +22,6 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,43 +34,23 @@ from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_datas
 from datasets.image_dataset import ImageDataset, collate_skip
 from datasets.sampler import PKSampler
 from datasets.seeded import SeededBatches, SeededDataset
-from datasets.synthetic import generate
+from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from losses import ReIDLoss
-from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, make_checkpoint, released_path
-from network.flops import count_flops, count_params
+from network import DBN, VARIANTS, CheckpointError, released_path
+from network.flops import model_summary
+from training.flags import (DEMO, amp_settings, check_resume_args, check_sync_bn, epochs_type, freeze_words, gpus_type,
+                            json_form, missing_pretrained, parse_with_defaults, training_device)
+from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
+                             save_training_state)
+from training.run_files import (append_log, check_save_path, check_training_images, ensure_demo_data, evaluate_command,
+                                remove_earlier_run, save_model, saved_state)
+from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
+                                non_finite_loss, too_many_skipped)
+from training.schedule import averaging_start, build_scheduler
 from utils import distributed
-from training.resume import (atomic_save, last_checkpoint_path, load_training_checkpoint,
-                              log_path, rng_state, set_rng_state)
 from utils.cli import BooleanFlag, HelpFormatter, default_workers
 from utils.console import show_warnings_as_lines
-from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from utils.malloc import tune_allocator
-from training.run_files import (TrainingError, UsageError, append_log, check_save_path, check_training_images,
-                             remove_earlier_run, saved_state)
-from training.schedule import averaging_start, build_scheduler
-from training.flags import check_args, epochs_type, freeze_words, gpus_type
-
-# --demo: the values of the flags a user did not give (explicit flags win)
-DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net="small", pretrained="none",
-            img_height=128, img_width=64, batch_size=32, instance_num=4, lr=0.05, epochs=(2, 30),
-            ema_ratio=0.8, ema_extra=4, erasing=0.0, device="cpu", num_workers=0,
-            save_path=os.path.join("params", "demo.pth"))
-DEMO_DATA = dict(ids=48, images_per_id=8, cameras=3, seed=0)  # synthetic market1501 for --demo
-# flags that may change when resuming; every other flag is the recipe and must match the checkpoint
-RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "save_path",
-             "dist_timeout", "overwrite"}
-# recipe flags that a resumed run may change (a way out of a non-finite loss), with a warning
-RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
-MAX_SKIPPED = 0.01  # stop when more than this share of an epoch's images cannot be read
-
-
-class Interrupted(Exception):
-    """Ctrl-C / SIGTERM: a checkpoint was written; exit status 128 + signal number."""
-
-    def __init__(self, signum, message):
-        super().__init__(message)
-        self.signum = signum
-
 
 # --- command line (flag types and checks: training/flags.py) -------------------------------
 
@@ -154,25 +133,7 @@ def get_args_parser(add_help=True):
 
 def parse_args(argv=None):
     """Parse argv; --demo and --resume supply the defaults of the flags not given, then validate."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    if args.demo:
-        parser.set_defaults(**DEMO)
-    if args.resume:
-        if not os.path.isfile(args.resume):
-            parser.error(f"--resume {args.resume}: file not found")
-        try:
-            stored = load_training_checkpoint(args.resume)["args"]
-        except CheckpointError as err:
-            parser.error(str(err))
-        # the run continues with its own settings; flags given now override the run-only ones (RUN_FLAGS)
-        parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "dry_run") and k in vars(args)})
-    if args.demo or args.resume:
-        args = parser.parse_args(argv)
-    if args.demo and not args.resume and args.save_path == DEMO["save_path"]:
-        args.overwrite = True  # a second `train.py --demo` replaces the demo's own files (README)
-    check_args(args, parser)
-    return args
+    return parse_with_defaults(get_args_parser(), argv)
 
 
 # --- setup ------------------------------------------------------------------------------------
@@ -181,43 +142,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(args):
-    """(device, dist_info, DataParallel device ids or None), printing the one warning for --gpus without CUDA."""
-    use_cuda = args.device != "cpu" and torch.cuda.is_available()
-    dist_info = distributed.init_distributed(use_cuda, args.dist_timeout)
-    if dist_info.distributed:
-        if args.gpus and len(args.gpus) > 1 and dist_info.rank == 0:
-            print(f"--gpus {','.join(map(str, args.gpus))} ignored under torchrun: each process uses "
-                  f"{'cuda:LOCAL_RANK' if use_cuda else 'the CPU'}")
-        return torch.device("cuda", dist_info.local_rank) if use_cuda else torch.device("cpu"), dist_info, None
-    if not use_cuda:
-        if args.gpus and args.device == "auto":
-            print(f"warning: --gpus {','.join(map(str, args.gpus))}: CUDA is not available on this machine; "
-                  "training on the CPU", file=sys.stderr)
-        return torch.device("cpu"), dist_info, None
-    gpus = args.gpus or [0]
-    return torch.device("cuda", gpus[0]), dist_info, (gpus if len(gpus) > 1 else None)
-
-
-def amp_settings(args, device):
-    """(autocast on?, its dtype): --amp defaults to on with CUDA; --amp-dtype auto is float16 on
-    CUDA (the release's mixed precision) and bfloat16 on the CPU."""
-    use_amp = args.amp if args.amp is not None else device.type == "cuda"
-    name = args.amp_dtype if args.amp_dtype != "auto" else ("float16" if device.type == "cuda" else "bfloat16")
-    return use_amp, getattr(torch, name)
-
-
-def missing_pretrained(args):
-    """Why a run cannot start from the ImageNet backbone --pretrained auto names (its file is not
-    in network/), or None. A resumed run takes its weights from the checkpoint and needs no file."""
-    if args.pretrained != "auto" or args.resume or os.path.isfile(released_path(args.net)):
-        return None
-    return (f"--pretrained auto: the released ImageNet backbone of LEViT-{args.net}, {RELEASED_FILES[args.net]}, "
-            f"is not in {os.path.dirname(released_path(args.net))} (network/ of this repository). Put the file "
-            "there, or give --pretrained PATH, or --pretrained none to train from scratch on purpose (accuracy "
-            "then stays far below the README's figures)")
 
 
 def build_model(args, num_classes):
@@ -231,16 +155,6 @@ def build_model(args, num_classes):
         if any(w in name for w in words):
             param.requires_grad_(False)
     return model
-
-
-def model_summary(model, args):
-    with torch.device("meta"):  # shapes only: counting needs no memory and no compute
-        meta = DBN(num_classes=model.num_classes, net=args.net, pretrained=None, mlp_ratio=model.mlp_ratio)
-    flops = count_flops(meta, args.img_height, args.img_width)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return (f"model: DBN LEViT-{args.net}, {model.num_classes} classes, {count_params(model):,} parameters "
-            f"({trainable:,} trained), {flops / 1e9:.2f} GFLOPs ({flops / 2e9:.2f} G multiply-adds) "
-            f"per {args.img_height}x{args.img_width} image")
 
 
 def build_train_set(dataset, args):
@@ -267,37 +181,6 @@ def build_loader(train_set, sampler, args, epoch, dist_info, device, skip=0):
                       pin_memory=device.type == "cuda")
 
 
-class StopFlag:
-    """SIGINT / SIGTERM handler: the first signal asks the loop to stop at the end of the step (a
-    checkpoint is written), a second one raises KeyboardInterrupt at once. Data-loading workers
-    (forked, so they inherit the handler) ignore it: the main process stops them."""
-
-    def __init__(self):
-        self.signum = 0
-        self.previous = {}
-        self.pid = os.getpid()
-
-    def __enter__(self):
-        self.pid = os.getpid()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame):
-        if os.getpid() != self.pid:  # a loader worker: Ctrl-C reaches the whole process group
-            return
-        if self.signum:
-            raise KeyboardInterrupt
-        self.signum = signum
-        if distributed.is_main():
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
-                  "(again to stop at once)", file=sys.stderr, flush=True)
-
-
 # --- training ---------------------------------------------------------------------------------
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
@@ -320,11 +203,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
         for imgs, labels, _, skipped in loader:
             totals.skipped += skipped
             if totals.skipped > MAX_SKIPPED * planned_images:
-                then = (f"resume with --resume {saved[0]}" if saved else
-                        "rerun (no epoch had finished, nothing to resume)")
-                raise TrainingError(f"epoch {epoch + 1}: {totals.skipped} images could not be read (more than "
-                                    f"{MAX_SKIPPED:.0%} of the epoch's {planned_images}); the warnings above name "
-                                    f"them; fix or remove them and {then}")
+                raise too_many_skipped(epoch, totals.skipped, planned_images, saved)
             if imgs.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
                 if distributed.get_world_size() > 1:  # the other processes would wait for this one's gradients
                     raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch "
@@ -348,15 +227,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
             distributed.all_reduce_mean(status)
             values = status.tolist()
             if not math.isfinite(values[0]):
-                lower = f"--lr {args.lr / 2:g}" + (" (or --amp false)" if amp_settings(args, device)[0] else "")
-                if saved:
-                    then = (f"The checkpoint {saved[0]} ({saved[1]} finished epochs) is kept: resume it with a lower "
-                            f"--lr, e.g. --resume {saved[0]} {lower} (a changed --lr is allowed on resume)")
-                else:
-                    then = ("No epoch had finished, so there is nothing to resume: rerun with a lower --lr, "
-                            f"e.g. {lower}")
-                raise TrainingError(f"non-finite loss ({values[0]}) at epoch {epoch + 1}, step {step + 1} of {steps}; "
-                                    f"training stopped. {then}")
+                raise non_finite_loss(values[0], epoch, step, steps, args.lr, amp_settings(args, device)[0], saved)
             step += 1
             totals.steps += 1
             totals.images += imgs.shape[0]
@@ -374,85 +245,10 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
     return step
 
 
-@dataclass
-class EpochTotals:
-    """Running totals of the epoch in progress (a mid-epoch checkpoint keeps them)."""
-    steps: int = 0  # batches trained on
-    images: int = 0  # of this process
-    skipped: int = 0  # unreadable images left out
-    seconds: float = 0.0
-    losses: dict = field(default_factory=dict)  # "loss" and each term of ReIDLoss -> its sum over the steps
-
-    COUNTERS = ("steps", "images", "skipped", "seconds")
-
-    def state_dict(self):
-        """A flat dict of numbers: the counters and the loss sums (the checkpoint's "meter")."""
-        return {**{k: getattr(self, k) for k in self.COUNTERS}, **self.losses}
-
-    @classmethod
-    def from_state_dict(cls, state):
-        return cls(**{k: state[k] for k in cls.COUNTERS}, losses={k: v for k, v in state.items()
-                                                                  if k not in cls.COUNTERS})
-
-    def log_record(self, epoch, lr, world_size):
-        """The epoch's line of <stem>_log.jsonl: mean loss and terms per step, throughput, skipped images."""
-        terms = {k: v / max(self.steps, 1) for k, v in self.losses.items()}
-        return {"epoch": epoch + 1, "loss": terms.pop("loss", float("nan")), "terms": terms, "lr": lr,
-                "img_per_s": self.images * world_size / max(self.seconds, 1e-9),
-                "seconds": round(self.seconds, 3), "skipped": self.skipped}
-
-
-def save_training_state(path, model, optimizer, scheduler, scaler, averaged, epoch, step, totals, args, sampler):
-    """Gather every rank's random state, then rank 0 writes the checkpoint (all ranks must call)."""
-    rngs = distributed.all_gather_object(rng_state())
-    if not distributed.is_main():
-        return
-    atomic_save({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(), "averaged": averaged.state_dict(),
-        "n_averaged": int(averaged.n_averaged), "epoch": epoch, "step": step, "meter": totals.state_dict(),
-        "sampler": {"seed": args.seed, "epoch": epoch, "batches_done": step, "world_size": len(rngs)},
-        "rng": rngs, "world_size": len(rngs), "args": vars(args),
-    }, path)
-
-
-def check_resume_args(stored, args):
-    """Refuse recipe flags that differ from the checkpoint's, except RESUME_CHANGES (warned about).
-    Returns the changed RESUME_CHANGES flags."""
-    def differ(names):
-        return [k for k in names if json_form(stored[k]) != json_form(getattr(args, k))]
-
-    def detail(names):
-        return ", ".join(f"--{k.replace('_', '-')} {json_form(getattr(args, k))} (checkpoint: {json_form(stored[k])})"
-                         for k in names)
-
-    names = [k for k in stored if k not in RUN_FLAGS and k in vars(args)]
-    changed = differ(k for k in names if k not in RESUME_CHANGES)
-    if changed:
-        raise UsageError(f"--resume continues the run with its own settings; these differ: {detail(changed)}. "
-                         "Drop those flags, or start a new run with another --save-path")
-    allowed = differ(k for k in names if k in RESUME_CHANGES)
-    if allowed and distributed.is_main():
-        print(f"warning: resuming with {detail(allowed)}: from here on the run follows another recipe (no longer "
-              "its own nor the release's) and is not bit-identical to an uninterrupted run", file=sys.stderr)
-    return allowed
-
-
-def set_base_lr(optimizer, scheduler, lr):
-    """A new peak lr for a resumed run: the schedule's factor of the current epoch times `lr`."""
-    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
-    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for group in optimizer.param_groups:
-        group["initial_lr"], group["lr"] = lr, lr * factor
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-def json_form(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
 def main(args):
-    device, dist_info, dp_ids = resolve_device(args)
+    device, dist_info, dp_ids, note = training_device(args.device, args.gpus, args.dist_timeout)
+    if note and dist_info.rank == 0:
+        print(note, file=sys.stderr if note.startswith("warning") else sys.stdout)
     tune_allocator(device)
     try:
         return train_and_evaluate(args, device, dist_info, dp_ids)
@@ -462,10 +258,7 @@ def main(args):
 
 def train_and_evaluate(args, device, dist_info, dp_ids):
     main_rank = dist_info.rank == 0
-    if args.sync_bn and dist_info.distributed and device.type != "cuda":
-        raise UsageError("--sync-bn synchronises BatchNorm statistics over GPUs (NCCL); PyTorch's SyncBatchNorm "
-                         "does not run on the CPU. Drop --sync-bn (each process then normalises its own share "
-                         "of the batch) or train on GPUs")
+    check_sync_bn(args, dist_info.distributed, device)
     problem = missing_pretrained(args)
     if problem and not args.dry_run:  # before any work: no silent from-scratch run
         raise UsageError(problem)
@@ -483,7 +276,7 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
     sampler = build_sampler(dataset, args, dist_info)
     if main_rank:
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
-        print(model_summary(model, args))
+        print(model_summary(model, args.net, args.img_height, args.img_width))
     check_save_path(args)
     if args.dry_run:
         if main_rank:
@@ -495,7 +288,7 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
 
     checkpoint = load_training_checkpoint(args.resume) if args.resume else None
     epochs_total, start_avg = args.epochs[1] + args.ema_extra, averaging_start(args.epochs[1], args.ema_ratio)
-    changed = check_resume_args(checkpoint["args"], args) if checkpoint is not None else []
+    changed = check_resume_args(checkpoint["args"], args, main_rank) if checkpoint is not None else []
     if checkpoint is not None and checkpoint["epoch"] >= epochs_total and os.path.isfile(args.save_path):
         if main_rank:
             print(f"resume: {args.resume} is a finished run (all {epochs_total} epochs done) and its averaged "
@@ -531,24 +324,13 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
     saved = None  # (path, finished epochs, batches of the next) of the newest checkpoint of this run
     seed_everything(args.seed + dist_info.rank)  # per-process randomness (erasing, stochastic depth)
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if "lr" in changed:
-            set_base_lr(optimizer, scheduler, args.lr)
-        if scaler.is_enabled() and checkpoint["scaler"]:
-            scaler.load_state_dict(checkpoint["scaler"])
-        averaged.load_state_dict(checkpoint["averaged"])
-        start_epoch, start_step = checkpoint["epoch"], checkpoint.get("step", 0)
+        start_epoch, start_step, totals, note = restore_training_state(
+            checkpoint, optimizer, scheduler, scaler, averaged, lr=args.lr if "lr" in changed else None,
+            rank=dist_info.rank, world_size=dist_info.world_size)
         saved = (args.resume, start_epoch, start_step)
-        totals = EpochTotals.from_state_dict(checkpoint["meter"]) if checkpoint.get("meter") else EpochTotals()
-        if len(checkpoint["rng"]) == dist_info.world_size:
-            set_rng_state(checkpoint["rng"][dist_info.rank])
-        elif main_rank:
-            print(f"resume: the checkpoint was written by {len(checkpoint['rng'])} processes, this run has "
-                  f"{dist_info.world_size}; random states start afresh (the run is no longer bit-identical)")
         if main_rank:
             append_log(log_file, None, completed_epochs=start_epoch)
-            print(f"resume: {args.resume}, {start_epoch} epochs done" +
+            print((f"resume: {note}\n" if note else "") + f"resume: {args.resume}, {start_epoch} epochs done" +
                   (f", epoch {start_epoch + 1} from batch {start_step + 1}" if start_step else ""))
         del checkpoint
     elif main_rank:
@@ -565,7 +347,7 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
                                         totals, stop, start_step, saved)
                 if steps < len(sampler):  # interrupted: a mid-epoch checkpoint, exact to resume
                     save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged,
-                                        epoch, steps, totals, args, sampler)
+                                        epoch, steps, totals, args)
                     raise Interrupted(stop.signum or signal.SIGINT,
                                       f"interrupted in epoch {epoch + 1} after batch {steps}; resume with "
                                       f"--resume {last_path}")
@@ -580,7 +362,7 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
                               "warnings above)", file=sys.stderr, flush=True)
                 start_step, totals = 0, EpochTotals()
                 save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged,
-                                    epoch + 1, 0, totals, args, sampler)
+                                    epoch + 1, 0, totals, args)
                 saved = (last_path, epoch + 1, 0)
         except KeyboardInterrupt:  # a second Ctrl-C (StopFlag): stop at once, the last checkpoint stands
             raise Interrupted(signal.SIGINT, f"stopped at once in epoch {epoch + 1}; " + saved_state(saved)) from None
@@ -613,11 +395,8 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
     return metrics
 
 
-def save_model(model, dataset, args, metrics=None):
-    """--save-path: the DBN's state_dict with its variant, input size, dataset, args and metrics
-    (network.checkpoint.make_checkpoint), written atomically."""
-    atomic_save(make_checkpoint(model, args.img_height, args.img_width, dataset=args.dataset,
-                                transform=dataset.family, args=args, metrics=metrics), args.save_path)
+def untrained_copy(model):
+    return copy.deepcopy(model).eval()
 
 
 def recompute_bn(model, loader, device, dp_ids, autocast):
@@ -636,11 +415,6 @@ def recompute_bn(model, loader, device, dp_ids, autocast):
     distributed.average_bn_statistics(model)
 
 
-def evaluate_command(args):
-    return (f"evaluate them with python test_{args.dataset}.py --weights {args.save_path} --net {args.net} "
-            f"--img-height {args.img_height} --img-width {args.img_width} --dataset-root {args.dataset_root}")
-
-
 def final_evaluation(model, untrained, dataset, args, device):
     options = dict(image_size=(args.img_height, args.img_width), batch_size=args.batch_size,
                    num_workers=args.num_workers)  # the protocol's own defaults (the test scripts')
@@ -656,21 +430,6 @@ def final_evaluation(model, untrained, dataset, args, device):
     return metrics
 
 
-def untrained_copy(model):
-    return copy.deepcopy(model).eval()
-
-
-def ensure_demo_data(root):
-    folder = os.path.join(root, "market1501")
-    # only rank 0 looks and writes; every rank waits at the barrier, whatever it would have seen
-    if distributed.is_main() and not os.path.isdir(folder):
-        print(f"demo: generating a synthetic Market-1501 ({DEMO_DATA['ids']} training identities) under {folder}")
-        generate("market1501", root, **DEMO_DATA)
-    distributed.barrier()
-
-
-
-
 def cli(argv=None):
     """`python train.py ...`: parse, run, and turn the known failures into a message and an exit status
     (2: usage, data or checkpoint; 1: training stopped; 128 + signal: interrupted), no traceback."""
@@ -678,12 +437,9 @@ def cli(argv=None):
     args = parse_args(argv)
     try:
         main(args)
-    except (DatasetError, CheckpointError, UsageError) as err:
+    except (DatasetError, CheckpointError, UsageError, TrainingError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(1 if isinstance(err, TrainingError) else 2)
     except Interrupted as err:
         print(f"train.py: {err}", file=sys.stderr)
         sys.exit(128 + int(err.signum))

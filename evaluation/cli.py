@@ -12,11 +12,12 @@ import torch
 from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset, dataset_class
 from datasets.university1652 import DIRECTIONS
 from datasets.vehicleid import TEST_SIZES
+from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
+from evaluation.features import add_compile_arg, add_dtype_arg, check_dtype, prepare_for_inference
 from network import DBN, CheckpointError
 from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
-from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
-from evaluation.features import add_compile_arg, add_dtype_arg, check_dtype, prepare_for_inference
+from utils.device import pick_device
 from utils.malloc import tune_allocator
 
 
@@ -129,13 +130,10 @@ def _device(args, parser):
         if name not in ("auto", "cuda", f"cuda:{args.gpus}"):
             parser.error(f"--gpus {args.gpus} and --device {name} disagree; give one of them")
         name = f"cuda:{args.gpus}"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    device = torch.device(name)
-    check_gpu(parser, f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}", device.index)
-    return device
+    if name.startswith("cuda"):
+        check_gpu(parser, f"--gpus {args.gpus}" if args.gpus is not None else f"--device {name}",
+                  torch.device(name).index)
+    return pick_device(name)
 
 
 def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=None, img_width=None):

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from utils.checks import positive_int
+from utils.device import DeviceError, pick_device
 from utils.cli import HelpFormatter, default_workers, require_at_least  # HelpFormatter: that of extract.py, search.py, export.py
 
 DEFAULT_SIZE = (256, 128)  # a bare state_dict's input size when nothing else gives one (Market-1501's)
@@ -141,16 +142,6 @@ class FeatureHead(nn.Module):
         return dbn_features(self.model, x, self.flip, self.normalize)
 
 
-def resolve_device(name):
-    """"auto" -> cuda when available, else cpu; "cuda" without CUDA is a ValueError."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: no CUDA device is available; use cpu (or auto)")
-    return device
-
-
 def load_for_inference(weights, net=None, img_height=None, img_width=None, transform=None, device="cpu"):
     """(fused eval-mode DBN on `device`, info) from a checkpoint, with info's "img_height",
     "img_width" and "transform" filled in: the file's, else the arguments, else DEFAULT_SIZE and "reid".
@@ -224,7 +215,7 @@ class FeatureExtractor:
                         batch_size=64, flip=True, dtype="float32", compile=False):
         """Build from a checkpoint (see load_for_inference): the variant, size and transform family come
         from the file where it records them. `.info` keeps what the file said."""
-        device = resolve_device(device)
+        device = pick_device(device)
         model, info = load_for_inference(weights, net, img_height, img_width, transform, device)
         extractor = cls(model, info["img_height"], info["img_width"], info["transform"], device, batch_size, flip,
                         dtype, compile)
@@ -378,8 +369,8 @@ def check_args(args, parser):
         parser.error(f"--weights {args.weights}: file not found (the file train.py wrote to --save-path, "
                      "or the release's params/ema.pth)")
     try:
-        device = resolve_device(getattr(args, "device", "cpu"))
-    except (ValueError, RuntimeError) as err:
+        device = pick_device(getattr(args, "device", "cpu"))
+    except (DeviceError, RuntimeError) as err:  # RuntimeError: a name torch.device cannot parse
         parser.error(f"--device {args.device}: {err}")
     try:
         check_dtype(args.dtype, device)

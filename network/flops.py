@@ -3,6 +3,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from network.dbn import DBN
+
 
 def count_params(model):
     """All parameters, trainable and frozen (BN running statistics are buffers, not counted)."""
@@ -19,3 +21,14 @@ def count_flops(model, height, width):
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model.eval()(torch.rand(1, 3, height, width, device=device))
     return counter.get_total_flops()
+
+
+def model_summary(model, net, height, width):
+    """One line: the DBN's variant, classes, parameters (trained ones) and FLOPs per height x width image."""
+    with torch.device("meta"):  # shapes only: counting needs no memory and no compute
+        meta = DBN(num_classes=model.num_classes, net=net, pretrained=None, mlp_ratio=model.mlp_ratio)
+    flops = count_flops(meta, height, width)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f"model: DBN LEViT-{net}, {model.num_classes} classes, {count_params(model):,} parameters "
+            f"({trainable:,} trained), {flops / 1e9:.2f} GFLOPs ({flops / 2e9:.2f} G multiply-adds) "
+            f"per {height}x{width} image")

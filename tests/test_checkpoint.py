@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from network import CheckpointError
-from training.resume import atomic_save, last_checkpoint_path, load_training_checkpoint, log_path, rng_state, set_rng_state
+from training.resume import last_checkpoint_path, load_training_checkpoint, log_path, rng_state, set_rng_state
+from utils.files import atomic_save
 
 
 def test_paths_beside_save_path():
@@ -53,7 +54,7 @@ def test_failed_save_keeps_previous_file_and_leaves_nothing(tmp_path, monkeypatc
 WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from training.resume import atomic_save
+from utils.files import atomic_save
 i = 0
 while True:
     atomic_save({{"i": i, "w": torch.full((4_000_000,), float(i))}}, {path!r})

@@ -118,7 +118,7 @@ def test_usage_errors(setup, capsys, tmp_path):
     assert "the following arguments are required: --images" in usage_error(capsys, "--weights", weights,
                                                                             "--out", "q.npz")
     if not torch.cuda.is_available():
-        assert "--device cuda: device 'cuda': no CUDA device is available" in usage_error(
+        assert "--device cuda: no CUDA device is available" in usage_error(
             capsys, "--weights", weights, *base, "--device", "cuda")
     assert "--dtype float16 inference is offered on CUDA only; on the CPU use bfloat16" in usage_error(
         capsys, "--weights", weights, *base, "--device", "cpu", "--dtype", "float16")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train
+import training.flags
 import conftest
 from conftest import ROOT, assert_same_state, load, start, tiny_run
 from utils import malloc
@@ -150,6 +151,7 @@ def test_missing_dataset_names_the_path(tmp_path):
 def test_pretrained_auto_without_the_backbone_stops_before_any_work(tmp_path, monkeypatch):
     absent = tmp_path / "network" / "released_small.pth"
     monkeypatch.setattr(train, "released_path", lambda net: str(absent))
+    monkeypatch.setattr(training.flags, "released_path", lambda net: str(absent))
     # no dataset there either: the backbone is checked first, nothing is read or written
     args = train.parse_args(tiny(str(tmp_path / "no_data"), tmp_path / "out" / "ema.pth", "--pretrained", "auto"))
     with pytest.raises(train.UsageError) as info:
@@ -176,6 +178,7 @@ def test_pretrained_auto_without_the_backbone_exits_2_naming_the_file(tmp_path):
 
 def test_dry_run_reports_the_missing_backbone_and_succeeds(capsys, data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
+    monkeypatch.setattr(training.flags, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
     assert train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--pretrained", "auto",
                                             "--net", "large", "--dry-run"))) is None
     out = capsys.readouterr().out.splitlines()
@@ -191,6 +194,7 @@ def test_pretrained_auto_loads_the_backbone_and_demo_needs_none(tmp_path, monkey
     backbone = LEViT(**VARIANTS["small"]).state_dict()
     torch.save(backbone, tmp_path / "small.pth")
     monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
+    monkeypatch.setattr(training.flags, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
     args = train.parse_args(["--pretrained", "auto"])
     assert train.missing_pretrained(args) is None
     model = train.build_model(args, num_classes=4)
@@ -198,6 +202,7 @@ def test_pretrained_auto_loads_the_backbone_and_demo_needs_none(tmp_path, monkey
     demo = train.parse_args(["--demo"])  # the demo trains from scratch on purpose, as before
     assert demo.pretrained == "none" and train.missing_pretrained(demo) is None
     monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / "absent.pth"))
+    monkeypatch.setattr(training.flags, "released_path", lambda net: str(tmp_path / "absent.pth"))
     assert train.missing_pretrained(train.parse_args(["--net", "small"])) is not None
 
 

@@ -2,13 +2,18 @@
 import argparse
 import math
 import os
+import sys
 
 import torch
 
-from network import (DBN, VARIANTS, CheckpointError, detect_architecture, out_of_range, read_checkpoint,
-                     unwrap_state_dict)
-from utils.cli import check_gpu, require_at_least
+from network import (DBN, RELEASED_FILES, VARIANTS, CheckpointError, detect_architecture, out_of_range, read_checkpoint,
+                     released_path, unwrap_state_dict)
+from training.resume import load_training_checkpoint
+from training.run_state import UsageError
 from training.schedule import averaging_start, lr_factor
+from utils import distributed
+from utils.cli import check_gpu, require_at_least
+from utils.device import pick_device
 
 
 def epochs_type(text):
@@ -98,3 +103,110 @@ def check_args(args, parser):
             parser.error(f"--freeze {unknown[0]!r} matches no parameter name; parameters start with "
                          f"{', '.join(top)} (e.g. --freeze stem,layer1)")
     return args
+
+
+# --demo: the values of the flags a user did not give (explicit flags win)
+DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net="small", pretrained="none",
+            img_height=128, img_width=64, batch_size=32, instance_num=4, lr=0.05, epochs=(2, 30),
+            ema_ratio=0.8, ema_extra=4, erasing=0.0, device="cpu", num_workers=0,
+            save_path=os.path.join("params", "demo.pth"))
+# flags that may change when resuming; every other flag is the recipe and must match the checkpoint
+RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "save_path",
+             "dist_timeout", "overwrite"}
+# recipe flags that a resumed run may change (a way out of a non-finite loss), with a warning
+RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
+
+
+def parse_with_defaults(parser, argv=None):
+    """Parse argv with train.py's parser; --demo and --resume supply the defaults of the flags not given,
+    then check_args."""
+    args = parser.parse_args(argv)
+    if args.demo:
+        parser.set_defaults(**DEMO)
+    if args.resume:
+        if not os.path.isfile(args.resume):
+            parser.error(f"--resume {args.resume}: file not found")
+        try:
+            stored = load_training_checkpoint(args.resume)["args"]
+        except CheckpointError as err:
+            parser.error(str(err))
+        # the run continues with its own settings; flags given now override the run-only ones (RUN_FLAGS)
+        parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "dry_run") and k in vars(args)})
+    if args.demo or args.resume:
+        args = parser.parse_args(argv)
+    if args.demo and not args.resume and args.save_path == DEMO["save_path"]:
+        args.overwrite = True  # a second `train.py --demo` replaces the demo's own files (README)
+    check_args(args, parser)
+    return args
+
+
+def amp_settings(args, device):
+    """(autocast on?, its dtype): --amp defaults to on with CUDA; --amp-dtype auto is float16 on
+    CUDA (the release's mixed precision) and bfloat16 on the CPU."""
+    use_amp = args.amp if args.amp is not None else device.type == "cuda"
+    name = args.amp_dtype if args.amp_dtype != "auto" else ("float16" if device.type == "cuda" else "bfloat16")
+    return use_amp, getattr(torch, name)
+
+
+def missing_pretrained(args):
+    """Why a run cannot start from the ImageNet backbone --pretrained auto names (its file is not
+    in network/), or None. A resumed run takes its weights from the checkpoint and needs no file."""
+    if args.pretrained != "auto" or args.resume or os.path.isfile(released_path(args.net)):
+        return None
+    return (f"--pretrained auto: the released ImageNet backbone of LEViT-{args.net}, {RELEASED_FILES[args.net]}, "
+            f"is not in {os.path.dirname(released_path(args.net))} (network/ of this repository). Put the file "
+            "there, or give --pretrained PATH, or --pretrained none to train from scratch on purpose (accuracy "
+            "then stays far below the README's figures)")
+
+
+def check_sync_bn(args, distributed, device):
+    """--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU."""
+    if args.sync_bn and distributed and device.type != "cuda":
+        raise UsageError("--sync-bn synchronises BatchNorm statistics over GPUs (NCCL); PyTorch's SyncBatchNorm "
+                         "does not run on the CPU. Drop --sync-bn (each process then normalises its own share "
+                         "of the batch) or train on GPUs")
+
+
+def check_resume_args(stored, args, is_main=True):
+    """Refuse recipe flags that differ from the checkpoint's, except RESUME_CHANGES (warned about).
+    Returns the changed RESUME_CHANGES flags; `is_main`: this process prints the warning."""
+    def differ(names):
+        return [k for k in names if json_form(stored[k]) != json_form(getattr(args, k))]
+
+    def detail(names):
+        return ", ".join(f"--{k.replace('_', '-')} {json_form(getattr(args, k))} (checkpoint: {json_form(stored[k])})"
+                         for k in names)
+
+    names = [k for k in stored if k not in RUN_FLAGS and k in vars(args)]
+    changed = differ(k for k in names if k not in RESUME_CHANGES)
+    if changed:
+        raise UsageError(f"--resume continues the run with its own settings; these differ: {detail(changed)}. "
+                         "Drop those flags, or start a new run with another --save-path")
+    allowed = differ(k for k in names if k in RESUME_CHANGES)
+    if allowed and is_main:
+        print(f"warning: resuming with {detail(allowed)}: from here on the run follows another recipe (no longer "
+              "its own nor the release's) and is not bit-identical to an uninterrupted run", file=sys.stderr)
+    return allowed
+
+
+def json_form(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def training_device(device, gpus, dist_timeout):
+    """train.py's device from --device, --gpus and torchrun: (torch.device, DistInfo, DataParallel GPU ids
+    or None, a note to print or None). Under torchrun each process takes cuda:LOCAL_RANK (or the CPU);
+    --gpus without CUDA trains on the CPU with a warning, as the release."""
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    dist_info = distributed.init_distributed(use_cuda, dist_timeout)
+    ids = ",".join(map(str, gpus or []))
+    if dist_info.distributed:
+        note = (f"--gpus {ids} ignored under torchrun: each process uses "
+                f"{'cuda:LOCAL_RANK' if use_cuda else 'the CPU'}") if gpus and len(gpus) > 1 else None
+        return torch.device("cuda", dist_info.local_rank) if use_cuda else torch.device("cpu"), dist_info, None, note
+    if not use_cuda:
+        note = (f"warning: --gpus {ids}: CUDA is not available on this machine; training on the CPU"
+                if gpus and device == "auto" else None)
+        return torch.device("cpu"), dist_info, None, note
+    gpus = gpus or [0]
+    return pick_device(f"cuda:{gpus[0]}"), dist_info, (gpus if len(gpus) > 1 else None), None

@@ -8,17 +8,18 @@ Files next to `--save-path` (e.g. params/ema.pth):
   so `torch.load(path, weights_only=True)` reads it (see `train.py` for its keys).
 - `params/ema_log.jsonl`: one JSON line per epoch.
 
-Writes go to a temporary file in the same folder which is flushed, fsync'ed and renamed over the
-target, so a crash at any moment leaves either the previous file or the new one, never a torn one.
+Writes are atomic (utils/files.py).
 """
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
 from network import CheckpointError, read_checkpoint
+from training.run_state import EpochTotals
+from utils import distributed
+from utils.files import atomic_save
 
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "args")
 
@@ -32,41 +33,6 @@ def last_checkpoint_path(save_path):
 def log_path(save_path):
     """params/ema.pth -> params/ema_log.jsonl (one JSON line per epoch)."""
     return f"{os.path.splitext(save_path)[0]}_log.jsonl"
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems do not open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj, path):
-    """torch.save(obj) to `path` atomically: temporary file, flush, fsync, rename.
-
-    On any failure the temporary file is removed and the error re-raised; `path` keeps its
-    previous content (or stays absent).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
 
 
 def load_training_checkpoint(path):
@@ -118,3 +84,47 @@ def _to_lists(obj):
 
 def _to_tuples(obj):
     return tuple(_to_tuples(o) for o in obj) if isinstance(obj, list) else obj
+
+
+def save_training_state(path, model, optimizer, scheduler, scaler, averaged, epoch, step, totals, args):
+    """Gather every rank's random state, then rank 0 writes the checkpoint (all ranks must call)."""
+    rngs = distributed.all_gather_object(rng_state())
+    if not distributed.is_main():
+        return
+    atomic_save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(), "averaged": averaged.state_dict(),
+        "n_averaged": int(averaged.n_averaged), "epoch": epoch, "step": step, "meter": totals.state_dict(),
+        "sampler": {"seed": args.seed, "epoch": epoch, "batches_done": step, "world_size": len(rngs)},
+        "rng": rngs, "world_size": len(rngs), "args": vars(args),
+    }, path)
+
+
+def restore_training_state(checkpoint, optimizer, scheduler, scaler, averaged, *, lr=None, rank=0, world_size=1):
+    """Load a checkpoint of save_training_state into the run's objects; `lr`: a new peak lr (a changed
+    --lr on resume). Returns (epoch, step, EpochTotals, note): `note` says why the random states start
+    afresh (a different number of processes), else None."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if lr is not None:
+        set_base_lr(optimizer, scheduler, lr)
+    if scaler.is_enabled() and checkpoint["scaler"]:
+        scaler.load_state_dict(checkpoint["scaler"])
+    averaged.load_state_dict(checkpoint["averaged"])
+    totals = EpochTotals.from_state_dict(checkpoint["meter"]) if checkpoint.get("meter") else EpochTotals()
+    note = None
+    if len(checkpoint["rng"]) == world_size:
+        set_rng_state(checkpoint["rng"][rank])
+    else:
+        note = (f"the checkpoint was written by {len(checkpoint['rng'])} processes, this run has {world_size}; "
+                "random states start afresh (the run is no longer bit-identical)")
+    return checkpoint["epoch"], checkpoint.get("step", 0), totals, note
+
+
+def set_base_lr(optimizer, scheduler, lr):
+    """A new peak lr for a resumed run: the schedule's factor of the current epoch times `lr`."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = lr, lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

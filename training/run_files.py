@@ -14,17 +14,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets.image_dataset import DECODE_ERRORS
-from network import CheckpointError
-from utils import distributed
+from datasets.synthetic import generate
+from network import CheckpointError, make_checkpoint
 from training.resume import last_checkpoint_path, load_training_checkpoint, log_path
+from training.run_state import TrainingError, UsageError
+from utils import distributed
+from utils.files import atomic_save
 
-
-class UsageError(ValueError):
-    """A flag value that turns out to be invalid once the data or the checkpoint is known."""
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, unreadable images); the last checkpoint is kept."""
+DEMO_DATA = dict(ids=48, images_per_id=8, cameras=3, seed=0)  # synthetic market1501 for train.py --demo
 
 
 def check_save_path(args):
@@ -129,3 +126,24 @@ def append_log(path, record, completed_epochs=None):
     if record is not None:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def ensure_demo_data(root, demo_data=DEMO_DATA):
+    folder = os.path.join(root, "market1501")
+    # only rank 0 looks and writes; every rank waits at the barrier, whatever it would have seen
+    if distributed.is_main() and not os.path.isdir(folder):
+        print(f"demo: generating a synthetic Market-1501 ({demo_data['ids']} training identities) under {folder}")
+        generate("market1501", root, **demo_data)
+    distributed.barrier()
+
+
+def evaluate_command(args):
+    return (f"evaluate them with python test_{args.dataset}.py --weights {args.save_path} --net {args.net} "
+            f"--img-height {args.img_height} --img-width {args.img_width} --dataset-root {args.dataset_root}")
+
+
+def save_model(model, dataset, args, metrics=None):
+    """--save-path: the DBN's state_dict with its variant, input size, dataset, args and metrics
+    (network.checkpoint.make_checkpoint), written atomically."""
+    atomic_save(make_checkpoint(model, args.img_height, args.img_width, dataset=args.dataset,
+                                transform=dataset.family, args=args, metrics=metrics), args.save_path)

@@ -1,8 +1,9 @@
 """Command-line pieces shared by train.py, the test scripts, extract.py, search.py and export.py."""
 import argparse
-import os
 
 import torch
+
+from utils.device import DeviceError, available_cores, check_cuda
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -41,7 +42,7 @@ class BooleanFlag(argparse.Action):
 def default_workers(most=4):
     """Loader processes by default (--num-workers): `most`, but no more than the cores this process
     may use, since PyTorch warns when a DataLoader has more workers than that."""
-    return max(1, min(most, len(os.sched_getaffinity(0))))
+    return max(1, min(most, available_cores()))
 
 
 def bool_type(text):
@@ -66,8 +67,8 @@ def require_at_least(parser, args, minimum, *names):
 def check_gpu(parser, flag, index=None):
     """parser.error unless CUDA is available and, when `index` is given, this machine has GPU `index`;
     `flag` (e.g. "--gpus 0,1") starts the message."""
-    if not torch.cuda.is_available():
-        parser.error(f"{flag}: no CUDA device is available; use --device cpu (or auto)")
-    count = torch.cuda.device_count()
-    if index is not None and index >= count:
-        parser.error(f"{flag}: no GPU {index} (this machine has {count}: ids 0..{count - 1})")
+    try:
+        check_cuda(index)
+    except DeviceError as err:
+        hint = "" if torch.cuda.is_available() else "; use --device cpu (or auto)"
+        parser.error(f"{flag}: {err}{hint}")

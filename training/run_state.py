@@ -1,0 +1,105 @@
+"""The state of a run in progress: the stop flag of Ctrl-C / SIGTERM, the epoch's running totals,
+and the errors that stop a run with what to do next."""
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from utils import distributed
+
+MAX_SKIPPED = 0.01  # stop when more than this share of an epoch's images cannot be read
+
+
+class Interrupted(Exception):
+    """Ctrl-C / SIGTERM: a checkpoint was written; exit status 128 + signal number."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+class UsageError(ValueError):
+    """A flag value that turns out to be invalid once the data or the checkpoint is known."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, unreadable images); the last checkpoint is kept."""
+
+
+class StopFlag:
+    """SIGINT / SIGTERM handler: the first signal asks the loop to stop at the end of the step (a
+    checkpoint is written), a second one raises KeyboardInterrupt at once. Data-loading workers
+    (forked, so they inherit the handler) ignore it: the main process stops them."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        self.pid = os.getpid()
+
+    def __enter__(self):
+        self.pid = os.getpid()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a loader worker: Ctrl-C reaches the whole process group
+            return
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if distributed.is_main():
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+                  "(again to stop at once)", file=sys.stderr, flush=True)
+
+
+@dataclass
+class EpochTotals:
+    """Running totals of the epoch in progress (a mid-epoch checkpoint keeps them)."""
+    steps: int = 0  # batches trained on
+    images: int = 0  # of this process
+    skipped: int = 0  # unreadable images left out
+    seconds: float = 0.0
+    losses: dict = field(default_factory=dict)  # "loss" and each term of ReIDLoss -> its sum over the steps
+
+    COUNTERS = ("steps", "images", "skipped", "seconds")
+
+    def state_dict(self):
+        """A flat dict of numbers: the counters and the loss sums (the checkpoint's "meter")."""
+        return {**{k: getattr(self, k) for k in self.COUNTERS}, **self.losses}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(**{k: state[k] for k in cls.COUNTERS}, losses={k: v for k, v in state.items()
+                                                                  if k not in cls.COUNTERS})
+
+    def log_record(self, epoch, lr, world_size):
+        """The epoch's line of <stem>_log.jsonl: mean loss and terms per step, throughput, skipped images."""
+        terms = {k: v / max(self.steps, 1) for k, v in self.losses.items()}
+        return {"epoch": epoch + 1, "loss": terms.pop("loss", float("nan")), "terms": terms, "lr": lr,
+                "img_per_s": self.images * world_size / max(self.seconds, 1e-9),
+                "seconds": round(self.seconds, 3), "skipped": self.skipped}
+
+
+def too_many_skipped(epoch, skipped, planned_images, saved):
+    """TrainingError of an epoch in which more than MAX_SKIPPED of the images could not be read."""
+    then = f"resume with --resume {saved[0]}" if saved else "rerun (no epoch had finished, nothing to resume)"
+    return TrainingError(f"epoch {epoch + 1}: {skipped} images could not be read (more than {MAX_SKIPPED:.0%} of "
+                         f"the epoch's {planned_images}); the warnings above name them; fix or remove them and {then}")
+
+
+def non_finite_loss(loss, epoch, step, steps, lr, amp, saved):
+    """TrainingError of a non-finite loss: where it happened and how to go on from `saved`
+    ((path, finished epochs, batches) of the newest checkpoint, or None)."""
+    lower = f"--lr {lr / 2:g}" + (" (or --amp false)" if amp else "")
+    if saved:
+        then = (f"The checkpoint {saved[0]} ({saved[1]} finished epochs) is kept: resume it with a lower "
+                f"--lr, e.g. --resume {saved[0]} {lower} (a changed --lr is allowed on resume)")
+    else:
+        then = f"No epoch had finished, so there is nothing to resume: rerun with a lower --lr, e.g. {lower}"
+    return TrainingError(f"non-finite loss ({loss}) at epoch {epoch + 1}, step {step + 1} of {steps}; "
+                         f"training stopped. {then}")
