@@ -13,8 +13,8 @@ from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_datas
 from datasets.university1652 import DIRECTIONS
 from datasets.vehicleid import TEST_SIZES
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
-from evaluation.features import add_compile_arg, add_dtype_arg, check_dtype, prepare_for_inference
-from network import DBN, CheckpointError
+from evaluation.features import add_compile_arg, add_dtype_arg, check_dtype, load_for_inference, prepare_for_inference
+from network import CheckpointError
 from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
 from utils.device import pick_device
@@ -93,17 +93,16 @@ def load_model(weights, device, *, default_size, net=None, img_height=None, img_
     if not os.path.isfile(weights):
         raise CheckpointError(f"weights file not found: {weights} (pass --weights PATH: the file train.py "
                               "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
-    model, info = DBN.from_checkpoint(weights, net=net, img_height=img_height, img_width=img_width,
-                                      fallback_net=default_net)
+    model, info = load_for_inference(weights, net, img_height, img_width, device=device, default_size=default_size,
+                                     default_net=default_net)
     size = info["img_height"], info["img_width"]
-    if None in size:
-        size = info["img_height"] or default_size[0], info["img_width"] or default_size[1]
+    if info["size_assumed"]:
         print(f"warning: {weights} holds bare weights, which do not record the input size they were trained at; "
               f"evaluating at {size[0]}x{size[1]} (this dataset's default). If it was trained at "
               "another size (python train.py --demo: 128x64), pass --img-height H --img-width W",
               file=sys.stderr)
     # prepare_for_inference folds conv+BN (same features, faster) and builds the inference form
-    return prepare_for_inference(model.to(device), dtype, compile), info["variant"], size
+    return prepare_for_inference(model, dtype, compile), info["variant"], size
 
 
 def device_type(text):

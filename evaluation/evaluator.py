@@ -18,15 +18,13 @@ module scores any protocol the same way:
   k-means++ run to convergence (usually a higher NMI, not comparable with the release's).
 """
 import os
-import sys
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from datasets.image_dataset import ImageDataset, collate_skip
-from evaluation.features import dbn_features
+from evaluation.features import extract_features
 from evaluation.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
 from evaluation.rerank import re_ranking_blocks
 from evaluation.vis import cell_size, save_rank_lists
@@ -38,28 +36,6 @@ RECALL_LINE = "Recall@1:{R1:f} Recall@2:{R2:f} Recall@4:{R4:f} Recall@8:{R8:f} N
 
 class EvaluationError(RuntimeError):
     """The test split cannot be scored (e.g. no query has a correct gallery item); the message says why."""
-
-
-@torch.no_grad()
-def extract_features(model, loader, device, desc="features"):
-    """Test-time features of every image the loader yields (the model must be in eval mode).
-
-    Batches are `(imgs, labels, camids, ...)` as `datasets.image_dataset.collate_skip` makes them.
-    Returns (features (N, 5F) float32 L2-normalised, labels (N,) int64, camids (N,) int64), on the CPU.
-    """
-    feats, labels, camids = [], [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stderr):
-        if batch[0].shape[0] == 0:  # every image of the batch was unreadable (collate_skip)
-            continue
-        imgs = batch[0].to(device, non_blocking=True)
-        feats.append(dbn_features(model, imgs).cpu())  # flip-summed, L2-normalised (evaluation/features.py)
-        labels.append(torch.as_tensor(batch[1], dtype=torch.int64))
-        camids.append(torch.as_tensor(batch[2], dtype=torch.int64))
-    if not feats:
-        dim = getattr(model, "feature_dim", 0)
-        empty = torch.zeros(0, dtype=torch.int64)
-        return torch.zeros(0, dim), empty, empty.clone()
-    return torch.cat(feats), torch.cat(labels), torch.cat(camids)
 
 
 class FeaturePass:

@@ -21,6 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.image_dataset import DECODE_ERRORS, ImageDataset, collate_skip, read_image
+from datasets.transforms import FAMILIES, build_transform
+from network import DBN, CheckpointError
 
 from utils.checks import positive_int
 from utils.device import DeviceError, pick_device
@@ -142,14 +148,19 @@ class FeatureHead(nn.Module):
         return dbn_features(self.model, x, self.flip, self.normalize)
 
 
-def load_for_inference(weights, net=None, img_height=None, img_width=None, transform=None, device="cpu"):
-    """(fused eval-mode DBN on `device`, info) from a checkpoint, with info's "img_height",
-    "img_width" and "transform" filled in: the file's, else the arguments, else DEFAULT_SIZE and "reid".
-    A transform family that contradicts the file raises network.CheckpointError naming both."""
-    from datasets.transforms import FAMILIES
-    from network import DBN, CheckpointError
+def load_for_inference(weights, net=None, img_height=None, img_width=None, transform=None, device="cpu", *,
+                       default_size=DEFAULT_SIZE, default_net=None):
+    """(fused eval-mode DBN on `device`, info) from a checkpoint: the one loader of every inference tool.
 
-    model, info = DBN.from_checkpoint(weights, net=net, img_height=img_height, img_width=img_width)
+    The variant, the input size and the transform family come from the file where it records them;
+    `net`, `img_height`, `img_width` and `transform` fill in what it does not say and must agree with
+    what it does; where neither says, the size is `default_size` (info["size_assumed"] is then True:
+    a bare state_dict does not record it), the family "reid" and the variant `default_net`. info's
+    "img_height", "img_width" and "transform" are filled in. A contradiction raises
+    network.CheckpointError naming both sides.
+    """
+    model, info = DBN.from_checkpoint(weights, net=net, img_height=img_height, img_width=img_width,
+                                      fallback_net=default_net)
     if transform is not None and info["transform"] not in (None, transform):
         raise CheckpointError(f"{weights} was trained with the {info['transform']!r} transforms "
                               f"(dataset {info['dataset']}) but --transform {transform} was given; "
@@ -157,10 +168,32 @@ def load_for_inference(weights, net=None, img_height=None, img_width=None, trans
     family = info["transform"] or transform or "reid"
     if family not in FAMILIES:
         raise CheckpointError(f"{weights}: unknown transform family {family!r}; expected one of {', '.join(FAMILIES)}")
-    height = info["img_height"] or DEFAULT_SIZE[0]
-    width = info["img_width"] or DEFAULT_SIZE[1]
-    info = dict(info, img_height=height, img_width=width, transform=family)
+    assumed = None in (info["img_height"], info["img_width"])
+    height = info["img_height"] or default_size[0]
+    width = info["img_width"] or default_size[1]
+    info = dict(info, img_height=height, img_width=width, transform=family, size_assumed=assumed)
     return model.fuse().to(device), info
+
+
+@torch.no_grad()  # not inference_mode: a compiled graph's frozen weights are made outside it
+def extract_features(model, loader, device, desc="features", *, flip=True, progress=True, dim=None):
+    """Test-time features of every image the loader yields: the one feature loop of the evaluation and
+    the tools. `model` is in eval mode (or its inference form); batches are `(imgs, labels, camids, ...)`
+    as `datasets.image_dataset.collate_skip` makes them, and a batch whose images were all unreadable is
+    skipped. Returns (features (N, 5F) float32 L2-normalised, labels (N,) int64, camids (N,) int64) on
+    the CPU; `dim` is F's 5F when no batch comes (default: model.feature_dim).
+    """
+    feats, labels, camids = [], [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, disable=not progress):
+        if batch[0].shape[0] == 0:
+            continue
+        feats.append(dbn_features(model, batch[0].to(device, non_blocking=True), flip=flip).cpu())
+        labels.append(torch.as_tensor(batch[1], dtype=torch.int64))
+        camids.append(torch.as_tensor(batch[2], dtype=torch.int64))
+    if not feats:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(0, dim if dim is not None else getattr(model, "feature_dim", 0)), empty, empty.clone()
+    return torch.cat(feats), torch.cat(labels), torch.cat(camids)
 
 
 def _is_path(obj):
@@ -198,7 +231,6 @@ class FeatureExtractor:
         the stem's first convolution and the last BatchNorm1d in that precision (check_dtype refuses where unsupported);
         `compile` runs the model through torch.compile (CompiledModel: one graph per power-of-two
         batch size, compiled on its first batch and kept for the life of the extractor). Features are float32 either way."""
-        from datasets.transforms import build_transform
         positive_int("batch_size", batch_size)
         self.device = torch.device(device)
         check_dtype(dtype, self.device)
@@ -231,7 +263,6 @@ class FeatureExtractor:
         """One image in the form datasets.image_dataset.read_image gives for a file (an RGB PIL image),
         so the test transform treats every input kind as it treats the test scripts' files. Where
         read_image's output type changes, the in-memory branches below must follow it."""
-        from datasets.image_dataset import DECODE_ERRORS, read_image
         if _is_path(image):
             try:
                 return read_image(image)
@@ -296,19 +327,12 @@ class FeatureExtractor:
         Unreadable files are left out with a warning naming them. Returns (features (N, 5F) float32,
         index (N,) of the path behind each row).
         """
-        from torch.utils.data import DataLoader
-        from tqdm import tqdm
-
-        from datasets.image_dataset import ImageDataset, collate_skip
         tagged = [(path, i, 0) for i, path in enumerate(paths)]
         loader = DataLoader(ImageDataset(tagged, self.transform), batch_size=self.batch_size, shuffle=False,
                             num_workers=num_workers, collate_fn=collate_skip, pin_memory=self.device.type == "cuda")
-        feats, index = [np.zeros((0, self.feature_dim), np.float32)], [np.zeros(0, np.int64)]
-        for imgs, labels, _, _ in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, disable=not progress):
-            if imgs.shape[0]:
-                feats.append(self.features_of_batch(imgs).numpy())
-                index.append(labels.numpy())
-        return np.concatenate(feats), np.concatenate(index)
+        feats, index, _ = extract_features(self.run, loader, self.device, desc, flip=self.flip, progress=progress,
+                                           dim=self.feature_dim)
+        return feats.numpy(), index.numpy()
 
 
 # --- command line (extract.py, search.py, export.py) ---------------------------------------------
@@ -316,7 +340,6 @@ class FeatureExtractor:
 def get_args_parser(running=True):
     """The model flags of extract.py, search.py and export.py (a parent parser); `running` adds
     --device, --batch-size and --num-workers (the tools that compute features)."""
-    from datasets.transforms import FAMILIES
     parser = argparse.ArgumentParser(add_help=False)
     g = parser.add_argument_group("model")
     g.add_argument("--weights", required=True,

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation import cli as eval_cli, evaluator as evaluation
+from evaluation import cli as eval_cli
+from evaluation import evaluator as evaluation
+from evaluation import features
 from utils import malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +77,7 @@ def test_extract_features_is_flip_sum_of_five_embeddings_l2_normalised():
     labels, camids = torch.tensor([3, 1, 4, 1, 5]), torch.tensor([0, 1, 0, 2, 1])
     # batches as collate_skip gives them: (imgs, labels, camids, num_skipped)
     loader = [(images[:3], labels[:3], camids[:3], 0), (images[3:], labels[3:], camids[3:], 1)]
-    feats, out_labels, out_camids = evaluation.extract_features(model, loader, torch.device("cpu"))
+    feats, out_labels, out_camids = features.extract_features(model, loader, torch.device("cpu"))
 
     assert feats.shape == (5, 5 * 384) and feats.dtype == torch.float32
     assert model.feature_dim == 5 * 384
@@ -93,7 +95,7 @@ def test_extract_features_is_flip_sum_of_five_embeddings_l2_normalised():
 
 
 def test_extract_features_of_an_empty_loader():
-    feats, labels, camids = evaluation.extract_features(random_dbn(), [], torch.device("cpu"))
+    feats, labels, camids = features.extract_features(random_dbn(), [], torch.device("cpu"))
     assert feats.shape == (0, 5 * 384) and len(labels) == len(camids) == 0
 
 
@@ -330,7 +332,7 @@ def test_bare_weights_without_an_input_size_warn_which_size_is_evaluated(capsys,
 
 
 def test_backbone_as_weights_speaks_the_command_line(capsys, data_root, tmp_path):
-    from network import LEViT, VARIANTS
+    from network import VARIANTS, LEViT
     path = str(tmp_path / "backbone.pth")
     torch.save(LEViT(**VARIANTS["large"]).state_dict(), path)
     err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
@@ -429,6 +431,7 @@ def test_save_features_and_metrics_json(capsys, weights, data_root, tmp_path):
     """The .npz holds the features the scores were computed from (L2-normalised, in the order of
     the paths it lists, with their ids and cameras); the JSON holds the metrics main() returns."""
     import json
+
     from datasets import build_dataset
     npz, report = tmp_path / "out" / "feats.npz", tmp_path / "out" / "metrics.json"
     metrics, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL,
@@ -475,6 +478,7 @@ def test_each_script_states_its_defaults_as_constants():
     """WEIGHTS, NET and IMG_HEIGHT/IMG_WIDTH at the top of every test_<dataset>.py, passed to main();
     the size constants are the dataset's default size."""
     import ast
+
     from datasets import dataset_class
     for name in DATASETS + ("custom",):
         script = os.path.join(ROOT, f"test_{name}.py")
