@@ -27,6 +27,7 @@ import warnings
 import torch
 
 from evaluation import features
+from utils.console import show_warnings_as_lines
 
 FORMATS = ("torchscript", "exported", "onnx")
 ONNX_PACKAGES = ("onnx", "onnxscript")
@@ -116,6 +117,7 @@ def sidecar(info, transform, args, feature_dim):
 
 
 def main(argv=None):
+    show_warnings_as_lines()
     parser = get_args_parser()
     args = parser.parse_args(argv)
     features.check_args(args, parser)

@@ -17,6 +17,7 @@ import numpy as np
 
 from datasets.image_list import ImageListError, collect_images
 from evaluation import features
+from utils.console import show_warnings_as_lines
 
 
 def get_args_parser():
@@ -48,6 +49,7 @@ def save_features(path, feats, paths, pids=None, camids=None):
 
 
 def main(argv=None):
+    show_warnings_as_lines()
     parser = get_args_parser()
     args = parser.parse_args(argv)
     features.check_args(args, parser)

@@ -19,6 +19,7 @@ import torch
 from datasets.image_list import ImageListError, collect_images
 from evaluation import features
 from utils.cli import require_at_least
+from utils.console import show_warnings_as_lines
 
 
 def get_args_parser():
@@ -80,6 +81,7 @@ def show(item):
 
 
 def main(argv=None):
+    show_warnings_as_lines()
     parser = get_args_parser()
     args = parser.parse_args(argv)
     features.check_args(args, parser)

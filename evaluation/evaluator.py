@@ -17,6 +17,7 @@ module scores any protocol the same way:
   release's faiss k-means (seed 1234, 20 iterations, random initial points), "kmeans++" a
   k-means++ run to convergence (usually a higher NMI, not comparable with the release's).
 """
+import logging
 import os
 
 import numpy as np
@@ -28,6 +29,8 @@ from evaluation.features import extract_features
 from evaluation.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
 from evaluation.rerank import re_ranking_blocks
 from evaluation.vis import cell_size, save_rank_lists
+
+log = logging.getLogger(__name__)
 
 RANK_LINE = "top1:{top1:f} top5:{top5:f} top10:{top10:f} mAP:{mAP:f}"
 MINP_LINE = "mINP:{mINP:f}"  # fast-reid's mean inverse negative penalty, on the line above RANK_LINE
@@ -61,7 +64,7 @@ class FeaturePass:
                             pin_memory=self.device.type == "cuda")
         feats, index, _ = extract_features(self.model, loader, self.device, desc=desc)
         if len(index) < len(items):
-            print(f"{desc}: {len(items) - len(index)} of {len(items)} images unreadable, left out")
+            log.info(f"{desc}: {len(items) - len(index)} of {len(items)} images unreadable, left out")
         return feats, index.numpy()
 
 
@@ -133,7 +136,7 @@ def save_features(path, **splits):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     np.savez(path, **arrays)
     counts = ", ".join(f"{name} {len(items)}" for name, (_, items) in splits.items())
-    print(f"features ({counts}) written to {path}")
+    log.info(f"features ({counts}) written to {path}")
 
 
 def vis_rows(vis, num_query):
@@ -148,7 +151,7 @@ def _pictures(vis_dir, prefix, rows, dist, query, gallery, cell, junk_same_camer
         return
     written = save_rank_lists(dist, [query[i] for i in rows], gallery, vis_dir, prefix, query_ids=rows,
                               junk_same_camera=junk_same_camera, cell=cell)
-    print(f"rank-list pictures: {len(written)} written to {os.path.join(vis_dir, prefix)}_rank_*.png")
+    log.info(f"rank-list pictures: {len(written)} written to {os.path.join(vis_dir, prefix)}_rank_*.png")
 
 
 def _ids(items):
@@ -191,8 +194,8 @@ def _evaluate_rank(protocol, features, *, ap, rerank, vis, vis_dir, save_feature
         return results[0]
     keys = ("top1", "top5", "top10", "mAP")
     table = np.array([[m[k] for k in keys] for m in results])
-    print(f"{protocol.title}: " + " ".join(f"{k} std:{s:f} min:{lo:f} max:{hi:f}"
-                                          for k, s, lo, hi in zip(keys, table.std(0), table.min(0), table.max(0))))
+    log.info(f"{protocol.title}: " + " ".join(f"{k} std:{s:f} min:{lo:f} max:{hi:f}"
+                                             for k, s, lo, hi in zip(keys, table.std(0), table.min(0), table.max(0))))
     mean = dict(zip(keys, table.mean(0).tolist()))
     mean["mINP"] = float(np.mean([m["mINP"] for m in results]))
     mean.update(num_query=results[0]["num_query"], num_gallery=results[0]["num_gallery"],
@@ -246,6 +249,6 @@ def evaluate(model, dataset, *, image_size, batch_size=64, num_workers=0, ap="tr
                                  save_features_to=save_features)
     finally:
         model.train(was_training)
-    print(f"queries without a correct gallery item (left out of CMC and mAP): "
-          f"{metrics['left_out']} of {metrics['num_query']}")
+    log.info(f"queries without a correct gallery item (left out of CMC and mAP): "
+             f"{metrics['left_out']} of {metrics['num_query']}")
     return metrics, RANK_LINE.format(**metrics)
