@@ -27,6 +27,7 @@ import warnings
 import torch
 
 from evaluation import features
+from utils.cli import check_output
 from utils.console import show_warnings_as_lines
 
 FORMATS = ("torchscript", "exported", "onnx")
@@ -123,6 +124,7 @@ def main(argv=None):
     features.check_args(args, parser)
     if args.format == "exported" and not args.out.endswith(".pt2"):
         parser.error(f"--out {args.out}: torch.export.load reads files ending in .pt2; name it e.g. dbn.pt2")
+    check_output(parser, "--out", args.out)
     if args.format == "onnx" and args.dtype != "float32":
         parser.error(f"--dtype {args.dtype}: ONNX export is float32 only (ONNX runtimes choose their own "
                      "precision); use --format torchscript or exported for a bfloat16 file")

@@ -10,7 +10,6 @@ integer identity folders, or the list file's columns; see datasets/image_list.py
 are left out with a warning naming them. Exit status 2 on a usage error.
 """
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -18,6 +17,8 @@ import numpy as np
 from datasets.image_list import ImageListError, collect_images
 from evaluation import features
 from utils.console import show_warnings_as_lines
+from utils.cli import check_output
+from utils.files import atomic_write
 
 
 def get_args_parser():
@@ -41,11 +42,8 @@ def save_features(path, feats, paths, pids=None, camids=None):
         arrays["pids"] = np.asarray(pids, np.int64)
     if camids is not None:
         arrays["camids"] = np.asarray(camids, np.int64)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def main(argv=None):
@@ -55,6 +53,7 @@ def main(argv=None):
     features.check_args(args, parser)
     if not args.out.endswith(".npz"):
         parser.error(f"--out {args.out}: the file name must end in .npz")
+    check_output(parser, "--out", args.out)
     from network import CheckpointError
     try:
         paths, pids, camids = collect_images(args.images)

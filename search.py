@@ -19,6 +19,7 @@ import torch
 from datasets.image_list import ImageListError, collect_images
 from evaluation import features
 from utils.cli import require_at_least
+from utils.cli import check_output
 from utils.console import show_warnings_as_lines
 
 
@@ -85,6 +86,8 @@ def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     features.check_args(args, parser)
+    if args.vis:
+        check_output(parser, "--vis", args.vis, folder=True)
     require_at_least(parser, args, 1, "topk")
     from network import CheckpointError
     npz = args.gallery.endswith(".npz")

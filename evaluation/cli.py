@@ -15,7 +15,7 @@ from datasets.vehicleid import TEST_SIZES
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from evaluation.features import add_compile_arg, add_dtype_arg, check_dtype, load_for_inference, prepare_for_inference
 from network import CheckpointError
-from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
+from utils.cli import HelpFormatter, check_gpu, check_output, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
 from utils.device import pick_device
 from utils.malloc import tune_allocator
@@ -168,6 +168,10 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
     for flag, path in (("--save-features", args.save_features), ("--metrics-json", args.metrics_json)):
         if path is not None and os.path.isdir(path):
             parser.error(f"{flag} {path} is a folder; give a file name")
+        if path is not None:
+            check_output(parser, flag, path)
+    if args.vis:
+        check_output(parser, "--vis-dir", args.vis_dir, folder=True)
     if args.rerank and cls.scoring != "rank":
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
     device = _device(args, parser)

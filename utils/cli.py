@@ -4,6 +4,7 @@ import argparse
 import torch
 
 from utils.device import DeviceError, available_cores, check_cuda
+from utils.files import UnwritableError, check_writable
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -72,3 +73,12 @@ def check_gpu(parser, flag, index=None):
     except DeviceError as err:
         hint = "" if torch.cuda.is_available() else "; use --device cpu (or auto)"
         parser.error(f"{flag}: {err}{hint}")
+
+
+def check_output(parser, flag, path, folder=False):
+    """parser.error (exit 2, before any work) unless the output `path` of `flag` can be written: a file,
+    or with `folder` a folder to write files in (utils.files.check_writable)."""
+    try:
+        check_writable(path, folder=folder)
+    except UnwritableError as err:
+        parser.error(f"{flag} {path}: {err}")
