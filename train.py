@@ -43,7 +43,7 @@ from training.flags import (DEMO, amp_settings, check_resume_args, check_sync_bn
 from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
                              save_training_state)
 from training.run_files import (append_log, check_save_path, check_training_images, ensure_demo_data, evaluate_command,
-                                remove_earlier_run, save_model, saved_state)
+                                release_run_lock, remove_earlier_run, save_model, saved_state)
 from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
                                 non_finite_loss, too_many_skipped)
 from training.schedule import averaging_start, build_scheduler
@@ -253,6 +253,7 @@ def main(args):
     try:
         return train_and_evaluate(args, device, dist_info, dp_ids)
     finally:
+        release_run_lock()
         distributed.cleanup()
 
 
@@ -277,7 +278,7 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
     if main_rank:
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
         print(model_summary(model, args.net, args.img_height, args.img_width))
-    check_save_path(args)
+    check_save_path(args, lock=main_rank)
     if args.dry_run:
         if main_rank:
             last = sampler.last_batch_size()  # the release's partial last batch

@@ -5,10 +5,14 @@ resumable checkpoint, training/resume.py) and <stem>_log.jsonl (one JSON line pe
 training: --save-path must be writable and hold no earlier run unless --overwrite or --resume
 (check_save_path), and the training images must be readable (check_training_images).
 """
+import atexit
+import contextlib
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
 
 from PIL import Image
 from tqdm import tqdm
@@ -24,8 +28,9 @@ from utils.files import atomic_save
 DEMO_DATA = dict(ids=48, images_per_id=8, cameras=3, seed=0)  # synthetic market1501 for train.py --demo
 
 
-def check_save_path(args):
-    """Before any training: --save-path must be writable and, for a new run, hold no earlier run
+def check_save_path(args, lock=True):
+    """Before any training: --save-path must be writable, used by no other run (its lock file, see
+    acquire_run_lock: taken here when `lock` and not a dry run) and, for a new run, hold no earlier run
     (unless --overwrite). Raises UsageError saying what is there and what to do."""
     path = args.save_path
     folder = os.path.dirname(os.path.abspath(path))
@@ -48,6 +53,10 @@ def check_save_path(args):
     except OSError as err:
         raise UsageError(f"--save-path {path}: cannot write in {folder} ({err.strerror or err}); "
                          "choose a writable --save-path") from None
+    if args.dry_run:
+        check_run_lock(path)
+    elif lock:
+        acquire_run_lock(path)
     if args.resume or args.overwrite:
         return
     last, files = last_checkpoint_path(path), [p for p in (path, last_checkpoint_path(path), log_path(path))
@@ -70,6 +79,94 @@ def check_save_path(args):
             f"continue it with --resume {last}, or " if done is not None else "")
     raise UsageError(f"--save-path {path}: {what}add --overwrite to start a new run that replaces its files, "
                      "or choose another --save-path")
+
+
+def lock_path(save_path):
+    """params/ema.pth -> params/ema.lock: held by the run writing there (pid, host, start)."""
+    return f"{os.path.splitext(save_path)[0]}.lock"
+
+
+_HELD = []  # lock files this process holds
+
+
+def _alive(pid):
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: take the owner as alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _owner(path):
+    """The lock's record, or None when it cannot be read (a run stopped while writing it)."""
+    try:
+        with open(path) as f:
+            owner = json.load(f)
+        return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(path, owner):
+    """A lock left by a run that is gone: its process no longer exists on this host (or the record is
+    unreadable and older than a minute)."""
+    if owner is None:
+        try:
+            return time.time() - os.path.getmtime(path) > 60
+        except OSError:
+            return True
+    return owner.get("host") == socket.gethostname() and (owner["pid"] == os.getpid() or not _alive(owner["pid"]))
+
+
+def check_run_lock(save_path):
+    """UsageError naming the owner when another live run holds the lock of `save_path`; a stale lock
+    is removed."""
+    path = lock_path(save_path)
+    if not os.path.exists(path):
+        return
+    owner = _owner(path)
+    if _stale(path, owner):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return
+    who = (f"pid {owner['pid']} on {owner.get('host')}, started {owner.get('started')}" if owner
+           else "its owner could not be read")
+    raise UsageError(f"--save-path {save_path}: another run is writing there ({who}; lock file {path}). "
+                     "Wait for it to finish or stop it, or choose another --save-path (--overwrite and --resume "
+                     f"do not take over a running run); if no such run exists any more, remove {path}")
+
+
+def acquire_run_lock(save_path):
+    """Create the lock of `save_path` (exclusively: of two runs starting at once, one gets it) with this
+    process's pid, host and start time; released by release_run_lock or at exit."""
+    path = lock_path(save_path)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        check_run_lock(save_path)  # refuses a live owner, clears a stale lock
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:  # another run took it between the check and the creation
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        _HELD.append(path)
+        return path
+    check_run_lock(save_path)
+    raise UsageError(f"--save-path {save_path}: could not take the lock file {path}")
+
+
+def release_run_lock():
+    """Remove the lock files this process holds."""
+    while _HELD:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_HELD.pop())
+
+
+atexit.register(release_run_lock)
 
 
 def remove_earlier_run(save_path):
