@@ -38,6 +38,7 @@ from datasets.seeded import SeededBatches, SeededDataset
 from datasets.synthetic import generate
 from losses import ReIDLoss
 from network import DBN, RELEASED_FILES, VARIANTS, CheckpointError, make_checkpoint, released_path
+from network.fast import training_form
 from network.flops import count_flops, count_params
 from utils import distributed
 from training.resume import (atomic_save, last_checkpoint_path, load_training_checkpoint,
@@ -480,6 +481,8 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
         raise DatasetError(f"{dataset.root} has no train split (train/ or train.txt) to train on")
     seed_everything(args.seed)  # the same initial weights in every process
     model = build_model(args, dataset.num_classes)
+    if device.type == "cpu":  # the stride-1 grouped 3x3 convolutions train in the native CPU kernels
+        training_form(model)
     sampler = build_sampler(dataset, args, dist_info)
     if main_rank:
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")

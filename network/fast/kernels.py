@@ -156,7 +156,7 @@ def _ops():
         return torch.ops.levit_kernels
     except (KernelBuildError, OSError) as e:
         _unavailable = str(e)
-        warnings.warn(f"network.kernels: the native CPU kernels are not available ({e}); LEViT's grouped "
+        warnings.warn(f"network.fast.kernels: the native CPU kernels are not available ({e}); LEViT's grouped "
                       "convolutions and window attention run in oneDNN and torch's operators instead (slower, "
                       "same results up to rounding)", stacklevel=3)
         return None
