@@ -107,4 +107,4 @@ def inference_form(model, dtype=torch.float32, optimize=True):
     elif not model.fused:
         model.fuse()
     model = _cast(model, dtype)
-    return BatchChunks(model) if optimize else model
+    return BatchChunks(model).eval() if optimize else model
