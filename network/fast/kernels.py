@@ -235,7 +235,7 @@ def window_attention_applies(q, k, v, heads, window):
 
 
 def window_attention(q, k, v, scale, heads, window=ATTENTION_WINDOW):
-    """LEViT's cosine window attention for inference (network/csrc/window_attention.cpp): `scale` the
+    """LEViT's cosine window attention for inference (network/fast/csrc/window_attention.cpp): `scale` the
     (heads,) float32 factors exp(min(logit_scale, log 100)); maps as window_attention_applies says.
     Windows cut by the border hold fewer tokens, as the masked padding of the plain path."""
     if not torch.compiler.is_compiling() and not available():
