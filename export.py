@@ -135,6 +135,7 @@ def main(argv=None):
                          f"{', '.join(missing)}); install them with: pip install -r requirements-export.txt")
     from datasets.transforms import build_transform
     from network import DBN, CheckpointError
+    from network.fast import to_inference_dtype
     try:
         model, info = features.load_for_inference(args.weights, args.net, args.img_height, args.img_width,
                                                   args.transform, device="cpu")
@@ -156,7 +157,7 @@ def main(argv=None):
     # speed-up for eager PyTorch; runtimes choose their own layouts)
     model = model.to(memory_format=torch.contiguous_format)
     if args.dtype != "float32":
-        model.to_inference_dtype(features.DTYPES[args.dtype])
+        model = to_inference_dtype(model, features.DTYPES[args.dtype])
     head = features.FeatureHead(model, args.flip, args.normalize).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(EXAMPLE_BATCH, 3, height, width, generator=generator)

@@ -37,13 +37,14 @@ from datasets.seeded import SeededBatches, SeededDataset
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from losses import ReIDLoss
 from network import DBN, VARIANTS, CheckpointError, released_path
+from network.fast import training_form
 from network.flops import model_summary
 from training.flags import (DEMO, amp_settings, check_resume_args, check_sync_bn, epochs_type, freeze_words, gpus_type,
                             json_form, missing_pretrained, parse_with_defaults, training_device)
 from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
                              save_training_state)
-from training.run_files import (append_log, check_save_path, check_training_images, ensure_demo_data, evaluate_command,
-                                release_run_lock, remove_earlier_run, save_model, saved_state)
+from training.run_files import (append_log, check_save_path, check_training_images, dry_run_line, ensure_demo_data,
+                                evaluate_command, release_run_lock, remove_earlier_run, save_model, saved_state)
 from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
                                 non_finite_loss, too_many_skipped)
 from training.schedule import averaging_start, build_scheduler
@@ -274,6 +275,8 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
         raise DatasetError(f"{dataset.root} has no train split (train/ or train.txt) to train on")
     seed_everything(args.seed)  # the same initial weights in every process
     model = build_model(args, dataset.num_classes)
+    if device.type == "cpu":  # the stride-1 grouped 3x3 convolutions train in the native CPU kernels
+        training_form(model)
     sampler = build_sampler(dataset, args, dist_info)
     if main_rank:
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
@@ -281,10 +284,7 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
     check_save_path(args, lock=main_rank)
     if args.dry_run:
         if main_rank:
-            last = sampler.last_batch_size()  # the release's partial last batch
-            print(f"dry run: {len(sampler)} batches of {args.batch_size} per epoch"
-                  f"{f' (the last of {last})' if last != args.batch_size else ''}, "
-                  f"{args.epochs[1] + args.ema_extra} epochs; nothing trained")
+            print(dry_run_line(sampler, args))
         return None
 
     checkpoint = load_training_checkpoint(args.resume) if args.resume else None

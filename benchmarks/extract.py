@@ -9,15 +9,16 @@ import sys
 import torch
 
 from network import DBN
+from network.fast import inference_form
 from benchmarks import configure_malloc, time_alternating
 
 def worker(args):
-    """In a fresh process: seconds per batch of DBN-S feature extraction (fused, eval, image plus
-    its flip) and page faults per batch, medians of --repeats, printed as one JSON line."""
+    """In a fresh process: seconds per batch of DBN-S feature extraction (network.fast's inference
+    form, as FeatureExtractor runs it, image plus its flip) and page faults per batch, medians of --repeats, printed as one JSON line."""
     torch.set_num_threads(args.threads)
     malloc = configure_malloc(args.malloc)
     height, width = args.size
-    model = DBN(751, net="small", pretrained=None).eval().fuse()
+    model = inference_form(DBN(751, net="small", pretrained=None))
     x = torch.rand(args.batch, 3, height, width)
 
     def batch():
@@ -31,7 +32,7 @@ def worker(args):
 def bench(args, batch=64, rounds=2):
     """Feature extraction with glibc's default malloc settings and tuned (as train.py and the test
     scripts run on the CPU), one fresh process per run, the two alternating; medians of `rounds`."""
-    print(f"\nDBN-S feature extraction (fused, image + flip), batch {batch}, {args.threads} threads; "
+    print(f"\nDBN-S feature extraction (inference form, image + flip), batch {batch}, {args.threads} threads; "
           f"a fresh process per run, {rounds} runs each, medians")
     print(f"{'input':8s} {'default s/batch':>16s} {'faults':>9s} {'tuned s/batch':>14s} {'faults':>7s} {'speed-up':>9s}")
     repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,9 +1,9 @@
 """`--what model`: parameters and FLOPs; images/s of LEViT and DBN at one batch size next to
 torchvision's ResNet-50 and the peers of benchmarks/peers.py, with the matrix-multiply peak of the
 same run; latency (ms per call) at batch 1, 8 and 32 of DBN-S in float32 (eager, fused, with and
-without DBN.optimize), in bfloat16 and compiled, next to ResNet-50 in the same settings; the
+without network.fast's inference form), in bfloat16 and compiled, next to ResNet-50 in the same settings; the
 test-time features of one, two and four crops (images and flips as one batch or two calls);
-training steps.
+training steps (DBN-S and LEViT-S channels_last on the CPU in network.fast's training form).
 
 Every table is measured in one process, alternating the models run by run (so a busy machine slows
 them all alike), medians reported. On CUDA (--device cuda) the half precision is float16 and every
@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from network import DBN, LEViT, VARIANTS, kernels
+from network import DBN, LEViT, VARIANTS
+from network.fast import kernels, training_form
+from network.fast.cpu import amx_tile
 from network.flops import count_flops, count_params
 from benchmarks import configure_malloc, time_alternating
 from benchmarks.peers import OSNet, release_style
@@ -67,8 +69,8 @@ def matmul_peak(dtype, device, repeats):
 
 
 def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=751, optimize=True):
-    """DBN-S, random weights, eval mode, on `device`: BN folded (`fused`), in the inference form of
-    DBN.optimize (`optimize`), in `dtype`, compiled (`compile`): the path FeatureExtractor runs."""
+    """DBN-S, random weights, eval mode, on `device`: BN folded (`fused`), in network.fast's inference
+    form (`optimize`), in `dtype`, compiled (`compile`): the path FeatureExtractor runs."""
     model = DBN(num_classes, net="small", pretrained=None).eval()
     if not fused:
         return model.to(device)
@@ -76,16 +78,17 @@ def dbn_small(device, dtype="float32", compile=False, fused=True, num_classes=75
 
 
 def folded_only(device, dtype="float32"):
-    """DBN-S with BN folded only, in oneDNN and torch's operators: the path before DBN.optimize and the
-    native kernels, which the 'not optimized' rows and the features of one crop are compared with."""
+    """DBN-S with BN folded only, in oneDNN and torch's operators: the path before network.fast's inference
+    form and the native kernels, which the 'not optimized' rows and the features of one crop are compared with."""
     return without_native_kernels(dbn_small(device, dtype, optimize=False))
 
 
 def without_native_kernels(model):
     """`model` with its grouped convolutions sent to oneDNN and its attention to torch's operators
-    instead of network/kernels.py's kernels (the path of a machine without a C++ compiler, or with
+    instead of network/fast/kernels.py's kernels (the path of a machine without a C++ compiler, or with
     LEVIT_KERNELS=0)."""
-    model = getattr(model, "model", model)  # a CompiledModel's eager model
+    if isinstance(model, evaluation.features.CompiledModel):
+        model = model.model  # its eager model
     for m in model.modules():
         if getattr(m, "group4", False):
             m.group4 = False
@@ -240,7 +243,7 @@ def latency_table(device, repeats):
         seconds[batch] = {name: t / (largest // batch) for name, t in time_alternating(runs, repeats).items()}
     print(f"\nlatency: ms per call (images/s), 256x128, eval mode, median of {repeats} alternating runs of "
           f"{largest} images; CL: channels_last")
-    print("DBN-S fused: BN folded and DBN.optimize (the path FeatureExtractor runs); not optimized: BN folded only, "
+    print("DBN-S fused: BN folded and network.fast's inference form (the path FeatureExtractor runs); not optimized: BN folded only, "
           "no native kernels")
     print(f"{'model':36s}" + "".join(f"{'batch ' + str(b):>20s}" for b in LATENCY_BATCHES)
           + f"{'x not optimized fp32 at 1':>27s}")
@@ -283,7 +286,7 @@ def features_table(device, repeats, crops=(1, 2, 4)):
         for dtype, model in models.items():
             runs[(dtype, n, "one batch")] = run(model, x, True)
             runs[(dtype, n, "two calls")] = run(model, x, False)
-    # one crop, as a tracker with one target asks: the path before DBN.optimize and the joint batch
+    # one crop, as a tracker with one target asks: the path before the inference form and the joint batch
     # (BN folded only, image and flip as two calls) against each path of FeatureExtractor
     one = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1)).to(device)
     paths = {"float32, BN folded only, two calls": run(folded_only(device), one, False)}
@@ -308,6 +311,11 @@ def features_table(device, repeats, crops=(1, 2, 4)):
         print(f"{name:42s} {1000 * seconds[('crop', name)]:7.1f}  {base / seconds[('crop', name)]:5.2f}x")
 
 
+def cpu_training_form(model, device):
+    """`model` in network.fast's training form on the CPU, as train.py trains it there."""
+    return training_form(model) if device.type == "cpu" else model
+
+
 def training_runs(batch, device, num_classes=751):
     """forward + backward + SGD step; cross-entropy on every logit the model returns."""
     torch.manual_seed(0)
@@ -317,9 +325,9 @@ def training_runs(batch, device, num_classes=751):
         "ResNet-50 channels_last": (torchvision.models.resnet50(num_classes=num_classes).to(
             memory_format=torch.channels_last), True),
         "LEViT-S unoptimised": (plain(LEViT(num_classes, **VARIANTS["small"])), False),
-        "LEViT-S channels_last": (LEViT(num_classes, **VARIANTS["small"]), True),
+        "LEViT-S channels_last": (cpu_training_form(LEViT(num_classes, **VARIANTS["small"]), device), True),
         "DBN-S unoptimised": (plain(DBN(num_classes, net="small", pretrained=None)), False),
-        "DBN-S channels_last": (DBN(num_classes, net="small", pretrained=None), True),
+        "DBN-S channels_last": (cpu_training_form(DBN(num_classes, net="small", pretrained=None), device), True),
     }
 
     def run(model, channels_last):
@@ -353,7 +361,7 @@ def training_table(batch, device, repeats):
 
 
 def native_kernels_line():
-    """Whether network/kernels.py's kernels (grouped convolutions, window attention) run here, and how."""
+    """Whether network/fast/kernels.py's kernels (grouped convolutions, window attention) run here, and how."""
     elsewhere = "grouped convolutions in oneDNN, attention in torch's operators"
     if not kernels.enabled():
         return f"native kernels: off (LEVIT_KERNELS=0): {elsewhere}"
@@ -361,9 +369,9 @@ def native_kernels_line():
         return f"native kernels: not built (see the warning above): {elsewhere}"
     return (f"native kernels: built ({kernels.vector_lanes()} float32 lanes"
             + (", bfloat16 pair products" if kernels.bfloat16_dot() else "") + "): the grouped convolutions "
-            "and the attention of every channels_last LEViT/DBN row (the unoptimized ones' stride-1 grouped "
-            "convolutions in float32 only, in training too); the 'no native' and 'not optimized' rows run both "
-            "in oneDNN and torch's operators")
+            "and the attention of every row in network.fast's inference form, the stride-1 grouped convolutions "
+            "of the channels_last training rows (float32); the 'no native', 'not optimized' and 'unoptimised' "
+            "rows run in oneDNN and torch's operators")
 
 
 def compile_from_cold():
@@ -387,7 +395,7 @@ def bench(args):
     print(f"torch {torch.__version__}, {where}; batch {args.batch}, {SIZE[0]}x{SIZE[1]} input")
     print(malloc)
     if device.type == "cpu":
-        print("bfloat16: " + (f"native ({'AMX' if torch.cpu._is_amx_tile_supported() else 'AVX512-BF16'}), "
+        print("bfloat16: " + (f"native ({'AMX' if amx_tile() else 'AVX512-BF16'}), "
                               "benchmarked" if half else "not native on this CPU (it would be emulated, slower "
                               "than float32): left out"))
     if device.type == "cpu":

@@ -11,7 +11,6 @@ with no mean/std normalisation.
     feats = extract(frame, boxes=[(10, 20, 74, 148)], bgr=True)   # crops of an OpenCV frame
 """
 import argparse
-import copy
 import numbers
 import os
 import sys
@@ -39,8 +38,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def cpu_has_native_bfloat16():
     """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX): there oneDNN's bfloat16
     convolutions and matrix products are faster than float32; elsewhere they are emulated and slower."""
-    return torch.backends.mkldnn.is_available() and (torch.cpu._is_avx512_bf16_supported()
-                                                     or torch.cpu._is_amx_tile_supported())
+    from network.fast import native_bfloat16
+    return native_bfloat16()
 
 
 def check_dtype(dtype, device):
@@ -95,19 +94,14 @@ def compile_model(model):
 
 
 def prepare_for_inference(model, dtype="float32", compile=False, optimize=True):
-    """An eval-mode DBN ready for features: a copy (the caller's model is left alone), BatchNorm
-    folded (DBN.fuse), in the inference form of DBN.optimize unless `optimize` is false (ReLUs and
-    residual sums fused into the convolutions, 1x1 convolutions as matrix products: the same
-    features up to rounding), cast to `dtype` by DBN.to_inference_dtype (a BN after a bfloat16 conv
-    loses much more precision, hence folding first) and compiled when `compile` (compile_model).
-    The returned callable maps a float32 batch to the five embeddings."""
-    model = copy.deepcopy(model).eval()
-    if not model.fused:
-        model.fuse()
-    if optimize:
-        model.optimize()
-    if dtype != "float32":
-        model.to_inference_dtype(DTYPES[dtype])
+    """An eval-mode DBN ready for features: network.fast.inference_form's new module (the caller's
+    model is left alone): BatchNorm folded, in the inference form of network.fast.optimize unless
+    `optimize` is false (ReLUs and residual sums fused into the convolutions, 1x1 convolutions as
+    matrix products: the same features up to rounding), in `dtype` by network.fast.to_inference_dtype
+    (a BN after a bfloat16 conv loses much more precision, hence folding first), and compiled when
+    `compile` (compile_model). The returned callable maps a float32 batch to the five embeddings."""
+    from network.fast import inference_form
+    model = inference_form(model, DTYPES[dtype], optimize)
     return compile_model(model) if compile else model
 
 

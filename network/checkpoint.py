@@ -5,6 +5,7 @@ loads strictly into `model` or raises `CheckpointError` saying what is wrong and
 """
 import os
 import pickle
+import warnings
 
 import torch
 
@@ -192,8 +193,8 @@ def load_reid_weights(model, path_or_state_dict):
             "or pass it as DBN(pretrained=path)")
     own = model.class_list[0].weight.shape[0]
     if arch["kind"] == "dbn" and arch["num_classes"] not in (None, own):
-        print(f"load_reid_weights: {source} was trained on {arch['num_classes']} classes, the model has "
-              f"{own}; keeping the model's classifiers (not used for test features)")
+        warnings.warn(f"load_reid_weights: {source} was trained on {arch['num_classes']} classes, the model has "
+                      f"{own}; keeping the model's classifiers (not used for test features)", stacklevel=2)
     model.load_state_dict(checkpoint_filter_fn(state_dict, model, source=source))
 
 

@@ -17,7 +17,6 @@ import warnings
 import torch
 from torch import nn
 
-from . import kernels
 from .checkpoint import (RELEASE_SOURCE, CheckpointError, checkpoint_filter_fn, detect_architecture, load_reid_weights,
                          read_checkpoint, read_reid_checkpoint, resolve_settings, unwrap_state_dict)
 from .levit import LEViT, RELEASED_FILES, VARIANTS, Fusable, match_memory_format
@@ -30,7 +29,18 @@ RANGES = {
     "erasing": (lambda v: v == 0.0 or 0.02 <= v <= 1.0, "is the largest erased area fraction: 0 (off) or in [0.02, 1]"),
     "drop_path": (lambda v: v is None or 0.0 <= v < 1.0, "must be in [0, 1) (0 = off)"),
 }
-_warned_no_pretrained = False
+
+
+class PretrainedNotFound(CheckpointError):
+    """DBN(pretrained="auto") found no released backbone file: `path` (where it was looked for),
+    `variant` ("small" or "large") and `source` (where the file comes from) say what is missing;
+    the caller decides whether to stop or to start from random weights (pretrained=None)."""
+
+    def __init__(self, path, variant):
+        self.path, self.variant, self.source = path, variant, RELEASE_SOURCE
+        super().__init__(f"no pretrained LEViT-{variant} backbone at {path}: copy the released file "
+                         f"{RELEASED_FILES[variant]} there (it comes from {RELEASE_SOURCE}), pass "
+                         "pretrained=<path to a backbone file>, or pretrained=None for random weights")
 
 
 def out_of_range(**values):
@@ -106,7 +116,7 @@ class DBN(Fusable, nn.Module):
                  drop: float = 0.0, erasing: float = 0.0, pretrained: str | None = "auto",
                  mlp_ratio: float | None = None, drop_path: float | None = None):
         """`pretrained`: path to a backbone file, None (random initialisation) or "auto"
-        (network/<released file> when present, else random with a warning). `mlp_ratio`
+        (network/<released file>; PretrainedNotFound when it is not there). `mlp_ratio`
         overrides the variant's; a pretrained file whose MLP widths say otherwise wins.
         `drop_path`: the largest stochastic depth rate (the last block's), overriding the
         variant's (0.05 small, 0.10 large; the large one is ambiguous, see the README)."""
@@ -130,8 +140,8 @@ class DBN(Fusable, nn.Module):
         if state_dict is not None:
             arch = detect_architecture(state_dict)
             if arch["embed_dim"] == cfg["embed_dim"] and arch["mlp_ratio"] not in (None, cfg["mlp_ratio"]):
-                print(f"DBN: {source} has MLP widths of mlp_ratio {arch['mlp_ratio']:g} "
-                      f"(LEViT-{net} default {cfg['mlp_ratio']:g}); building that architecture")
+                warnings.warn(f"DBN: {source} has MLP widths of mlp_ratio {arch['mlp_ratio']:g} "
+                              f"(LEViT-{net} default {cfg['mlp_ratio']:g}); building that architecture", stacklevel=2)
                 cfg["mlp_ratio"] = arch["mlp_ratio"]
         self.net, self.mlp_ratio, self.drop_path = net, cfg["mlp_ratio"], cfg["drop_path"]
 
@@ -186,26 +196,6 @@ class DBN(Fusable, nn.Module):
         info = dict(info, variant=net, img_height=height, img_width=width)
         return model.eval().to(device), info
 
-    compute_dtype = None  # set by to_inference_dtype
-
-    @torch.no_grad()
-    def to_inference_dtype(self, dtype):
-        """Inference in `dtype` (torch.bfloat16 on a CPU with native bfloat16, or float16/bfloat16 on
-        CUDA) for everything but the stem's first convolution and the five BatchNorm1d, which stay in
-        float32: rounding the [0, 1] input to bfloat16's 8 bits costs most of the features' agreement
-        with float32 (measured: cosine 0.9959 -> 0.9991 on a photograph with random weights, keeping
-        the whole stem in float32), and the first convolution has 3 input channels, under a hundredth
-        of the multiply-adds. The rest of the stem in `dtype` loses nothing measurable (DBN-S on the
-        two photographs of tests/test_features.py: cosine to float32 0.99995-0.99997 either way) and
-        runs bfloat16 DBN-S 7% faster at batch 32. Eval only; returns the model."""
-        if self.training:
-            raise RuntimeError("to_inference_dtype is for inference: call .eval() first")
-        self.to(dtype)
-        self.stem[0].float()
-        self.bn_list.float()
-        self.compute_dtype = None if dtype == torch.float32 else dtype
-        return self
-
     @property
     def feature_dim(self):
         """Length of the concatenated test-time feature (5F)."""
@@ -213,21 +203,12 @@ class DBN(Fusable, nn.Module):
 
     @staticmethod
     def _read_pretrained(pretrained, net):
-        global _warned_no_pretrained
         if pretrained is None:
             return None, None
         if pretrained == "auto":
-            path = released_path(net)
-            if not os.path.isfile(path):
-                if not _warned_no_pretrained:
-                    warnings.warn(
-                        f"DBN: no pretrained LEViT-{net} backbone at network/{RELEASED_FILES[net]}; "
-                        "starting from random weights. Accuracy will be far below the README's figures; "
-                        f"copy the released file into network/ (it comes from {RELEASE_SOURCE}) to fix this.",
-                        stacklevel=3)
-                    _warned_no_pretrained = True
-                return None, None
-            pretrained = path
+            pretrained = released_path(net)
+            if not os.path.isfile(pretrained):
+                raise PretrainedNotFound(pretrained, net)
         return unwrap_state_dict(read_checkpoint(pretrained)), pretrained
 
     def random_erase(self, x):
@@ -238,36 +219,18 @@ class DBN(Fusable, nn.Module):
         """The release's BatchDrop of x (B, C, H, W): see `batch_drop_boxes`."""
         return zero_boxes(x, batch_drop_boxes(x.shape[0], x.shape[-2], x.shape[-1], self.drop))
 
-    # the inference form on the CPU runs larger batches this many images at a time: their maps then stay
-    # in the caches between layers (measured on 2 threads at 256x128, alternating runs, batches of 32
-    # and 64: float32 1.07-1.31x, bfloat16 0.98-1.15x one batch; 8 or 4 at a time gain less or lose)
-    INFERENCE_CHUNK = 16
-
     def forward(self, x):
-        if (self.optimized and not self.training and x.shape[0] > self.INFERENCE_CHUNK and x.device.type == "cpu"
-                and not kernels.capturing_graph()):
-            parts = [self.forward_batch(chunk) for chunk in x.split(self.INFERENCE_CHUNK)]
-            return [torch.cat(embeddings) for embeddings in zip(*parts)]
-        return self.forward_batch(x)
-
-    def forward_batch(self, x):
         if self.training and self.drop > 0:
             x = self.batch_drop(x)
         elif self.training and self.erasing > 0:
             x = self.random_erase(x)
         x = match_memory_format(x, self.stem[0].conv.weight)
-        for i, unit in enumerate(self.stem):
-            x = unit(x)
-            if i == 0 and self.compute_dtype is not None:  # the first convolution in float32 (to_inference_dtype)
-                x = x.to(self.compute_dtype)
-        x = self.layer2(self.layer1(x))
+        x = self.layer2(self.layer1(self.stem(x)))  # (B, 2E, H/16, W/16)
         branches = (self.branch_1(x), self.branch_2(x))  # (B, F, H/16, W/16) each
         pooled = [self.pool_list[i](b) for i, b in enumerate(branches)]
         for i, b in enumerate(branches):
             parts = self.pool_list[len(branches) + i](b)  # (B, F, parts, 1)
             pooled += list(parts.unbind(2))
-        if self.compute_dtype is not None:  # the BatchNorm1d stay in float32
-            pooled = [p.float() for p in pooled]
         embeddings = [bn(torch.flatten(p, 1)) for bn, p in zip(self.bn_list, pooled)]  # (B, F) each
         if not self.training:
             return embeddings

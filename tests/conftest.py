@@ -29,6 +29,19 @@ def data_dir():
     return DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def native_kernels():
+    """network.fast.kernels, built: a test that needs the native CPU kernels skips without them, saying
+    why, or fails where LEVIT_REQUIRE_KERNELS=1 is set (CI must run them)."""
+    from network.fast import kernels
+    reason = kernels.unavailable_reason()
+    if reason is None:
+        return kernels
+    if kernels.required():
+        pytest.fail(f"LEVIT_REQUIRE_KERNELS=1 but the native kernels are not available: {reason}", pytrace=False)
+    pytest.skip(f"the native kernels are not available here: {reason}")
+
+
 @pytest.fixture(scope="module")
 def data_root(request, tmp_path_factory):
     """Root of a synthetic Market-1501 of 8 identities x IMAGES_PER_ID (a constant of the test module)

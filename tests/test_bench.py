@@ -249,7 +249,7 @@ def test_matmul_peak_is_the_faster_of_the_two_products(monkeypatch):
 @pytest.mark.slow
 def test_features_table_compares_one_crop_on_every_path(monkeypatch, capsys):
     """The features table, small: every crop count of each dtype, and the one-crop comparison of the
-    path before DBN.optimize (two calls) with the optimized and compiled paths, each with its ratio."""
+    path before the inference form (two calls) with the optimized and compiled paths, each with its ratio."""
     import benchmarks.model as bench_model
     monkeypatch.setattr(bench_model, "SIZE", (32, 16))
     monkeypatch.setattr(bench_model, "half_dtype", lambda device: "bfloat16")
@@ -271,7 +271,7 @@ def test_inference_table_has_the_native_and_compiled_rows_and_the_peer_summary(m
     optimized ones, OSNet and DBN-S compiled, and a last line comparing float32 DBN-S with the peers."""
     import benchmarks.model as bench_model
     import evaluation.features
-    from network import kernels
+    from network.fast import kernels
     monkeypatch.setattr(bench_model, "SIZE", (128, 128))  # the release-style attention needs sides of 8
     monkeypatch.setattr(bench_model, "half_dtype", lambda device: "bfloat16")
     monkeypatch.setattr(bench_model, "compile_model", lambda model: model)
@@ -291,7 +291,7 @@ def test_inference_table_has_the_native_and_compiled_rows_and_the_peer_summary(m
 
 def test_native_kernels_line_says_what_runs(monkeypatch):
     import benchmarks.model as bench_model
-    from network import kernels
+    from network.fast import kernels
     monkeypatch.setattr(kernels, "enabled", lambda: False)
     assert bench_model.native_kernels_line() == ("native kernels: off (LEVIT_KERNELS=0): grouped convolutions in "
                                                  "oneDNN, attention in torch's operators")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from network import DBN, CheckpointError, make_checkpoint
+from network.fast import to_inference_dtype
 from conftest import with_formula_weights
 from evaluation import features
 from evaluation.features import FeatureExtractor, FeatureHead, check_dtype, cpu_has_native_bfloat16, dbn_features
@@ -190,9 +191,9 @@ def test_bfloat16_features_agree_with_float32_on_photographs(weights_of):
 
 
 def test_inference_dtype_keeps_the_first_convolution_and_the_batchnorms_in_float32():
-    """to_inference_dtype(bfloat16): the stem's first convolution (the [0, 1] input) and the five
+    """network.fast.to_inference_dtype(bfloat16): the stem's first convolution (the [0, 1] input) and the five
     BatchNorm1d stay float32, every other weight is bfloat16, and the output is float32."""
-    model = DBN(10, net="small", pretrained=None).eval().fuse().to_inference_dtype(torch.bfloat16)
+    model = to_inference_dtype(DBN(10, net="small", pretrained=None).eval().fuse(), torch.bfloat16)
     kept = {name for name, p in model.named_parameters() if p.dtype == torch.float32}
     assert kept and all(name.startswith(("stem.0.", "bn_list.")) for name in kept)
     assert {p.dtype for name, p in model.named_parameters() if name not in kept} == {torch.bfloat16}
@@ -215,7 +216,7 @@ def test_dtype_checks_say_what_is_offered(monkeypatch):
 
 def test_inference_dtype_is_for_eval_mode():
     with pytest.raises(RuntimeError, match="to_inference_dtype is for inference: call .eval\\(\\) first"):
-        DBN(3, pretrained=None).to_inference_dtype(torch.bfloat16)
+        to_inference_dtype(DBN(3, pretrained=None), torch.bfloat16)
 
 
 @pytest.mark.slow

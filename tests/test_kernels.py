@@ -1,5 +1,6 @@
-"""network/kernels.py: the native grouped-convolution kernel against torch's convolution, its use
-in the optimized model (eager and compiled), and what a user sees when it cannot be built."""
+"""network/fast/kernels.py: the native grouped-convolution kernel against torch's convolution, its use
+in the inference and training forms (eager and compiled), what a user sees when it cannot be built,
+and LEVIT_REQUIRE_KERNELS=1 turning the skips of these tests into failures."""
 import copy
 import os
 import subprocess
@@ -9,12 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from network import DBN, kernels
-from network.levit import InferenceConv, LocalEnhanceAttention
+from network import DBN
+from network.fast import (Group4Conv2d, InferenceAttention, InferenceConv, inference_form, kernels, optimize,
+                          training_form)
+from network.levit import LocalEnhanceAttention
 
 from conftest import ROOT, with_formula_weights
 
-needs_kernels = pytest.mark.skipif(not kernels.available(), reason="the native kernels could not be built here")
+# skips without the kernels, fails instead under LEVIT_REQUIRE_KERNELS=1 (conftest.native_kernels)
+needs_kernels = pytest.mark.usefixtures("native_kernels")
 
 
 def rel_err(a, b):
@@ -187,9 +191,8 @@ def test_training_step_runs_the_stride_1_grouped_convolutions_in_the_kernels(mon
     forward and backward, with torch's loss and finite gradients; with gradients on in eval mode,
     the first branch's gradients are torch's within float32 rounding. The stride-2 convolutions, and
     everything under CPU autocast, stay with torch."""
-    from network.levit import Group4Conv2d
     torch.manual_seed(0)
-    model = with_formula_weights(DBN(12, net="small", pretrained=None)).train()
+    model = training_form(with_formula_weights(DBN(12, net="small", pretrained=None)).train())
     convs = [m for m in model.modules() if isinstance(m, Group4Conv2d)]
     stride_1 = [m for m in convs if m.stride == (1, 1)]
     assert len(convs) == 67 and 0 < len(stride_1) < len(convs)
@@ -227,7 +230,6 @@ def test_training_step_runs_the_stride_1_grouped_convolutions_in_the_kernels(mon
 def test_grouped_convolution_keeps_torch_ops_where_the_kernels_do_not_train():
     """Group4Conv2d runs as nn.Conv2d for NCHW or bfloat16 input, stride 2, and in traced or exported
     graphs (which must run without the library)."""
-    from network.levit import Group4Conv2d
     conv = Group4Conv2d(32, 32, 3, 1, 1, groups=8, bias=False)
     x = channels_last(torch.randn(1, 32, 8, 8))
     assert kernels.group4_conv_trains(conv, x)
@@ -248,7 +250,7 @@ def test_optimized_model_runs_its_grouped_convolutions_and_attention_in_the_kern
     the kernels (eager, no gradient, channels_last), with the same embeddings as oneDNN and torch's
     operators; with gradients on, or in NCHW, none does."""
     torch.manual_seed(0)
-    model = with_formula_weights(DBN(751, net="small", pretrained=None)).eval().fuse().optimize()
+    model = inference_form(with_formula_weights(DBN(751, net="small", pretrained=None)))
     convs = [m for m in model.modules() if isinstance(m, InferenceConv) and m.groups > 1]
     assert convs and all(m.group4 for m in convs)
     attentions = [m for m in model.modules() if isinstance(m, LocalEnhanceAttention)]
@@ -283,7 +285,7 @@ def test_compiled_model_calls_the_kernel_without_graph_breaks():
     one graph for a block, no break, the eager block's output."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = with_formula_weights(DBN(751, net="small", pretrained=None)).eval().fuse().optimize()
+    model = optimize(with_formula_weights(DBN(751, net="small", pretrained=None)).eval().fuse())
     block = model.layer2.layers[1]
     x = channels_last(torch.randn(1, 192, 8, 4))
     with torch.no_grad():
@@ -306,8 +308,9 @@ def python_with_env(code, **env):
 
 FALLBACK = """
 import torch
-from network import DBN, kernels
-model = DBN(10, net="small", pretrained=None).eval().fuse().optimize()
+from network import DBN
+from network.fast import inference_form, kernels
+model = inference_form(DBN(10, net="small", pretrained=None))
 with torch.no_grad():
     out = model(torch.rand(1, 3, 64, 32))
 print(kernels.available(), any(getattr(m, "group4", False) for m in model.modules()), len(out))
@@ -316,7 +319,7 @@ print(kernels.available(), any(getattr(m, "group4", False) for m in model.module
 
 @pytest.mark.parametrize("cxx,message", [
     ("no-such-compiler", "no C++ compiler: 'no-such-compiler' is not on the PATH (set CXX to one)"),
-    ("false", "compiling network/csrc with ")])
+    ("false", "compiling network/fast/csrc with ")])
 def test_without_a_compiler_the_model_runs_in_onednn_and_says_why(tmp_path, cxx, message):
     status, out, err = python_with_env(FALLBACK, CXX=cxx, LEVIT_KERNELS_CACHE=str(tmp_path))
     assert status == 0, err
@@ -333,7 +336,7 @@ def test_a_compiler_that_hangs_is_stopped_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(compiler))
     monkeypatch.setenv("LEVIT_KERNELS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(kernels, "BUILD_TIMEOUT", 0.5)
-    with pytest.raises(kernels.KernelBuildError, match=r"compiling network/csrc with .*slow-c\+\+ took over 0.5 s; stopped"):
+    with pytest.raises(kernels.KernelBuildError, match=r"compiling network/fast/csrc with .*slow-c\+\+ took over 0.5 s; stopped"):
         kernels.build()
     assert os.listdir(tmp_path / "cache") == []  # no half-written library left
 
@@ -343,6 +346,27 @@ def test_levit_kernels_0_turns_them_off_silently(tmp_path):
     assert status == 0, err
     assert out.split() == ["False", "False", "5"] and "not available" not in err
     assert os.listdir(tmp_path) == []
+
+
+GATED = "tests/test_kernels.py::test_vector_width_follows_the_cpu_capability"  # a test that needs the kernels
+
+
+@pytest.mark.parametrize("require", ["1", ""])
+def test_levit_require_kernels_turns_the_skip_into_a_failure(tmp_path, require):
+    """Without a compiler a test that needs the kernels skips, saying why; with LEVIT_REQUIRE_KERNELS=1
+    (as CI sets it) it fails with the same reason instead."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", GATED],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CXX": "no-such-compiler",
+                               "LEVIT_KERNELS_CACHE": str(tmp_path), "LEVIT_REQUIRE_KERNELS": require})
+    reason = "the native kernels are not available"
+    if require:
+        assert done.returncode != 0 and "1 error" in done.stdout, done.stdout[-3000:]
+        assert f"LEVIT_REQUIRE_KERNELS=1 but {reason}: they could not be built: no C++ compiler: " \
+               "'no-such-compiler' is not on the PATH" in done.stdout
+    else:
+        assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout[-3000:]
+        assert f"{reason} here: they could not be built: no C++ compiler" in done.stdout
 
 
 @needs_kernels
@@ -368,7 +392,7 @@ ATTENTION_SHAPES = [(2, 32, 64, 32, 1), (2, 96, 32, 16, 2), (1, 192, 16, 8, 2), 
 
 def attention_inputs(batch, channels, height, width, heads, seed=0):
     torch.manual_seed(seed)
-    attn = LocalEnhanceAttention(heads, 8).eval()
+    attn = InferenceAttention(heads, 8).eval()
     with torch.no_grad():
         attn.logit_scale.uniform_(1.0, 5.0)  # scales up to the clamp at 100
     q, k, v = (channels_last(torch.randn(batch, channels, height, width)) for _ in range(3))
@@ -460,7 +484,8 @@ def test_kernels_built_for_narrower_vectors_pass_the_same_tests(capability, tmp_
     against torch's operators. Inductor gets a cache folder of its own (the capability is not part
     of its cache key), and with ATEN_CPU_CAPABILITY=default it cannot compile at all (its generated
     code needs at::vec), so the compiled test runs for AVX2 only."""
-    skip = "not narrower_vectors and not without_a_compiler and not levit_kernels_0 and not built_once"
+    skip = ("not narrower_vectors and not without_a_compiler and not levit_kernels_0 and not built_once"
+            " and not require_kernels")
     if capability == "default":
         skip += " and not compiled_model"
     cache = tmp_path / "kernels"

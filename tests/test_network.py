@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import network.dbn
-from network import (DBN, LEViT, RELEASED_FILES, VARIANTS, CheckpointError, checkpoint_filter_fn,
+import network.fast
+from network import (DBN, LEViT, RELEASED_FILES, VARIANTS, CheckpointError, PretrainedNotFound, checkpoint_filter_fn,
                      load_reid_weights, read_checkpoint)
+from network.fast import CHUNK, BatchChunks, InferenceAttention, InferenceBlock, inference_form
 from network.levit import LocalEnhanceAttention, ScaledNormalize
 
 from conftest import make_weights, spec_of, with_formula_weights
@@ -405,62 +407,110 @@ def test_fuse_keeps_outputs(golden):
     ("small", (256, 128), 1, "channels_last"), ("small", (250, 120), 2, "channels_last"),
     ("small", (64, 32), 17, "channels_last"), ("small", (96, 48), 2, "nchw"), ("large", (90, 70), 1, "channels_last")])
 def test_optimized_inference_form_matches_unfused(net, size, batch, layout):
-    """DBN.optimize (after fuse: ReLUs and residual sums fused into oneDNN convolutions, 1x1
-    convolutions as matrix products): the same embeddings as the unfused eager model within 1e-4,
+    """network.fast.inference_form (BatchNorm folded, ReLUs and residual sums fused into oneDNN
+    convolutions, 1x1 convolutions as matrix products): the same embeddings as the unfused eager model within 1e-4,
     with sides that need attention padding, from batch 16 on (float32 sums done apart), in NCHW,
     and with gradients enabled (the plain-op path)."""
-    import copy
     torch.manual_seed(0)
     model = with_formula_weights(DBN(751, net=net, pretrained=None))
     x = torch.rand(batch, 3, *size)
     with torch.no_grad():
         want = torch.cat(model(x), 1)
-    optimized = copy.deepcopy(model).fuse().optimize()
+    optimized = inference_form(model)
     if layout == "nchw":
         optimized.to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         got = torch.cat(optimized(x), 1)
     assert rel_err(got, want) < 1e-4
     assert rel_err(torch.cat(optimized(x), 1).detach(), want) < 1e-4  # grad enabled: plain ops
-    assert optimized.optimized and not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimized.modules())
+    assert any(isinstance(m, InferenceBlock) for m in optimized.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimized.modules())
     with pytest.raises(RuntimeError, match="optimize: fuse\\(\\) this DBN first"):
-        DBN(3, pretrained=None).eval().optimize()
+        network.fast.optimize(DBN(3, pretrained=None).eval())
 
 
 
 def test_optimized_model_runs_large_cpu_batches_in_chunks(monkeypatch):
-    """The inference form on the CPU runs a batch above DBN.INFERENCE_CHUNK images in chunks of it
+    """The inference form on the CPU runs a batch above network.fast.CHUNK images in chunks of it
     (the last one shorter), with the embeddings of one batch within float32 rounding; not while
     tracing, compiling or exporting (their graphs stay valid for any batch), and never an unoptimized
     model."""
-    import copy
     torch.manual_seed(0)
     model = with_formula_weights(DBN(751, net="small", pretrained=None)).fuse()
-    optimized = copy.deepcopy(model).optimize()
+    optimized = inference_form(model)
+    assert isinstance(optimized, BatchChunks)
     sizes = []
-    forward_batch = DBN.forward_batch
-    monkeypatch.setattr(DBN, "forward_batch", lambda self, x: sizes.append(x.shape[0]) or forward_batch(self, x))
-    x = torch.rand(2 * DBN.INFERENCE_CHUNK + 3, 3, 64, 32)
+    forward = DBN.forward
+    monkeypatch.setattr(DBN, "forward", lambda self, x: sizes.append(x.shape[0]) or forward(self, x))
+    x = torch.rand(2 * CHUNK + 3, 3, 64, 32)
     with torch.no_grad():
         got = optimized(x)
-        assert sizes == [DBN.INFERENCE_CHUNK, DBN.INFERENCE_CHUNK, 3]
+        assert sizes == [CHUNK, CHUNK, 3]
         sizes.clear()
-        want = forward_batch(optimized, x)
+        want = optimized.model(x)  # one batch
         assert len(got) == len(want) == 5
         assert all(g.shape == w.shape and rel_err(g, w) < 1e-5 for g, w in zip(got, want))
         model(x)
         monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
-        optimized(x[:DBN.INFERENCE_CHUNK + 1])
-    assert sizes == [x.shape[0], DBN.INFERENCE_CHUNK + 1]
+        optimized(x[:CHUNK + 1])
+    assert sizes == [x.shape[0], x.shape[0], CHUNK + 1]
+
+
+def test_inference_form_is_a_new_module_and_leaves_the_model_alone():
+    """inference_form returns a new module (no submodule or tensor shared with the model) and leaves
+    the given model's state_dict keys and values, mode and BatchNorms as they were; optimize and
+    to_inference_dtype do the same."""
+    torch.manual_seed(0)
+    model = with_formula_weights(DBN(751, net="small", pretrained=None)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for fast in (inference_form(model), inference_form(model, torch.bfloat16),
+                 inference_form(model, optimize=False), network.fast.to_inference_dtype(model, torch.bfloat16)):
+        assert fast is not model
+        own = {id(m) for m in model.modules()}
+        assert not any(id(m) in own for m in fast.modules())
+        tensors = {t.data_ptr() for t in model.state_dict().values()}
+        assert not any(t.data_ptr() in tensors for t in fast.state_dict().values())
+    fused = model.fuse()
+    before_fused = {k: v.clone() for k, v in fused.state_dict().items()}
+    assert network.fast.optimize(fused) is not fused
+    after = fused.state_dict()
+    assert list(after) == list(before_fused) and all(torch.equal(after[k], v) for k, v in before_fused.items())
+    fresh = with_formula_weights(DBN(751, net="small", pretrained=None)).eval()
+    inference_form(fresh)
+    now = fresh.state_dict()
+    assert list(now) == list(before) and all(torch.equal(now[k], v) for k, v in before.items())
+    assert not fresh.fused and any(isinstance(m, torch.nn.BatchNorm2d) for m in fresh.modules())
+
+
+@pytest.mark.parametrize("module", ["network.levit", "network.dbn", "network"])
+def test_the_model_imports_nothing_of_its_speed_forms(module, repo_root):
+    """network/levit.py, network/dbn.py and the network package import nothing of network.fast (its
+    source names none, and importing it loads none), and nothing of torch's private APIs."""
+    import ast
+    import subprocess
+    import sys
+    if module != "network":
+        with open(os.path.join(repo_root, *module.split(".")) + ".py") as f:
+            tree = ast.parse(f.read())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if "fast" in m.split(".") or "kernels" in m]
+        source = ast.unparse(tree)
+        for private in ("mkldnn", "torch._C", "torch.cpu._", "torch._dynamo", "torch.ops."):
+            assert private not in source, private
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('network.fast')))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("size", [(16, 16), (13, 10)])
 def test_float32_inference_attention_equals_sdpa_and_the_reference(size):
-    """Eval-mode float32 attention on the CPU without a gradient takes inference_attention (explicit
+    """The inference form's float32 attention on the CPU without a gradient takes inference_attention (explicit
     logits, in-place softmax): the SDPA path's output (taken with gradients on) and the per-window
     reference within float32 rounding, padded windows included."""
     torch.manual_seed(0)
-    attn = LocalEnhanceAttention(heads=2, window=8).eval()
+    attn = InferenceAttention(heads=2, window=8).eval()
     q, k, v = (torch.randn(2, 32, *size) for _ in range(3))
     with torch.no_grad():
         got = attn(q, k, v)
@@ -471,11 +521,11 @@ def test_float32_inference_attention_equals_sdpa_and_the_reference(size):
 
 @pytest.mark.parametrize("size", [(16, 16), (13, 10)])
 def test_bfloat16_inference_attention_is_as_close_to_float32_as_sdpa(size):
-    """Eval-mode attention on bfloat16 q, k, v (CPU, no gradient) takes inference_attention (float32
+    """The inference form's attention on bfloat16 q, k, v (CPU, no gradient) takes inference_attention (float32
     logits and softmax): within 2e-2 of the float32 attention, and no further from it than SDPA's own
     bfloat16 kernel (plus rounding), padded windows included."""
     torch.manual_seed(0)
-    attn = LocalEnhanceAttention(heads=2, window=8).eval()
+    attn = InferenceAttention(heads=2, window=8).eval()
     q, k, v = (torch.randn(2, 32, *size) for _ in range(3))
     with torch.no_grad():
         want = attn(q, k, v)
@@ -524,18 +574,21 @@ def test_filter_fn_is_pure_and_keeps_the_reid_head(small_backbone_sd):
                        small_backbone_sd["stage3.layers.1.mlp.proj_in.0.weight"])
 
 
-def test_auto_pretrained_warns_once_then_loads(small_backbone_sd, tmp_path, monkeypatch):
+def test_auto_pretrained_raises_with_the_facts_then_loads(small_backbone_sd, tmp_path, monkeypatch):
+    """A missing released backbone is an exception carrying the path, the variant and where the file
+    comes from (the caller decides: train.py refuses, exit 2), every time; once the file is there it loads."""
     monkeypatch.setattr(network.dbn, "NETWORK_DIR", str(tmp_path))
-    monkeypatch.setattr(network.dbn, "_warned_no_pretrained", False)
-    with pytest.warns(UserWarning, match=r"network/" + RELEASED_FILES["small"] + r".*far below the README.*copy "
-                                         r"the released file into network/ \(it comes from the network/ folder of "
-                                         r"the release, the public LEViT ReID repository\)"):
-        DBN(10, pretrained="auto")
+    for _ in range(2):  # no state: the second time raises too
+        with pytest.raises(PretrainedNotFound, match=r"no pretrained LEViT-small backbone at .*" + RELEASED_FILES["small"]
+                           + r".*it comes from the network/ folder of the release, the public LEViT ReID "
+                             r"repository\).*pretrained=None for random weights") as err:
+            DBN(10, pretrained="auto")
+        assert err.value.path == str(tmp_path / RELEASED_FILES["small"]) and err.value.variant == "small"
+        assert isinstance(err.value, CheckpointError) and "--" not in str(err.value)
+    torch.save({"state_dict": small_backbone_sd}, tmp_path / RELEASED_FILES["small"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        DBN(10, pretrained="auto")  # second time: silent
-    torch.save({"state_dict": small_backbone_sd}, tmp_path / RELEASED_FILES["small"])
-    model = DBN(10, pretrained="auto")
+        model = DBN(10, pretrained="auto")
     assert torch.equal(model.layer2.layers[3].q[0].weight, small_backbone_sd["stage2.layers.3.q.0.weight"])
 
 
@@ -617,8 +670,9 @@ def test_large_checkpoint_with_mlp_ratio_2_builds_that(tmp_path, capsys):
     sd = make_weights(spec_of(LEViT(**cfg)), seed=5)
     path = tmp_path / "large_ratio2.pth"
     torch.save({"state_dict": sd}, path)
-    model = DBN(10, net="large", pretrained=str(path))
-    assert "mlp_ratio 2 (LEViT-large default 1); building that architecture" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match=r"mlp_ratio 2 \(LEViT-large default 1\); building that architecture"):
+        model = DBN(10, net="large", pretrained=str(path))
+    assert capsys.readouterr().out == ""  # the library does not print
     assert model.mlp_ratio == 2.0
     assert torch.equal(model.branch_2.layers[0].mlp.proj_in[0].weight, sd["stage3.layers.0.mlp.proj_in.0.weight"])
 
@@ -629,13 +683,14 @@ def test_load_reid_weights_forms_and_other_class_counts(tmp_path, capsys):
     for name, path in save_forms(sd, tmp_path).items():
         model = DBN(20, net="small", pretrained=None)
         own_classifier = model.class_list[0].weight.clone()
-        load_reid_weights(model, path)
+        with pytest.warns(UserWarning, match="trained on 751 classes, the model has 20"):
+            load_reid_weights(model, path)
         loaded = model.state_dict()
         for key, value in sd.items():
             if not key.startswith("class_list."):
                 assert torch.equal(loaded[key], value), (name, key)
         assert torch.equal(model.class_list[0].weight, own_classifier)
-        assert "trained on 751 classes, the model has 20" in capsys.readouterr().out
+        assert capsys.readouterr().out == ""  # said as a warning, not printed
     same = DBN(751, net="small", pretrained=None)
     load_reid_weights(same, {"model": sd})
     assert torch.equal(same.class_list[4].weight, sd["class_list.4.weight"])

@@ -81,6 +81,14 @@ def check_save_path(args, lock=True):
                      "or choose another --save-path")
 
 
+def dry_run_line(sampler, args):
+    """What a real run would do: batches per epoch (the release's partial last one) and epochs."""
+    last = sampler.last_batch_size()
+    return (f"dry run: {len(sampler)} batches of {args.batch_size} per epoch"
+            f"{f' (the last of {last})' if last != args.batch_size else ''}, "
+            f"{args.epochs[1] + args.ema_extra} epochs; nothing trained")
+
+
 def lock_path(save_path):
     """params/ema.pth -> params/ema.lock: held by the run writing there (pid, host, start)."""
     return f"{os.path.splitext(save_path)[0]}.lock"

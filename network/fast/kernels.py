@@ -1,16 +1,15 @@
-"""Native CPU kernels for LEViT, compiled from network/csrc on first use and cached on disk.
+"""Native CPU kernels for LEViT, compiled from network/fast/csrc on first use and cached on disk.
 
 - `group4_conv3x3(x, packed, bias, add=None, stride=1, relu=False)`: LEViT's 3x3 convolutions with
   groups of 4 channels over channels_last float32 or bfloat16 maps, bias, residual sum and ReLU
-  fused (see README, CPU kernels, for the speed against oneDNN). `InferenceConv` (DBN.optimize)
-  calls it.
+  fused. `InferenceConv` (network/fast/layers.py, the inference form) calls it.
 - `group4_conv3x3_trainable(x, weight, bias=None)`: the same stride-1 convolution with a backward
   (the input gradient by the kernel above with transpose_group4_weight, the weight gradient by
   `group4_conv3x3_weight_grad`), float32; `Group4Conv2d` calls it where `group4_conv_trains` allows
-  (CPU training and the unfused model's evaluation).
+  (the training form, network/fast/training.py).
 - `window_attention(q, k, v, scale, heads)`: the cosine attention in 8x8 windows read from and
-  written to the channels_last maps, without window copies or padding. `LocalEnhanceAttention`
-  calls it for inference without a gradient.
+  written to the channels_last maps, without window copies or padding. `InferenceAttention`
+  (the inference form) calls it without a gradient.
 
 They run eager and under torch.compile (their output shapes are registered); traced and exported
 graphs keep torch's own operators. `python -m benchmarks --what model` compares the model with
@@ -22,7 +21,8 @@ takes 10-20 s, once per machine: the library is kept under `$LEVIT_KERNELS_CACHE
 the CPU's vector extensions (AVX512, AVX2 or neither, as torch reports them), so a shared home
 directory serves machines of different CPUs. Without a compiler, or when the build fails,
 `available()` is False, a warning says why once, and everything runs in oneDNN and torch's
-operators as before (same outputs up to rounding). `LEVIT_KERNELS=0` turns the kernels off.
+operators (same outputs up to rounding). `LEVIT_KERNELS=0` turns the kernels off. Tests that need
+the kernels skip without them, or fail where `LEVIT_REQUIRE_KERNELS=1` is set (CI).
 """
 import functools
 import hashlib
@@ -36,8 +36,11 @@ import warnings
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(REPO, "network", "csrc")
+from . import cpu
+from .cpu import capturing_graph
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(CSRC, name) for name in ("group4_conv3x3.cpp", "window_attention.cpp")]
 HEADERS = [os.path.join(CSRC, "vec.h")]
 # compiler flags for the CPU capability torch reports (the instruction sets the kernel may use)
@@ -52,10 +55,9 @@ class KernelBuildError(RuntimeError):
     """The kernels could not be built or loaded; the message says why."""
 
 
-def capturing_graph():
-    """True while torch.jit traces or torch.compile / torch.export capture a graph, which must stay valid
-    for any input and keep torch's own operators where the kernels are eager-only."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+def required():
+    """True when LEVIT_REQUIRE_KERNELS=1 (CI): tests that need the kernels fail without them instead of skipping."""
+    return os.environ.get("LEVIT_REQUIRE_KERNELS", "").strip() == "1"
 
 
 def enabled():
@@ -83,9 +85,9 @@ def build_command(cxx, output):
     torch_dir = os.path.dirname(torch.__file__)
     lib = os.path.join(torch_dir, "lib")
     flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp",
-             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
              *ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
-    if torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.cpu._is_avx512_bf16_supported():
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and cpu.avx512_bf16():
         flags.append("-mavx512bf16")
     if sys.platform == "darwin":
         flags += ["-undefined", "dynamic_lookup"]
@@ -144,7 +146,7 @@ def _ops():
     """torch.ops.levit_kernels once the library is loaded, or None (with one warning saying why)."""
     if not enabled():
         return None
-    global _lanes
+    global _lanes, _unavailable
     try:
         torch.ops.load_library(build())
         torch.library.register_fake("levit_kernels::group4_conv3x3", _group4_conv3x3_shape)
@@ -153,15 +155,26 @@ def _ops():
         _lanes = int(torch.ops.levit_kernels.vector_lanes())
         return torch.ops.levit_kernels
     except (KernelBuildError, OSError) as e:
-        warnings.warn(f"network.kernels: the native CPU kernels are not available ({e}); LEViT's grouped "
+        _unavailable = str(e)
+        warnings.warn(f"network.fast.kernels: the native CPU kernels are not available ({e}); LEViT's grouped "
                       "convolutions and window attention run in oneDNN and torch's operators instead (slower, "
                       "same results up to rounding)", stacklevel=3)
         return None
 
 
+_unavailable = None  # why the last build or load failed
+
+
 def available():
     """True when the kernels are on and built (building them on the first call)."""
     return _ops() is not None
+
+
+def unavailable_reason():
+    """Why the kernels do not run here (None when they do)."""
+    if available():
+        return None
+    return "turned off by LEVIT_KERNELS=0" if not enabled() else f"they could not be built: {_unavailable}"
 
 
 def bfloat16_dot():
@@ -222,7 +235,7 @@ def window_attention_applies(q, k, v, heads, window):
 
 
 def window_attention(q, k, v, scale, heads, window=ATTENTION_WINDOW):
-    """LEViT's cosine window attention for inference (network/csrc/window_attention.cpp): `scale` the
+    """LEViT's cosine window attention for inference (network/fast/csrc/window_attention.cpp): `scale` the
     (heads,) float32 factors exp(min(logit_scale, log 100)); maps as window_attention_applies says.
     Windows cut by the border hold fewer tokens, as the masked padding of the plain path."""
     if not torch.compiler.is_compiling() and not available():
