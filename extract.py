@@ -6,10 +6,12 @@
 
 The .npz holds `features` (N, D) float32, L2-normalised (the dot product is the similarity),
 `paths` (N,), and `pids` / `camids` (N,) int64 when every name carries them (Market-1501 names,
-integer identity folders, or the list file's columns; see datasets/image_list.py). Unreadable images
-are left out with a warning naming them. Exit status 2 on a usage error.
+integer identity folders, or the list file's columns; see datasets/image_list.py), and `provenance`: what
+produced the features (the weights' identity, variant, input size, transform, flip, dtype), which
+search.py checks against its own model. Unreadable images are left out with a warning naming them. Exit status 2 on a usage error.
 """
 import argparse
+import json
 import sys
 
 import numpy as np
@@ -35,9 +37,12 @@ def get_args_parser():
     return parser
 
 
-def save_features(path, feats, paths, pids=None, camids=None):
-    """Write the .npz of extract.py (atomically: a crash leaves no half-written file)."""
+def save_features(path, feats, paths, pids=None, camids=None, provenance=None):
+    """Write the .npz of extract.py (atomically: a crash leaves no half-written file), with what produced
+    the features (evaluation.features.provenance, as JSON) so that search.py can refuse a mismatch."""
     arrays = {"features": np.asarray(feats, np.float32), "paths": np.asarray(paths, dtype=str)}
+    if provenance is not None:
+        arrays["provenance"] = np.array(json.dumps(provenance))
     if pids is not None:
         arrays["pids"] = np.asarray(pids, np.int64)
     if camids is not None:
@@ -72,7 +77,7 @@ def main(argv=None):
         print(f"{len(paths) - len(index)} of {len(paths)} images unreadable, left out (see the warnings)")
     kept = [(paths[i], None if pids is None else pids[i], None if camids is None else camids[i]) for i in index]
     save_features(args.out, feats, [k[0] for k in kept], None if pids is None else [k[1] for k in kept],
-                  None if camids is None else [k[2] for k in kept])
+                  None if camids is None else [k[2] for k in kept], extractor.provenance)
     print(f"wrote {len(index)} x {feats.shape[1]} features to {args.out}")
     return 0
 

@@ -3,15 +3,17 @@
     python search.py --weights params/ema.pth --query person.jpg --gallery gallery.npz --topk 10
     python search.py --weights params/ema.pth --query q1.jpg q2.jpg --gallery data/frames --vis figs/search
 
---gallery is an .npz written by extract.py (the features are used as they are: extract them with
-the same checkpoint and flags) or a folder / glob / list of images, whose features are computed
-first. For each query, the top --topk gallery images are printed with their scores; --vis DIR
+--gallery is an .npz written by extract.py or a folder / glob / list of images, whose features are
+computed first. An .npz records what produced its features (weights, variant, input size, transform,
+flip, dtype): one that differs from --weights and the flags is refused, naming both sides, unless
+--allow-mixed. For each query, the top --topk gallery images are printed with their scores; --vis DIR
 writes one rank-list picture per query (evaluation/vis.py; frames are green / red / grey junk when the
 names carry ids, black when the query's id is unknown). Exit status 2 on a usage error.
 """
 import argparse
 import os
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -34,13 +36,17 @@ def get_args_parser():
     parser.add_argument("--topk", default=10, type=int, help="gallery images shown per query")
     parser.add_argument("--vis", default=None, metavar="DIR",
                         help="write the rank-list picture of each query to DIR/search_rank_<query>.png")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="search an .npz gallery extracted with another checkpoint, input size, transform, flip "
+                             "or dtype than the queries (refused by default: the scores would not be comparable)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the flags, the checkpoint, the queries and the gallery, then exit")
     return parser
 
 
 def load_features(path):
-    """(features (N, D) float32, [(path, pid or None, camid or None)]) of an extract.py .npz file."""
+    """(features (N, D) float32, [(path, pid or None, camid or None)], provenance or None) of an extract.py
+    .npz file."""
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -53,9 +59,10 @@ def load_features(path):
         feats, paths = data["features"].astype(np.float32), [str(p) for p in data["paths"]]
         pids = data["pids"].tolist() if "pids" in data.files else [None] * len(paths)
         camids = data["camids"].tolist() if "camids" in data.files else [None] * len(paths)
+        made_by = features.read_provenance(data)
     if feats.ndim != 2 or len(feats) != len(paths):
         raise ImageListError(f"{path}: features of shape {feats.shape} do not match {len(paths)} paths")
-    return feats, list(zip(paths, pids, camids))
+    return feats, list(zip(paths, pids, camids)), made_by
 
 
 def image_items(specs):
@@ -96,13 +103,27 @@ def main(argv=None):
         if npz:
             if not os.path.isfile(args.gallery):
                 raise ImageListError(f"--gallery {args.gallery}: file not found (write it with extract.py)")
-            gallery_feats, gallery = load_features(args.gallery)
+            gallery_feats, gallery, made_by = load_features(args.gallery)
         else:
             gallery = image_items([args.gallery])
         extractor = features.extractor_from_args(args)
     except (ImageListError, CheckpointError) as err:
         print(f"search.py: error: {err}", file=sys.stderr)
         return 2
+    if npz and made_by is None:
+        warnings.warn(f"{args.gallery} records nothing of the model that produced its features; the search "
+                      f"assumes {args.weights} with the same flags")
+    elif npz:
+        differences = features.provenance_differences(made_by, extractor.provenance)
+        if differences:
+            detail = "; ".join(f"{k}: {g} (gallery) vs {q} (queries)" for k, g, q in differences)
+            if not args.allow_mixed:
+                print(f"search.py: error: {args.gallery} was extracted by another model or preprocessing than the "
+                      f"queries ({detail}); its scores would not be comparable. Extract the gallery again with "
+                      f"--weights {args.weights} and the same flags, or pass --allow-mixed to search it on purpose",
+                      file=sys.stderr)
+                return 2
+            warnings.warn(f"--allow-mixed: searching features of another model or preprocessing ({detail})")
     if npz and gallery_feats.shape[1] != extractor.feature_dim:
         print(f"search.py: error: {args.gallery} holds {gallery_feats.shape[1]}-d features but {args.weights} gives "
               f"{extractor.feature_dim}-d ones; extract the gallery with the same checkpoint", file=sys.stderr)

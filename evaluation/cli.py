@@ -13,7 +13,8 @@ from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_datas
 from datasets.university1652 import DIRECTIONS
 from datasets.vehicleid import TEST_SIZES
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
-from evaluation.features import add_compile_arg, add_dtype_arg, check_dtype, load_for_inference, prepare_for_inference
+from evaluation.features import (add_compile_arg, add_dtype_arg, check_dtype, load_for_inference, prepare_for_inference,
+                                 provenance)
 from network import CheckpointError
 from utils.cli import HelpFormatter, check_gpu, check_output, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
@@ -80,7 +81,8 @@ def get_args_parser(add_help=False):
 def load_model(weights, device, *, default_size, net=None, img_height=None, img_width=None, default_net=None,
                dtype="float32", compile=False):
     """(DBN of the `weights` checkpoint on `device`, prepared for inference in `dtype` / `compile` by
-    evaluation.features.prepare_for_inference (BatchNorm folded); its variant; its input size (height, width)).
+    evaluation.features.prepare_for_inference (BatchNorm folded); what the file said (load_for_inference's
+    info: "variant", "weights_id", ...); its input size (height, width)).
 
     The variant and the input size come from the file where it records them (train.py's
     --save-path format, or the args of a _last.pth); `net`, `img_height` and `img_width` (the
@@ -102,7 +104,7 @@ def load_model(weights, device, *, default_size, net=None, img_height=None, img_
               "another size (python train.py --demo: 128x64), pass --img-height H --img-width W",
               file=sys.stderr)
     # prepare_for_inference folds conv+BN (same features, faster) and builds the inference form
-    return prepare_for_inference(model, dtype, compile), info["variant"], size
+    return prepare_for_inference(model, dtype, compile), info, size
 
 
 def device_type(text):
@@ -183,9 +185,10 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
 
     try:
         # the variant and the input size recorded in --weights, else the flags, else the script's
-        model, args.net, (args.img_height, args.img_width) = load_model(
+        model, info, (args.img_height, args.img_width) = load_model(
             args.weights, device, default_size=(height, width), net=args.net, img_height=args.img_height,
             img_width=args.img_width, default_net=net, dtype=args.dtype, compile=args.compile)
+        args.net = info["variant"]
         print(f"test_{dataset}: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
         data = build_dataset(dataset, args.dataset_root)
         print(data.summary())
@@ -193,6 +196,8 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
                                  batch_size=args.batch_size, num_workers=args.num_workers, ap=args.ap,
                                  rerank=args.rerank, kmeans=args.kmeans, vis=args.vis, vis_dir=args.vis_dir,
                                  save_features=args.save_features,
+                                 provenance=provenance(info["weights_id"], args.net, args.img_height, args.img_width,
+                                                       data.family, True, args.dtype),
                                  **{name: getattr(args, name) for name in cls.protocol_options})
     except (DatasetError, CheckpointError, EvaluationError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ module scores any protocol the same way:
   release's faiss k-means (seed 1234, 20 iterations, random initial points), "kmeans++" a
   k-means++ run to convergence (usually a higher NMI, not comparable with the release's).
 """
+import json
 import logging
 import os
 
@@ -29,6 +30,7 @@ from evaluation.features import extract_features
 from evaluation.metrics import evaluate_rank_blocks, evaluate_rank_features, kmeans, normalized_mutual_info, recall_at_k
 from evaluation.rerank import re_ranking_blocks
 from evaluation.vis import cell_size, save_rank_lists
+from utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,8 @@ class FeaturePass:
     """Test-time features of item lists: the model, the dataset's test transform at `image_size`,
     and the loader settings of one evaluation."""
 
-    def __init__(self, model, dataset, image_size, batch_size=64, num_workers=0):
-        self.model, self.dataset = model, dataset
+    def __init__(self, model, dataset, image_size, batch_size=64, num_workers=0, provenance=None):
+        self.model, self.dataset, self.provenance = model, dataset, provenance
         self.image_size = tuple(int(v) for v in image_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.device = next(model.parameters()).device
@@ -121,10 +123,11 @@ def check_scorable(q_pids, q_camids, g_pids, g_camids):
         "the ids and cameras (<id>_c<camera>...): a query id must appear in the gallery under another camera")
 
 
-def save_features(path, **splits):
+def save_features(path, provenance=None, **splits):
     """--save-features: for each split name, (features (N, D), items (path, pid[, camid])) as
     <split>_features float32, <split>_paths, <split>_pids and <split>_camids (-1 when unknown) in
-    one .npz. Nothing is written when `path` is None."""
+    one .npz, with what produced them (evaluation.features.provenance, as JSON) when given. Nothing is
+    written when `path` is None."""
     if path is None:
         return
     arrays = {}
@@ -133,8 +136,10 @@ def save_features(path, **splits):
         arrays[f"{name}_paths"] = np.array([item[0] for item in items], dtype=str)
         arrays[f"{name}_pids"] = np.array([item[1] for item in items], dtype=np.int64)
         arrays[f"{name}_camids"] = np.array([item[2] if len(item) > 2 else -1 for item in items], dtype=np.int64)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **arrays)
+    if provenance is not None:
+        arrays["provenance"] = np.array(json.dumps(provenance))
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     counts = ", ".join(f"{name} {len(items)}" for name, (_, items) in splits.items())
     log.info(f"features ({counts}) written to {path}")
 
@@ -166,14 +171,14 @@ def _split_features(protocol, features, save_to):
         qf, qi = features(split.query, split.query_view, desc="query")
         gf, gi = features(split.gallery, split.gallery_view, desc="gallery")
         query, gallery = [split.query[i] for i in qi], [split.gallery[i] for i in gi]
-        save_features(save_to, query=(qf, query), gallery=(gf, gallery))
+        save_features(save_to, features.provenance, query=(qf, query), gallery=(gf, gallery))
         return [(query, gallery, qf, gf)]
     # splits drawn from one image list (VehicleID's trials): one pass over its distinct images
     pid_of = {item[0]: item[1] for split in protocol.splits for item in split.query + split.gallery}
     paths = sorted(pid_of)
     feats, index = features([(p, 0, 0) for p in paths], desc=protocol.pool)
     row = {paths[i]: r for r, i in enumerate(index.tolist())}
-    save_features(save_to, test=(feats, [(paths[i], pid_of[paths[i]]) for i in index.tolist()]))
+    save_features(save_to, features.provenance, test=(feats, [(paths[i], pid_of[paths[i]]) for i in index.tolist()]))
     out = []
     for split in protocol.splits:
         query = [item for item in split.query if item[0] in row]
@@ -208,7 +213,7 @@ def _evaluate_retrieval(protocol, features, *, kmeans_method, vis, vis_dir, save
     feats, index = features(split.query, split.query_view, desc="test")
     items = [(split.query[i][0], split.query[i][1], 0) for i in index]
     labels = np.array([item[1] for item in items], dtype=np.int64)
-    save_features(save_features_to, test=(feats, [item[:2] for item in items]))
+    save_features(save_features_to, features.provenance, test=(feats, [item[:2] for item in items]))
     recall = recall_at_k(feats, labels, ks=(1, 2, 4, 8))
     clusters = kmeans(feats, len(np.unique(labels)), seed=1234, method=kmeans_method)
     metrics = {f"R{k}": float(recall[k]) for k in (1, 2, 4, 8)}
@@ -223,13 +228,14 @@ def _evaluate_retrieval(protocol, features, *, kmeans_method, vis, vis_dir, save
 
 
 def evaluate(model, dataset, *, image_size, batch_size=64, num_workers=0, ap="trapezoid", rerank=False,
-             kmeans="release", vis=0, vis_dir="figs", save_features=None, **protocol):
+             kmeans="release", vis=0, vis_dir="figs", save_features=None, provenance=None, **protocol):
     """Evaluate `model` (a DBN) on the test protocol of `dataset` (from datasets.build_dataset).
 
     image_size: (height, width) of the test transform. batch_size, num_workers: the loader's.
     ap ("trapezoid", the release's, or "plain") and rerank: rank protocols; kmeans ("release" or
     "kmeans++"): the NMI of retrieval protocols. vis N: rank-list pictures of N queries in
-    `vis_dir`. save_features: an .npz to write the test features to (see save_features).
+    `vis_dir`. save_features: an .npz to write the test features to (see save_features), with
+    `provenance` (evaluation.features.provenance) when given.
     `protocol`: the dataset's own options, `dataset.protocol_options` (e.g. VehicleID's test_size
     and trials, University-1652's direction), passed to `dataset.test_protocol`.
 
@@ -237,7 +243,7 @@ def evaluate(model, dataset, *, image_size, batch_size=64, num_workers=0, ap="tr
     afterwards. Returns (metrics dict, result line in the release's format).
     """
     test = dataset.test_protocol(**protocol)
-    features = FeaturePass(model, dataset, image_size, batch_size, num_workers)
+    features = FeaturePass(model, dataset, image_size, batch_size, num_workers, provenance)
     was_training = model.training
     model.eval()
     try:

@@ -11,6 +11,8 @@ with no mean/std normalisation.
     feats = extract(frame, boxes=[(10, 20, 74, 148)], bgr=True)   # crops of an OpenCV frame
 """
 import argparse
+import hashlib
+import json
 import numbers
 import os
 import sys
@@ -78,6 +80,14 @@ class CompiledModel(nn.Module):
     @property
     def feature_dim(self):
         return self.model.feature_dim
+
+    @property
+    def provenance(self):
+        """What produces these features (see provenance()): the weights, variant, input, transform, flip, dtype."""
+        if "weights_id" not in self.info:
+            self.info["weights_id"] = weights_id(self.model)
+        return provenance(self.info["weights_id"], self.model.net, self.img_height, self.img_width, self.family,
+                          self.flip, self.dtype)
 
     def forward(self, x):
         n = x.shape[0]
@@ -163,10 +173,47 @@ def load_for_inference(weights, net=None, img_height=None, img_width=None, trans
     if family not in FAMILIES:
         raise CheckpointError(f"{weights}: unknown transform family {family!r}; expected one of {', '.join(FAMILIES)}")
     assumed = None in (info["img_height"], info["img_width"])
+    info["weights_id"] = weights_id(model)  # before BatchNorm folding: the checkpoint's own weights
     height = info["img_height"] or default_size[0]
     width = info["img_width"] or default_size[1]
     info = dict(info, img_height=height, img_width=width, transform=family, size_assumed=assumed)
     return model.fuse().to(device), info
+
+
+def weights_id(model):
+    """The identity of a model's weights: a short SHA-256 of its state_dict (names, shapes, dtypes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+PROVENANCE_KEYS = ("weights_id", "variant", "img_height", "img_width", "transform", "flip", "dtype")
+
+
+def provenance(weights_id, variant, img_height, img_width, transform, flip, dtype):
+    """What produced a set of features (stored with them in an .npz): features compare only when every
+    field agrees."""
+    return dict(zip(PROVENANCE_KEYS, (weights_id, variant, int(img_height), int(img_width), transform, bool(flip),
+                                      dtype)))
+
+
+def provenance_differences(a, b):
+    """[(field, a's value, b's value)] of the PROVENANCE_KEYS on which two provenances differ."""
+    return [(k, a.get(k), b.get(k)) for k in PROVENANCE_KEYS if a.get(k) != b.get(k)]
+
+
+def read_provenance(data):
+    """The provenance stored in an opened .npz (np.load), or None when it records none."""
+    if "provenance" not in data.files:
+        return None
+    try:
+        value = json.loads(str(data["provenance"]))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @torch.no_grad()  # not inference_mode: a compiled graph's frozen weights are made outside it
@@ -251,6 +298,14 @@ class FeatureExtractor:
     @property
     def feature_dim(self):
         return self.model.feature_dim
+
+    @property
+    def provenance(self):
+        """What produces these features (see provenance()): the weights, variant, input, transform, flip, dtype."""
+        if "weights_id" not in self.info:
+            self.info["weights_id"] = weights_id(self.model)
+        return provenance(self.info["weights_id"], self.model.net, self.img_height, self.img_width, self.family,
+                          self.flip, self.dtype)
 
     # -- inputs -----------------------------------------------------------------------------------
     def decode(self, image, bgr=False):

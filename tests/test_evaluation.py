@@ -462,7 +462,11 @@ def test_save_features_of_the_single_split_datasets(capsys, weights, data_root, 
     run(capsys, dataset, "--weights", weights, "--dataset-root", data_root, *SMALL, "--trials", "2",
         "--save-features", str(npz))
     saved = np.load(npz)
-    assert sorted(saved.files) == sorted(f"{split}_{k}" for k in ("features", "paths", "pids", "camids"))
+    assert sorted(saved.files) == sorted([f"{split}_{k}" for k in ("features", "paths", "pids", "camids")] +
+                                         ["provenance"])
+    made_by = features.read_provenance(saved)
+    assert made_by["variant"] == "small" and made_by["dtype"] == "float32" and made_by["flip"] is True
+    assert made_by["weights_id"] == features.load_for_inference(weights)[1]["weights_id"]
     assert len(saved[f"{split}_paths"]) == len(saved[f"{split}_features"]) == len(saved[f"{split}_pids"]) > 0
 
 

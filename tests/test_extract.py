@@ -42,7 +42,7 @@ def test_query_features_equal_the_test_scripts(setup, capsys, tmp_path):
                        "--out", out_path, *SMALL)
     assert code == 0 and "input 64x32 (reid test transform), 1920-d features, flip-averaged" in out
     saved = np.load(out_path)
-    assert sorted(saved.files) == ["camids", "features", "paths", "pids"]
+    assert sorted(saved.files) == ["camids", "features", "paths", "pids", "provenance"]
 
     # the test script's query features: its model loading and its data loading
     model, _, size = eval_cli.load_model(weights, torch.device("cpu"), default_size=(256, 128), img_height=64,
@@ -76,7 +76,7 @@ def test_glob_list_and_ids(setup, capsys, tmp_path):
     shutil.copy(os.path.join(query, names[0]), plain / "a.jpg")
     code, out, _ = run(capsys, "--weights", weights, "--images", str(plain), "--out", str(tmp_path / "p.npz"), *SMALL)
     assert code == 0 and "images: 1 from" in out and "with ids" not in out
-    assert sorted(np.load(tmp_path / "p.npz").files) == ["features", "paths"]
+    assert sorted(np.load(tmp_path / "p.npz").files) == ["features", "paths", "provenance"]
 
 
 def test_unreadable_images_are_left_out(setup, capsys, tmp_path):

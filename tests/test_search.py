@@ -1,12 +1,16 @@
 """search.py: ranked gallery paths with scores (from images or an extract.py .npz), rank-list pictures,
 and every usage error's message."""
+import json
 import os
 
 import numpy as np
 import pytest
+import torch
 
 import extract
 import search
+from evaluation import features
+from network import DBN, make_checkpoint
 from conftest import untrained_market_weights
 
 SMALL = ["--num-workers", "0", "--device", "cpu"]
@@ -88,3 +92,78 @@ def test_usage_errors(setup, capsys, tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     assert f"cannot read {tmp_path / 'broken.npz'} as an .npz file" in error("--gallery", str(tmp_path / "broken.npz"))
     assert "not found: nowhere.jpg" in error("--gallery", npz, "--query", "nowhere.jpg")
+
+
+# --- features from another model or preprocessing ---------------------------------------------------------
+
+def rewrite_provenance(src, dst, **changes):
+    with np.load(src) as data:
+        arrays = {k: data[k] for k in data.files}
+    made_by = json.loads(str(arrays["provenance"]))
+    made_by.update(changes)
+    arrays["provenance"] = np.array(json.dumps(made_by))
+    np.savez(dst, **arrays)
+    return made_by
+
+
+def test_extract_records_what_produced_the_features(setup):
+    weights, _, npz, _ = setup
+    with np.load(npz) as data:
+        made_by = json.loads(str(data["provenance"]))
+    model, info = features.load_for_inference(weights)
+    assert made_by == {"weights_id": info["weights_id"], "variant": "small", "img_height": 64, "img_width": 32,
+                       "transform": "reid", "flip": True, "dtype": "float32"}
+    assert len(info["weights_id"]) == 16 and info["weights_id"] == features.weights_id(DBN.from_checkpoint(weights)[0])
+
+
+def test_a_gallery_of_another_model_is_refused_naming_both_sides(setup, capsys, tmp_path):
+    weights, gallery, npz, queries = setup
+    torch.manual_seed(1)  # another model of the same variant: features of the same size, other weights and input
+    other = str(tmp_path / "other.pth")
+    torch.save(make_checkpoint(DBN(num_classes=3, pretrained=None), 32, 16, dataset="market1501", transform="reid"),
+               other)
+    ours, theirs = features.load_for_inference(weights)[1]["weights_id"], features.load_for_inference(other)[1]["weights_id"]
+    assert ours != theirs
+    code = search.main(["--weights", other, "--query", *queries, "--gallery", npz, *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert (f"search.py: error: {npz} was extracted by another model or preprocessing than the queries (weights_id: "
+            f"{ours} (gallery) vs {theirs} (queries); img_height: 64 (gallery) vs 32 (queries); img_width: 32 "
+            "(gallery) vs 16 (queries))") in err
+    assert "pass --allow-mixed to search it on purpose" in err
+    assert search.main(["--weights", other, "--query", *queries, "--gallery", npz, "--allow-mixed", *SMALL]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: --allow-mixed: searching features of another model or preprocessing (weights_id" in err
+    assert len(ranked(out)) == 2
+
+
+@pytest.mark.parametrize("field, value", [("dtype", "bfloat16"), ("flip", False), ("transform", "metric")])
+def test_a_gallery_of_other_preprocessing_or_precision_is_refused(setup, capsys, tmp_path, field, value):
+    weights, _, npz, queries = setup
+    mixed = str(tmp_path / "mixed.npz")
+    rewrite_provenance(npz, mixed, **{field: value})
+    assert search.main(["--weights", weights, "--query", *queries, "--gallery", mixed, *SMALL]) == 2
+    err = capsys.readouterr().err
+    queries_value = {"dtype": "float32", "flip": True, "transform": "reid"}[field]
+    assert f"({field}: {value} (gallery) vs {queries_value} (queries))" in err
+
+
+def test_a_gallery_that_records_nothing_is_searched_with_a_warning(setup, capsys, tmp_path):
+    weights, _, npz, queries = setup
+    bare = str(tmp_path / "bare.npz")
+    with np.load(npz) as data:
+        np.savez(bare, **{k: data[k] for k in data.files if k != "provenance"})
+    assert search.main(["--weights", weights, "--query", *queries, "--gallery", bare, *SMALL]) == 0
+    out, err = capsys.readouterr()
+    assert f"warning: {bare} records nothing of the model that produced its features" in err
+    assert len(ranked(out)) == 2
+
+
+def test_the_test_scripts_features_record_what_produced_them(tmp_path):
+    from evaluation.evaluator import save_features
+    made_by = features.provenance("abc", "small", 64, 32, "reid", True, "float32")
+    save_features(str(tmp_path / "f.npz"), made_by, query=(np.zeros((1, 4)), [("q.jpg", 1, 2)]),
+                  gallery=(np.zeros((2, 4)), [("g1.jpg", 1, 3), ("g2.jpg", 4, 2)]))
+    with np.load(tmp_path / "f.npz") as data:
+        assert features.read_provenance(data) == made_by
+        assert data["gallery_pids"].tolist() == [1, 4]
