@@ -18,12 +18,10 @@ import argparse
 import copy
 import math
 import os
-import random
 import signal
 import sys
 import time
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
@@ -34,6 +32,7 @@ from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_datas
 from datasets.image_dataset import ImageDataset, collate_skip
 from datasets.sampler import PKSampler
 from datasets.seeded import SeededBatches, SeededDataset
+from datasets.synthetic import regenerate_hint
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from losses import ReIDLoss
 from network import DBN, VARIANTS, CheckpointError, released_path
@@ -42,7 +41,7 @@ from network.flops import model_summary
 from training.flags import (DEMO, amp_settings, check_resume_args, check_sync_bn, epochs_type, freeze_words, gpus_type,
                             json_form, missing_pretrained, parse_with_defaults, training_device)
 from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
-                             save_training_state)
+                             save_training_state, seed_everything)
 from training.run_files import (append_log, check_save_path, check_training_images, dry_run_line, ensure_demo_data,
                                 evaluate_command, release_run_lock, remove_earlier_run, save_model, saved_state)
 from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
@@ -139,12 +138,6 @@ def parse_args(argv=None):
 
 # --- setup ------------------------------------------------------------------------------------
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def build_model(args, num_classes):
     pretrained = None if args.pretrained == "none" else args.pretrained
     if pretrained == "auto":  # missing_pretrained() has let a run through: use the file if it is there
@@ -163,13 +156,13 @@ def build_train_set(dataset, args):
 
 
 def build_sampler(dataset, args, dist_info):
-    labels = [item[1] for item in dataset.train]
     try:
-        return PKSampler(labels, args.batch_size, args.instance_num, seed=args.seed, rank=dist_info.rank,
-                         world_size=dist_info.world_size, views=dataset.sampler_views())
+        return PKSampler([item[1] for item in dataset.train], args.batch_size, args.instance_num, seed=args.seed,
+                         rank=dist_info.rank, world_size=dist_info.world_size, views=dataset.sampler_views())
     except ValueError as err:  # a batch that does not split over the processes, too few identities: usage
-        raise UsageError(f"--batch-size {args.batch_size} --instance-num {args.instance_num} on {dist_info.world_size} "
-                         f"process(es): {err}") from None
+        hint = regenerate_hint(dataset.root, args.batch_size // args.instance_num)
+        raise UsageError(f"--batch-size {args.batch_size} --instance-num {args.instance_num} on "
+                         f"{dist_info.world_size} process(es): {err}{hint}") from None
 
 
 def build_loader(train_set, sampler, args, epoch, dist_info, device, skip=0):

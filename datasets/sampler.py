@@ -60,9 +60,12 @@ class PKSampler(torch.utils.data.Sampler):
         if not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         if batch_size % (k * world_size):
+            step = k * world_size
+            lower, upper = batch_size // step * step, (batch_size // step + 1) * step
+            nearest = f"{lower} or {upper}" if lower >= 2 * step else f"{upper}"
             raise ValueError(f"batch_size {batch_size} must be a multiple of num_instances (K) x world_size = "
-                             f"{k} x {world_size} = {k * world_size}: each process's batch is whole identities "
-                             f"of K images")
+                             f"{k} x {world_size} = {step}: each process's batch is whole identities "
+                             f"of K images; the nearest valid batch_size: {nearest}")
         p_local = batch_size // (k * world_size)
         if p_local < 2:
             raise ValueError(f"a batch needs at least 2 identities per process (for the triplet loss), got "

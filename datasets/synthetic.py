@@ -22,6 +22,7 @@ brightness, blur, scale and viewpoint, so matching across cameras is learnable b
 Everything is drawn from one numpy generator seeded by (seed, dataset), so a seed gives identical files.
 """
 import argparse
+import json
 import os
 import sys
 import zlib
@@ -287,7 +288,11 @@ def _write_custom(folder, rng, ids, images_per_id, cameras, layout):
             _write_lines(os.path.join(folder, f"{split}.txt"), lines)
 
 
-def generate(name, root, ids=8, images_per_id=4, cameras=2, seed=0, layout="market"):
+MARKER = ".synthetic.json"  # in the data set folder: the arguments it was generated with
+DEFAULT_IDS = 64  # enough for every command of the README (VehicleID's batch of 256 = 64 identities x 4)
+
+
+def generate(name, root, ids=DEFAULT_IDS, images_per_id=4, cameras=2, seed=0, layout="market"):
     """Write a synthetic `name` data set under `root/<dataset folder>` and return that folder.
 
     `layout` (see LAYOUTS): for msmt17 "market" (bounding_box_train / query / bounding_box_test, as
@@ -322,14 +327,40 @@ def generate(name, root, ids=8, images_per_id=4, cameras=2, seed=0, layout="mark
         writer = {"vehicleid": _write_vehicleid, "car196": _write_cars, "cub200": _write_cub,
                   "university1652": _write_university}[name]
         writer(folder, rng, ids, images_per_id, cameras)
+    with open(os.path.join(folder, MARKER), "w") as f:
+        json.dump(dict(dataset=name, ids=ids, images_per_id=images_per_id, cameras=cameras, seed=seed, layout=layout), f)
     return folder
+
+
+def generated_with(folder):
+    """The arguments `generate` wrote `folder` with (its MARKER file), or None for other data."""
+    try:
+        with open(os.path.join(folder, MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def regenerate_hint(folder, identities):
+    """For a batch that needs more `identities` than the data has: how to generate `folder` again with
+    enough of them, when this module generated it (else "")."""
+    made = generated_with(folder)
+    if made is None or made.get("ids", 0) >= identities:
+        return ""
+    folder, sub = os.path.normpath(folder), os.path.normpath(FOLDERS[made["dataset"]])
+    root = folder[:-len(sub)].rstrip(os.sep) or "." if folder.endswith(sub) else os.path.dirname(folder)
+    return (f". The data in {folder} was generated with --ids {made['ids']}: generate it again with enough "
+            f"identities, e.g. python -m datasets.synthetic --dataset {made['dataset']} --root {root} "
+            f"--ids {max(identities, DEFAULT_IDS)} (into an empty folder)")
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="Write a synthetic data set in the official on-disk layout of --dataset.")
     p.add_argument("--dataset", required=True, choices=NAMES + ("all",), help="data set layout to write, or all")
     p.add_argument("--root", required=True, help="--dataset-root to write under (the data set folder is created)")
-    p.add_argument("--ids", type=int, default=8, help="training identities / classes; the test split gets as many")
+    p.add_argument("--ids", type=int, default=DEFAULT_IDS,
+                   help="training identities / classes (the test split gets as many); the default fills every "
+                        "README command's P x K batch")
     p.add_argument("--images-per-id", type=int, default=4, help="images of each identity")
     p.add_argument("--cameras", type=int, default=2, help="cameras the images of an identity are spread over")
     p.add_argument("--seed", type=int, default=0, help="same seed, identical files")

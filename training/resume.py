@@ -51,6 +51,13 @@ def load_training_checkpoint(path):
     return checkpoint
 
 
+def seed_everything(seed):
+    """Seed Python's, numpy's and torch's generators (train.py: the same initial weights in every process)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state():
     """Every random state of this process, as tensors and plain Python values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
