@@ -48,7 +48,7 @@ from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag,
                                 non_finite_loss, too_many_skipped)
 from training.schedule import averaging_start, build_scheduler
 from utils import distributed
-from utils.cli import BooleanFlag, HelpFormatter, default_workers
+from utils.cli import BooleanFlag, HelpFormatter
 from utils.console import show_warnings_as_lines
 from utils.malloc import tune_allocator
 
@@ -84,8 +84,10 @@ def get_args_parser(add_help=True):
     g.add_argument("--img-height", default=256, type=int, help="input height")
     g.add_argument("--img-width", default=128, type=int, help="input width")
     g.add_argument("--instance-num", default=4, type=int, help="K: images per identity in a batch")
-    g.add_argument("--num-workers", default=default_workers(), type=int,
-                   help="data loading processes (0: in the main process); 4, or the available cores if fewer")
+    g.add_argument("--num-workers", default=None, type=int,
+                   help="data loading processes (0: in the main process). Default: with CUDA 4, or the available "
+                        "cores if fewer; on the CPU 0, since loader processes take the cores the training's own "
+                        "threads use (see docs/performance.md)")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", default=64, type=int,

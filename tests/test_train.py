@@ -114,10 +114,20 @@ def test_a_no_flag_takes_no_value(capsys):
 
 
 def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU run keeps its loader processes
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert train.parse_args([]).num_workers == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert train.parse_args([]).num_workers == 4
+    assert train.parse_args(["--num-workers", "3"]).num_workers == 3
+
+
+def test_num_workers_default_is_0_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert train.parse_args(["--device", "cpu"]).num_workers == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.parse_args([]).num_workers == 0
+    assert train.parse_args(["--device", "cpu", "--num-workers", "2"]).num_workers == 2
 
 
 def test_defaults_match_the_release():

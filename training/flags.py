@@ -12,7 +12,7 @@ from training.resume import load_training_checkpoint
 from training.run_state import UsageError
 from training.schedule import averaging_start, lr_factor
 from utils import distributed
-from utils.cli import check_gpu, require_at_least
+from utils.cli import check_gpu, default_workers, require_at_least
 from utils.device import pick_device
 
 
@@ -83,6 +83,8 @@ def check_args(args, parser):
     problem = out_of_range(erasing=args.erasing, drop=args.drop, drop_path=args.drop_path)
     if problem:
         parser.error(f"--{problem[0].replace('_', '-')} {problem[1]}")
+    if args.num_workers is None:  # loader processes help a GPU run; on the CPU they compete with the training
+        args.num_workers = default_workers() if args.device != "cpu" and torch.cuda.is_available() else 0
     require_at_least(parser, args, 0, "std", "num_workers")
     if args.pretrained not in ("none", "auto") and not os.path.isfile(args.pretrained):
         parser.error(f"--pretrained {args.pretrained}: file not found (give a backbone file, 'auto' or 'none')")
