@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import rel, touch, write
+from tests.helpers import rel, touch, write
 from datasets import DATASET_NAMES, DatasetError, build_dataset
 from datasets.car196 import read_annotations
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import rel, touch, write
+from tests.helpers import rel, touch, write
 from datasets import DatasetError, build_dataset
 from datasets.custom import NO_CAMERA
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from network import DBN, kernels
 from network.levit import InferenceConv, LocalEnhanceAttention
 
-from conftest import ROOT, with_formula_weights
+from tests.helpers import ROOT, with_formula_weights
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="the native kernels could not be built here")
 

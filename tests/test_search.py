@@ -7,19 +7,19 @@ import pytest
 
 import extract
 import search
-from conftest import untrained_market_weights
 
 SMALL = ["--num-workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    weights = untrained_market_weights(root)
-    gallery = os.path.join(str(root), "market1501", "bounding_box_test")
-    npz = str(root / "gallery.npz")
+def search_inputs(small_market_root, dbn_checkpoint, tmp_path_factory):
+    """(weights, gallery folder, its extract.py .npz, two query images) of conftest's small Market-1501 and
+    seeded DBN checkpoint."""
+    weights = dbn_checkpoint
+    gallery = os.path.join(small_market_root, "market1501", "bounding_box_test")
+    npz = str(tmp_path_factory.mktemp("search") / "gallery.npz")
     assert extract.main(["--weights", weights, "--images", gallery, "--out", npz, *SMALL]) == 0
-    query = os.path.join(str(root), "market1501", "query")
+    query = os.path.join(small_market_root, "market1501", "query")
     return weights, gallery, npz, [os.path.join(query, n) for n in sorted(os.listdir(query))[:2]]
 
 
@@ -35,8 +35,8 @@ def ranked(out):
     return blocks
 
 
-def test_ranks_by_feature_similarity_from_images_or_npz(setup, capsys, tmp_path):
-    weights, gallery, npz, queries = setup
+def test_ranks_by_feature_similarity_from_images_or_npz(search_inputs, capsys, tmp_path):
+    weights, gallery, npz, queries = search_inputs
     assert search.main(["--weights", weights, "--query", *queries, "--gallery", npz, "--topk", "4", *SMALL,
                         "--vis", str(tmp_path / "figs")]) == 0
     from_npz = ranked(capsys.readouterr().out)
@@ -56,8 +56,8 @@ def test_ranks_by_feature_similarity_from_images_or_npz(setup, capsys, tmp_path)
     assert [r[1] for r in rows] == pytest.approx(scores[order].tolist(), abs=1e-4)
 
 
-def test_dry_run_and_topk_larger_than_the_gallery(setup, capsys):
-    weights, gallery, npz, queries = setup
+def test_dry_run_and_topk_larger_than_the_gallery(search_inputs, capsys):
+    weights, gallery, npz, queries = search_inputs
     assert search.main(["--weights", weights, "--query", queries[0], "--gallery", npz, "--dry-run", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "queries: 1; gallery: 10 images from" in out and "dry run: nothing searched" in out
@@ -65,8 +65,8 @@ def test_dry_run_and_topk_larger_than_the_gallery(setup, capsys):
     assert len(ranked(capsys.readouterr().out)[0][1]) == 10
 
 
-def test_usage_errors(setup, capsys, tmp_path):
-    weights, gallery, npz, queries = setup
+def test_usage_errors(search_inputs, capsys, tmp_path):
+    weights, gallery, npz, queries = search_inputs
     base = ["--weights", weights, "--query", queries[0], *SMALL]
     with pytest.raises(SystemExit) as info:
         search.main([*base, "--gallery", npz, "--topk", "0"])
