@@ -380,7 +380,7 @@ def attention_inputs(batch, channels, height, width, heads, seed=0):
 def test_window_attention_equals_the_torch_path_and_the_reference(batch, channels, height, width, heads):
     """float32: the kernel's output equals LocalEnhanceAttention's torch path (SDPA, taken with
     gradients on) and the per-window reference within float32 rounding, border windows included."""
-    from test_network import reference_attention
+    from tests.test_network import reference_attention
     attn, q, k, v = attention_inputs(batch, channels, height, width, heads)
     with torch.no_grad():
         if not kernels.window_attention_applies(q, k, v, heads, 8):
