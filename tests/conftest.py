@@ -1,22 +1,16 @@
-"""Shared fixtures and helpers: the repository root, generated training data, the flags of a
-tiny train.py run (tests/test_train.py, tests/test_distributed.py), and the golden example's weight
-formula (deterministic, well-spread random weights for any model).
+"""Shared fixtures (the helpers are in tests/helpers.py): the repository root, the golden example's
+folder, generated datasets and the checkpoint file of a seeded untrained DBN. Read-only ones are
+built once per session.
 
-The repository root is on sys.path through pytest.ini (`pythonpath = .`).
+Each fixture name means one thing across the suite; a test module that needs something else
+builds it under a name of its own.
 """
-import math
-import os
-import signal
-import subprocess
-
 import pytest
 import torch
 
 from datasets.synthetic import generate
-from network import DBN, make_checkpoint
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_DIR = os.path.join(ROOT, "tests", "data")
+from network import make_checkpoint
+from tests.helpers import DATA_DIR, ROOT, seeded_dbn
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +20,7 @@ def repo_root():
 
 @pytest.fixture(scope="session")
 def data_dir():
+    """tests/data: the golden example and the state_dict layouts."""
     return DATA_DIR
 
 
@@ -42,121 +37,30 @@ def native_kernels():
     pytest.skip(f"the native kernels are not available here: {reason}")
 
 
-@pytest.fixture(scope="module")
-def data_root(request, tmp_path_factory):
-    """Root of a synthetic Market-1501 of 8 identities x IMAGES_PER_ID (a constant of the test module)
-    images over 2 cameras, generated once per module."""
-    root = str(tmp_path_factory.mktemp("data"))
-    generate("market1501", root, ids=8, images_per_id=request.module.IMAGES_PER_ID, cameras=2, seed=0)
+@pytest.fixture(scope="session")
+def dbn_checkpoint(tmp_path_factory):
+    """Path of the --save-path file (network.make_checkpoint) of seeded_dbn(): an untrained LEViT-S DBN of
+    3 classes, seed 0, described as trained at 64x32 on market1501 with the 'reid' transforms. Built
+    once per session; the global random generator is left as it was."""
+    path = str(tmp_path_factory.mktemp("dbn_checkpoint") / "ema.pth")
+    with torch.random.fork_rng(devices=[]):
+        torch.save(make_checkpoint(seeded_dbn(), 64, 32, dataset="market1501", transform="reid"), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_market_root(tmp_path_factory):
+    """Root of a synthetic Market-1501 of 3 identities x 4 images over 2 cameras (seed 0), generated once
+    per session; read-only (extract.py, search.py)."""
+    root = str(tmp_path_factory.mktemp("small_market"))
+    generate("market1501", root, ids=3, images_per_id=4, cameras=2, seed=0)
     return root
 
 
-def tiny_run(root, save_path, *extra, batch_size, epochs, ema_ratio, ema_extra):
-    """train.py's flags of a tiny run: LEViT-S from scratch at 32x16 on the CPU, seed 3, P x K batches of
-    K = 4, on the data under `root`, saving to `save_path`; `extra` flags come last (and win)."""
-    return ["--dataset", "market1501", "--net", "small", "--pretrained", "none", "--img-height", "32",
-            "--img-width", "16", "--batch-size", str(batch_size), "--instance-num", "4", "--lr", "0.05",
-            "--epochs", epochs, "--ema-ratio", str(ema_ratio), "--ema-extra", str(ema_extra), "--erasing", "0.3",
-            "--device", "cpu", "--num-workers", "0", "--seed", "3",
-            "--dataset-root", root, "--save-path", str(save_path), *extra]
-
-
-def start(command, **kwargs):
-    """subprocess.Popen of `command` in the repository root, one thread, unbuffered, output captured as text."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kwargs)
-
-
-def finish(proc, timeout):
-    """(exit status, stdout, stderr) of a subprocess.Popen; past `timeout` seconds it is killed (its whole
-    session when it was started in one of its own) and TimeoutExpired is raised."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.communicate()
-        raise
-    return proc.returncode, out, err
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_state(a, b):
-    """Same weights: two state_dicts, or the "state_dict" of two --save-path files."""
-    a, b = (x["state_dict"] if "format" in x else x for x in (a, b))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def untrained_market_weights(root):
-    """A synthetic Market-1501 of 3 identities x 4 images under `root` and, beside it, ema.pth: a seeded
-    untrained DBN's checkpoint at 64x32; returns the checkpoint's path (extract.py, search.py)."""
-    generate("market1501", str(root), ids=3, images_per_id=4, cameras=2, seed=0)
-    torch.manual_seed(0)
-    weights = os.path.join(str(root), "ema.pth")
-    torch.save(make_checkpoint(DBN(num_classes=3, pretrained=None), 64, 32, dataset="market1501", transform="reid"),
-               weights)
-    return weights
-
-
-# --- dataset folders written by hand (tests/test_datasets.py, tests/test_datasets_custom.py) ----------
-
-def touch(root, *paths):
-    for path in paths:
-        path = os.path.join(root, path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        open(path, "wb").close()
-
-
-def write(path, lines):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-
-
-def rel(items, root):
-    """Items with paths relative to `root`, for comparing against hand-written expectations."""
-    return [(os.path.relpath(p, root), label, camid) for p, label, camid in items]
-
-
-def make_weights(spec, seed):
-    """The worked example's weight formula: entry i drawn from a generator seeded seed*100003+i."""
-    out = {}
-    for i, (key, shape, dtype) in enumerate(spec):
-        g = torch.Generator().manual_seed(seed * 100003 + i)
-        shape = tuple(shape)
-        if dtype == "int64":
-            out[key] = torch.zeros(shape, dtype=torch.long)
-            continue
-        if key.endswith("running_var"):
-            t = 0.5 + torch.rand(shape, generator=g)
-        elif key.endswith("running_mean"):
-            t = 0.1 * torch.randn(shape, generator=g)
-        elif key.endswith("logit_scale"):
-            t = math.log(10.0) + 0.1 * torch.randn(shape, generator=g)
-        elif len(shape) == 4:  # conv: He scaling on the fan-in
-            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
-        elif len(shape) == 2:
-            t = 0.01 * torch.randn(shape, generator=g)
-        elif key.endswith(".weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        else:
-            t = 0.05 * torch.randn(shape, generator=g)
-        out[key] = t.float()
-    return out
-
-
-def spec_of(model):
-    return [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
-
-
-def with_formula_weights(model, seed=3):
-    model.load_state_dict(make_weights(spec_of(model), seed))
-    return model.eval()
+@pytest.fixture(scope="module")
+def training_root(request, tmp_path_factory):
+    """Root of a synthetic Market-1501 of 8 identities x IMAGES_PER_ID (a constant of the test module)
+    images over 2 cameras (seed 0), generated once per module: train.py's tiny runs."""
+    root = str(tmp_path_factory.mktemp("training_data"))
+    generate("market1501", root, ids=8, images_per_id=request.module.IMAGES_PER_ID, cameras=2, seed=0)
+    return root

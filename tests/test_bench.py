@@ -204,7 +204,7 @@ def test_osnet_x1_0_has_the_published_size():
 
 def test_release_style_dbn_gives_the_same_features():
     """The release-style stand-in (explicit attention, NCHW, BN not folded) computes our network."""
-    from conftest import with_formula_weights
+    from tests.helpers import with_formula_weights
     from benchmarks.peers import ExplicitAttention, release_style
     model = with_formula_weights(DBN(751, net="small", pretrained=None))
     peer = release_style(model)

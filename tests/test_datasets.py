@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import rel, touch, write
 from datasets import DATASET_NAMES, DatasetError, build_dataset
 from datasets.car196 import read_annotations
+from tests.helpers import rel, touch, write
 
 
 def market_tree(root, folder="market1501", splits=("bounding_box_train", "query", "bounding_box_test"),

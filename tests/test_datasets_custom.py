@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from conftest import rel, touch, write
 from datasets import DatasetError, build_dataset
 from datasets.custom import NO_CAMERA
+from tests.helpers import rel, seeded_dbn, touch, write
 
 
 def folder_tree(root):
@@ -171,7 +171,6 @@ def test_test_custom_evaluates_query_and_gallery_without_train(tmp_path, capsys)
     import torch
 
     from datasets.synthetic import generate
-    from network import DBN
     from evaluation import cli as eval_cli
     folder = generate("custom", str(tmp_path), ids=3, images_per_id=4, cameras=2, layout="lists")
     os.remove(os.path.join(folder, "train.txt"))
@@ -180,9 +179,8 @@ def test_test_custom_evaluates_query_and_gallery_without_train(tmp_path, capsys)
         lines = [" ".join(line.split()[:2]) for line in open(path)]
         write(path, lines)
     shutil.rmtree(os.path.join(folder, "images", "0001"))  # a training identity, listed nowhere now
-    torch.manual_seed(0)
     weights = str(tmp_path / "w.pth")
-    torch.save(DBN(num_classes=3, pretrained=None).state_dict(), weights)
+    torch.save(seeded_dbn().state_dict(), weights)  # bare weights: the size comes from the flags
     metrics = eval_cli.main("custom", ["--weights", weights, "--dataset-root", folder, "--img-height", "64",
                                          "--img-width", "32", "--num-workers", "0", "--device", "cpu"])
     out = capsys.readouterr().out

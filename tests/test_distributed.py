@@ -14,14 +14,13 @@ import time
 import pytest
 import torch
 
-import conftest
-import ddp_first_step
-from conftest import ROOT, assert_same_state, load, start, tiny_run
+from tests import ddp_first_step, helpers
+from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 # LEViT-S from scratch at 32x16 on 8 ids x 16 images; global batch 4 ids x 4 images = 2 ids per
 # process; 4 passes x 2 batches = 8 steps per epoch; epochs 1 and 2 both averaged
-IMAGES_PER_ID = 16  # of the data_root fixture (conftest)
+IMAGES_PER_ID = 16  # of the training_root fixture (tests/conftest.py)
 STEPS = 8
 TIMEOUT = 240
 tiny = functools.partial(tiny_run, batch_size=16, epochs="1,2", ema_ratio=0.5, ema_extra=0)
@@ -33,7 +32,7 @@ def torchrun(argv, script="train.py"):
 
 
 def finish(proc, timeout=TIMEOUT):
-    return conftest.finish(proc, timeout)
+    return helpers.finish(proc, timeout)
 
 
 def wait_for(path, proc, timeout=TIMEOUT):
@@ -72,16 +71,16 @@ def bars_started(err, desc):
 # --- a run with two processes ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ddp_run(data_root, tmp_path_factory):
+def ddp_run(training_root, tmp_path_factory):
     """An uninterrupted 2-process run with the final evaluation: (folder, stdout, stderr)."""
     folder = tmp_path_factory.mktemp("ddp")
-    code, out, err = finish(torchrun(tiny(data_root, folder / "ema.pth")))
+    code, out, err = finish(torchrun(tiny(training_root, folder / "ema.pth")))
     assert code == 0, err
     return folder, out, err
 
 
 @pytest.mark.slow
-def test_torchrun_trains_averages_and_writes_an_evaluable_checkpoint(ddp_run, data_root):
+def test_torchrun_trains_averages_and_writes_an_evaluable_checkpoint(ddp_run, training_root):
     folder, out, _ = ddp_run
     assert "saved the average of 2 epochs' weights (1..2)" in out
     last = load(folder / "ema_last.pth")
@@ -96,7 +95,7 @@ def test_torchrun_trains_averages_and_writes_an_evaluable_checkpoint(ddp_run, da
     # the test script evaluates the checkpoint to the numbers rank 0 printed at the end of training
     script = subprocess.run([sys.executable, os.path.join(ROOT, "test_market1501.py"), "--weights",
                              str(folder / "ema.pth"), "--net", "small", "--img-height", "32", "--img-width", "16",
-                             "--dataset-root", data_root, "--device", "cpu", "--num-workers", "0"],
+                             "--dataset-root", training_root, "--device", "cpu", "--num-workers", "0"],
                             cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                             timeout=TIMEOUT)
     assert script.returncode == 0, script.stderr
@@ -122,9 +121,9 @@ def test_only_rank_0_prints(ddp_run):
 
 
 @pytest.mark.slow
-def test_ctrl_c_under_torchrun_checkpoints_and_resumes_exactly(ddp_run, data_root, tmp_path):
+def test_ctrl_c_under_torchrun_checkpoints_and_resumes_exactly(ddp_run, training_root, tmp_path):
     folder, _, _ = ddp_run
-    proc = torchrun(tiny(data_root, tmp_path / "ema.pth", "--no-eval"))
+    proc = torchrun(tiny(training_root, tmp_path / "ema.pth", "--no-eval"))
     last = tmp_path / "ema_last.pth"
     assert wait_for(last, proc), "the run ended before its first checkpoint"
     proc.send_signal(signal.SIGINT)  # torchrun passes it on to both processes
@@ -134,7 +133,7 @@ def test_ctrl_c_under_torchrun_checkpoints_and_resumes_exactly(ddp_run, data_roo
     checkpoint = load(last)
     assert checkpoint["epoch"] == 1 and 1 <= checkpoint["step"] < STEPS and len(checkpoint["rng"]) == 2
 
-    code, out, err = finish(torchrun(["--resume", str(last), "--no-eval", "--dataset-root", data_root,
+    code, out, err = finish(torchrun(["--resume", str(last), "--no-eval", "--dataset-root", training_root,
                                       "--save-path", str(tmp_path / "ema.pth")]))
     assert code == 0, err
     assert sum(line.startswith("resume: ") for line in out.splitlines()) == 1
@@ -144,7 +143,7 @@ def test_ctrl_c_under_torchrun_checkpoints_and_resumes_exactly(ddp_run, data_roo
 
 
 @pytest.mark.slow
-def test_two_machines_with_c10d_rendezvous_match_one_machine(ddp_run, data_root, tmp_path):
+def test_two_machines_with_c10d_rendezvous_match_one_machine(ddp_run, training_root, tmp_path):
     """Two torchrun agents ("machines", one process each) meeting at a c10d rendezvous on this host."""
     folder, _, _ = ddp_run
     with socket.socket() as s:
@@ -152,7 +151,7 @@ def test_two_machines_with_c10d_rendezvous_match_one_machine(ddp_run, data_root,
         port = s.getsockname()[1]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                 "--rdzv-id", "test-run", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
-    argv = [os.path.join(ROOT, "train.py"), *tiny(data_root, tmp_path / "ema.pth", "--no-eval")]
+    argv = [os.path.join(ROOT, "train.py"), *tiny(training_root, tmp_path / "ema.pth", "--no-eval")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     nodes = [subprocess.Popen([*launcher, *argv], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, start_new_session=True) for _ in range(2)]
@@ -176,8 +175,8 @@ def test_demo_data_is_generated_once_and_every_rank_waits_for_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_sync_bn_on_the_cpu_is_refused_with_the_reason(data_root, tmp_path):
-    code, out, err = finish(torchrun(tiny(data_root, tmp_path / "ema.pth", "--sync-bn")))
+def test_sync_bn_on_the_cpu_is_refused_with_the_reason(training_root, tmp_path):
+    code, out, err = finish(torchrun(tiny(training_root, tmp_path / "ema.pth", "--sync-bn")))
     assert code != 0
     codes = reported_exit_codes(err)  # the usage error's status; torchrun stops the other rank if it is slower
     assert 2 in codes.values() and set(codes.values()) <= {2, -signal.SIGTERM}, codes
@@ -188,17 +187,17 @@ def test_sync_bn_on_the_cpu_is_refused_with_the_reason(data_root, tmp_path):
 
 # --- sharding and reduction -------------------------------------------------------------------------
 
-def test_a_batch_too_small_for_the_processes_is_a_usage_error(data_root):
+def test_a_batch_too_small_for_the_processes_is_a_usage_error(training_root):
     import train
     from datasets import build_dataset
     from utils.distributed import DistInfo
-    args = train.parse_args(tiny(data_root, "unused.pth", "--batch-size", "8"))  # 2 ids x 4: valid in one process
-    dataset = build_dataset("market1501", data_root)
+    args = train.parse_args(tiny(training_root, "unused.pth", "--batch-size", "8"))  # 2 ids x 4: valid in one process
+    dataset = build_dataset("market1501", training_root)
     assert len(train.build_sampler(dataset, args, DistInfo())) == 16
     with pytest.raises(train.UsageError, match=r"--batch-size 8 --instance-num 4 on 2 process\(es\): a batch "
                                                r"needs at least 2 identities per process.*batch_size >= 16"):
         train.build_sampler(dataset, args, DistInfo(True, 0, 2, 0, "gloo"))
-    args = train.parse_args(tiny(data_root, "unused.pth", "--batch-size", "12"))  # 3 ids x 4: not 2 x whole ids
+    args = train.parse_args(tiny(training_root, "unused.pth", "--batch-size", "12"))  # 3 ids x 4: not 2 x whole ids
     with pytest.raises(train.UsageError, match=r"--batch-size 12 --instance-num 4 on 2 process\(es\): batch_size 12 "
                                                r"must be a multiple of num_instances \(K\) x world_size = 4 x 2 = 8"):
         train.build_sampler(dataset, args, DistInfo(True, 0, 2, 0, "gloo"))
@@ -257,8 +256,8 @@ def test_ddp_gradient_is_the_dataparallel_loss_gradient(tmp_path):
 # --- failure ------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_run_instead_of_hanging(data_root, tmp_path):
-    argv = tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--dist-timeout", "20")
+def test_a_killed_rank_ends_the_run_instead_of_hanging(training_root, tmp_path):
+    argv = tiny(training_root, tmp_path / "ema.pth", "--no-eval", "--dist-timeout", "20")
     argv[argv.index("--epochs") + 1] = "1,20"  # long enough to be killed in the middle
     proc = torchrun(argv)
     try:
@@ -283,8 +282,8 @@ def test_a_killed_rank_ends_the_run_instead_of_hanging(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_stalled_rank_makes_the_others_fail_after_dist_timeout(data_root, tmp_path):
-    argv = tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--dist-timeout", "5")
+def test_a_stalled_rank_makes_the_others_fail_after_dist_timeout(training_root, tmp_path):
+    argv = tiny(training_root, tmp_path / "ema.pth", "--no-eval", "--dist-timeout", "5")
     argv[argv.index("--epochs") + 1] = "1,20"
     proc = torchrun(argv)
     pids = {}

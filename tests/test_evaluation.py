@@ -4,6 +4,7 @@ Each script runs in-process through `main(dataset, argv)` at a 64x32 input; one 
 checks the exit status and the absence of a traceback.
 """
 import argparse
+import functools
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from PIL import Image
 from evaluation import cli as eval_cli
 from evaluation import evaluator as evaluation
 from evaluation import features
+from tests.helpers import seeded_dbn
 from utils import malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,22 +31,21 @@ RECALL_RE = re.compile(rf"^Recall@1:{NUM} Recall@2:{NUM} Recall@4:{NUM} Recall@8
 SMALL = ["--img-height", "64", "--img-width", "32", "--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
 
 
-def random_dbn(net="small", num_classes=7, seed=0):
-    from network import DBN
-    torch.manual_seed(seed)
-    return DBN(num_classes=num_classes, net=net, pretrained=None).eval()
+random_dbn = functools.partial(seeded_dbn, num_classes=7)  # random_dbn(net="small", seed=0): this module's DBN
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("weights") / "ema.pth")
+def bare_weights(tmp_path_factory):
+    """A bare state_dict of random_dbn(): no input size recorded (for a described checkpoint: conftest's
+    dbn_checkpoint)."""
+    path = str(tmp_path_factory.mktemp("bare_weights") / "ema.pth")
     torch.save(random_dbn().state_dict(), path)
     return path
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """Every dataset generated small under one root."""
+def datasets_root(tmp_path_factory):
+    """Every dataset generated small (6 identities x 4 images, 2 cameras) under one root."""
     from datasets.synthetic import generate
     root = str(tmp_path_factory.mktemp("data"))
     for name in DATASETS:
@@ -134,16 +135,16 @@ def brute_force_rank(qf, gf, q, g):
             "left_out": len(q) - len(aps)}
 
 
-def test_market1501_numbers_match_a_manual_pipeline(capsys, weights, data_root):
+def test_market1501_numbers_match_a_manual_pipeline(capsys, bare_weights, datasets_root):
     from datasets import build_dataset
     from datasets.transforms import build_transform
 
-    metrics, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL)
+    metrics, lines, _ = run(capsys, "market1501", "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL)
     assert RANK_RE.match(lines[-1]), lines[-1]
 
-    data = build_dataset("market1501", data_root)
+    data = build_dataset("market1501", datasets_root)
     model = random_dbn()
-    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.load_state_dict(torch.load(bare_weights, weights_only=True))
     transform = build_transform("reid", 64, 32, train=False)
 
     def features(items):
@@ -164,9 +165,9 @@ def test_market1501_numbers_match_a_manual_pipeline(capsys, weights, data_root):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
-def test_every_script_prints_its_line(capsys, weights, data_root, dataset):
+def test_every_script_prints_its_line(capsys, bare_weights, datasets_root, dataset):
     extra = {"vehicleid": ["--trials", "2"], "university1652": ["--direction", "drone2satellite"]}.get(dataset, [])
-    metrics, lines, _ = run(capsys, dataset, "--weights", weights, "--dataset-root", data_root, *SMALL, *extra)
+    metrics, lines, _ = run(capsys, dataset, "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL, *extra)
     if dataset in ("car196", "cub200"):
         values = [float(v) for v in RECALL_RE.match(lines[-1]).groups()]
         assert values[:4] == sorted(values[:4])  # Recall@K grows with K
@@ -183,8 +184,8 @@ def test_every_script_prints_its_line(capsys, weights, data_root, dataset):
         assert metrics["mINP"] == pytest.approx(np.mean([m["mINP"] for m in metrics["trials"]]))
 
 
-def test_rerank_and_plain_ap_change_only_the_numbers(capsys, weights, data_root):
-    common = ["--weights", weights, "--dataset-root", data_root, *SMALL]
+def test_rerank_and_plain_ap_change_only_the_numbers(capsys, bare_weights, datasets_root):
+    common = ["--weights", bare_weights, "--dataset-root", datasets_root, *SMALL]
     base, _, _ = run(capsys, "market1501", *common)
     plain, lines, _ = run(capsys, "market1501", *common, "--ap", "plain")
     assert RANK_RE.match(lines[-1])
@@ -194,9 +195,10 @@ def test_rerank_and_plain_ap_change_only_the_numbers(capsys, weights, data_root)
     assert reranked.keys() == base.keys() and reranked["left_out"] == base["left_out"]
 
 
-def test_vis_writes_rank_list_pictures(capsys, weights, data_root, tmp_path, monkeypatch):
+def test_vis_writes_rank_list_pictures(capsys, bare_weights, datasets_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL, "--vis", "2")
+    _, lines, _ = run(capsys, "market1501", "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL,
+                      "--vis", "2")
     pictures = sorted(os.listdir(tmp_path / "figs"))
     assert len(pictures) == 2 and all(re.match(r"market1501_rank_\d+\.png$", p) for p in pictures)
     with Image.open(tmp_path / "figs" / pictures[0]) as picture:
@@ -205,13 +207,13 @@ def test_vis_writes_rank_list_pictures(capsys, weights, data_root, tmp_path, mon
     assert RANK_RE.match(lines[-1])
 
 
-def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch):
+def test_nmi_uses_the_release_kmeans_unless_asked(capsys, datasets_root, monkeypatch):
     from datasets import build_dataset
     from evaluation import metrics
     calls = []
     real = metrics.kmeans
     monkeypatch.setattr(evaluation, "kmeans", lambda f, k, **kw: calls.append((len(f), k, kw)) or real(f, k, **kw))
-    data = build_dataset("car196", data_root)
+    data = build_dataset("car196", datasets_root)
     results = {}
     for method in (None, "kmeans++"):
         options = {"kmeans": method} if method else {}
@@ -223,19 +225,20 @@ def test_nmi_uses_the_release_kmeans_unless_asked(capsys, data_root, monkeypatch
     assert all(0 <= r["NMI"] <= 1 for r in results.values())
 
 
-def test_evaluate_takes_keywords_and_restores_train_mode(capsys, data_root):
+def test_evaluate_takes_keywords_and_restores_train_mode(capsys, datasets_root):
     from datasets import build_dataset
     model = random_dbn().train()
-    metrics, line = evaluation.evaluate(model, build_dataset("cub200", data_root), image_size=(64, 32), batch_size=16)
+    metrics, line = evaluation.evaluate(model, build_dataset("cub200", datasets_root), image_size=(64, 32),
+                                        batch_size=16)
     assert model.training
     assert RECALL_RE.match(line) and 0.0 <= metrics["NMI"] <= 1.0
 
 
 # --- errors ----------------------------------------------------------------------------------
 
-def test_missing_weights_file(capsys, data_root, tmp_path):
+def test_missing_weights_file(capsys, datasets_root, tmp_path):
     missing = str(tmp_path / "nothing.pth")
-    err = run_error(capsys, "market1501", "--weights", missing, "--dataset-root", data_root, *SMALL)
+    err = run_error(capsys, "market1501", "--weights", missing, "--dataset-root", datasets_root, *SMALL)
     assert f"weights file not found: {missing}" in err and "--weights" in err
 
 
@@ -246,48 +249,48 @@ def test_num_workers_default_is_at_most_the_available_cores(monkeypatch):
     assert eval_cli.get_args_parser().get_default("num_workers") == 4
 
 
-def test_text_file_as_weights_is_refused(capsys, data_root, tmp_path):
+def test_text_file_as_weights_is_refused(capsys, datasets_root, tmp_path):
     path = tmp_path / "README.md"
     path.write_text("hello world\n")
-    err = run_error(capsys, "market1501", "--weights", str(path), "--dataset-root", data_root, *SMALL)
+    err = run_error(capsys, "market1501", "--weights", str(path), "--dataset-root", datasets_root, *SMALL)
     assert f"cannot read {path} as a torch checkpoint" in err
 
 
-def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
+def test_cpu_runs_keep_freed_memory(capsys, datasets_root, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("cpu") or True)
-    run_error(capsys, "market1501", "--weights", str(tmp_path / "nothing.pth"), "--dataset-root", data_root,
+    run_error(capsys, "market1501", "--weights", str(tmp_path / "nothing.pth"), "--dataset-root", datasets_root,
               *SMALL)
     assert calls == ["cpu"]
 
 
-def test_wrong_variant(capsys, data_root, tmp_path):
+def test_wrong_variant(capsys, datasets_root, tmp_path):
     path = str(tmp_path / "large.pth")
     torch.save(random_dbn("large").state_dict(), path)
-    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL, "--net", "small")
+    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", datasets_root, *SMALL, "--net", "small")
     assert "LEViT-large" in err and "--net small was given; pass --net large" in err
-    _, lines, _ = run(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    _, lines, _ = run(capsys, "market1501", "--weights", path, "--dataset-root", datasets_root, *SMALL)
     assert "net=large" in lines[0] and RANK_RE.match(lines[-1])  # without --net: the variant of the file
 
 
-def test_input_size_differs_from_training_checkpoint(capsys, weights, data_root, tmp_path):
+def test_input_size_differs_from_training_checkpoint(capsys, bare_weights, datasets_root, tmp_path):
     path = str(tmp_path / "ema_last.pth")
-    state_dict = torch.load(weights, weights_only=True)
+    state_dict = torch.load(bare_weights, weights_only=True)
     torch.save({"model": state_dict, "args": {"img_height": 128, "img_width": 64, "net": "small"}}, path)
-    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", datasets_root, *SMALL)
     assert "trained at 128x64" in err and "--img-height 128 --img-width 64" in err
-    _, lines, _ = run(capsys, "market1501", "--weights", path, "--dataset-root", data_root,
+    _, lines, _ = run(capsys, "market1501", "--weights", path, "--dataset-root", datasets_root,
                       *SMALL[4:], "--img-height", "128", "--img-width", "64")
     assert RANK_RE.match(lines[-1])
 
 
-def test_missing_dataset_folder(capsys, weights, tmp_path):
-    err = run_error(capsys, "dukemtmc", "--weights", weights, "--dataset-root", str(tmp_path), *SMALL)
+def test_missing_dataset_folder(capsys, bare_weights, tmp_path):
+    err = run_error(capsys, "dukemtmc", "--weights", bare_weights, "--dataset-root", str(tmp_path), *SMALL)
     assert str(tmp_path) in err and "DukeMTMC-reID" in err
 
 
-def test_flag_errors(capsys, weights, data_root):
-    err = run_error(capsys, "car196", "--weights", weights, "--dataset-root", data_root, "--rerank")
+def test_flag_errors(capsys, bare_weights, datasets_root):
+    err = run_error(capsys, "car196", "--weights", bare_weights, "--dataset-root", datasets_root, "--rerank")
     assert "--rerank applies to query/gallery rankings" in err
     err = run_error(capsys, "market1501", "--batch-size", "0")
     assert "--batch-size must be at least 1, got 0" in err
@@ -313,29 +316,29 @@ def test_script_exit_status_and_help(tmp_path):
 
 @pytest.mark.parametrize("flags, size", [(["--img-height", "0"], "0x128"), (["--img-width", "8"], "256x8"),
                                          (["--img-height", "15", "--img-width", "64"], "15x64")])
-def test_input_size_is_validated_as_train_py_does(capsys, weights, flags, size):
-    err = run_error(capsys, "market1501", "--weights", weights, *flags)
+def test_input_size_is_validated_as_train_py_does(capsys, bare_weights, flags, size):
+    err = run_error(capsys, "market1501", "--weights", bare_weights, *flags)
     assert f"--img-height/--img-width must be at least 16 (output stride 16), got {size}" in err
 
 
-def test_bare_weights_without_an_input_size_warn_which_size_is_evaluated(capsys, weights, data_root):
+def test_bare_weights_without_an_input_size_warn_which_size_is_evaluated(capsys, bare_weights, datasets_root):
     cpu = ["--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
-    _, lines, err = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *cpu,
+    _, lines, err = run(capsys, "market1501", "--weights", bare_weights, "--dataset-root", datasets_root, *cpu,
                         "--img-height", "32", "--img-width", "16")
     assert "warning" not in err and RANK_RE.match(lines[-1])
     with pytest.raises(SystemExit):  # stop before the (slow at 256x128) evaluation: no dataset here
-        eval_cli.main("market1501", ["--weights", weights, "--dataset-root", "no/such/root", *cpu])
+        eval_cli.main("market1501", ["--weights", bare_weights, "--dataset-root", "no/such/root", *cpu])
     err = capsys.readouterr().err
-    assert (f"warning: {weights} holds bare weights, which do not record the input size they were trained at; "
+    assert (f"warning: {bare_weights} holds bare weights, which do not record the input size they were trained at; "
             "evaluating at 256x128 (this dataset's default)") in err
     assert "python train.py --demo: 128x64), pass --img-height H --img-width W" in err
 
 
-def test_backbone_as_weights_speaks_the_command_line(capsys, data_root, tmp_path):
-    from network import VARIANTS, LEViT
+def test_backbone_as_weights_speaks_the_command_line(capsys, datasets_root, tmp_path):
+    from network import LEViT, VARIANTS
     path = str(tmp_path / "backbone.pth")
     torch.save(LEViT(**VARIANTS["large"]).state_dict(), path)
-    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", data_root, *SMALL)
+    err = run_error(capsys, "market1501", "--weights", path, "--dataset-root", datasets_root, *SMALL)
     assert f"{path} is a LEViT-large backbone (ImageNet weights), not a trained ReID model" in err
     assert f"python train.py --net large --pretrained {path}" in err and "DBN(" not in err
 
@@ -345,16 +348,16 @@ def test_backbone_as_weights_speaks_the_command_line(capsys, data_root, tmp_path
     (["--gpus", "0,1"], "expected one GPU id (an integer >= 0): evaluation runs on one GPU; got '0,1'"),
     (["--gpus", "1", "--device", "cpu"], "--gpus 1 and --device cpu disagree; give one of them"),
 ])
-def test_device_flag_errors(capsys, weights, flags, message):
-    assert message in run_error(capsys, "market1501", "--weights", weights, *flags)
+def test_device_flag_errors(capsys, bare_weights, flags, message):
+    assert message in run_error(capsys, "market1501", "--weights", bare_weights, *flags)
 
 
-def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, weights):
+def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, bare_weights):
     parser = argparse.ArgumentParser(parents=[eval_cli.get_args_parser()])
     if not torch.cuda.is_available():
-        err = run_error(capsys, "market1501", "--weights", weights, "--device", "cuda:1")
+        err = run_error(capsys, "market1501", "--weights", bare_weights, "--device", "cuda:1")
         assert "--device cuda:1: no CUDA device is available; use --device cpu (or auto)" in err
-        err = run_error(capsys, "market1501", "--weights", weights, "--gpus", "1")
+        err = run_error(capsys, "market1501", "--weights", bare_weights, "--gpus", "1")
         assert "--gpus 1: no CUDA device is available" in err
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -367,10 +370,10 @@ def test_a_gpu_is_picked_by_device_or_gpus(monkeypatch, capsys, weights):
     assert f"--gpus {count}: no GPU {count} (this machine has {count}" in capsys.readouterr().err
 
 
-def test_vis_dir_chooses_the_pictures_folder(capsys, weights, data_root, tmp_path, monkeypatch):
+def test_vis_dir_chooses_the_pictures_folder(capsys, bare_weights, datasets_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL, "--vis", "1",
-                      "--vis-dir", "out/pictures")
+    _, lines, _ = run(capsys, "market1501", "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL,
+                      "--vis", "1", "--vis-dir", "out/pictures")
     assert len(os.listdir(tmp_path / "out" / "pictures")) == 1 and not (tmp_path / "figs").exists()
     assert "written to out/pictures/market1501_rank_*.png" in "\n".join(lines)
 
@@ -384,41 +387,41 @@ def test_check_scorable_on_hand_built_ids():
     evaluation.check_scorable([1, 2], [0, 1], [1, 2, 2], [0, 1, 0])  # id 2 under camera 0: scorable
 
 
-def test_no_query_with_a_correct_gallery_item_is_a_clear_error(capsys, weights, data_root, tmp_path):
+def test_no_query_with_a_correct_gallery_item_is_a_clear_error(capsys, bare_weights, datasets_root, tmp_path):
     import shutil
     root = tmp_path / "data"
-    shutil.copytree(os.path.join(data_root, "market1501"), root / "market1501")
+    shutil.copytree(os.path.join(datasets_root, "market1501"), root / "market1501")
     gallery = root / "market1501" / "bounding_box_test"
     for i, name in enumerate(sorted(os.listdir(gallery))):  # every gallery image becomes a distractor (id 0)
         camera = re.match(r"-?\d+_c(\d+)", name).group(1)
         os.rename(gallery / name, gallery / f"0000_c{camera}s9_{i:06d}_00.jpg")
-    err = run_error(capsys, "market1501", "--weights", weights, "--dataset-root", str(root), *SMALL)
+    err = run_error(capsys, "market1501", "--weights", bare_weights, "--dataset-root", str(root), *SMALL)
     assert "error: none of the" in err and "queries has a correct gallery item" in err
     assert "Check that query and gallery are the dataset's own folders" in err
 
 
-def test_ctrl_c_exits_130_without_a_traceback(capsys, weights, data_root, monkeypatch):
+def test_ctrl_c_exits_130_without_a_traceback(capsys, bare_weights, datasets_root, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(eval_cli, "evaluate", interrupted)
     with pytest.raises(SystemExit) as exit_info:
-        eval_cli.main("market1501", ["--weights", weights, "--dataset-root", data_root, *SMALL])
+        eval_cli.main("market1501", ["--weights", bare_weights, "--dataset-root", datasets_root, *SMALL])
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip().endswith("test_market1501.py: interrupted; nothing was written")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_unreadable_image_warning_is_one_clean_line(weights, data_root, tmp_path, workers):
+def test_unreadable_image_warning_is_one_clean_line(bare_weights, datasets_root, tmp_path, workers):
     import shutil
     root = tmp_path / "data"
-    shutil.copytree(os.path.join(data_root, "market1501"), root / "market1501")
+    shutil.copytree(os.path.join(datasets_root, "market1501"), root / "market1501")
     gallery = root / "market1501" / "bounding_box_test"
     bad = gallery / sorted(n for n in os.listdir(gallery) if not n.startswith("-"))[0]  # not junk (left out)
     bad.write_bytes(b"not an image")
-    result = subprocess.run([sys.executable, "test_market1501.py", "--weights", weights, "--dataset-root", str(root),
-                             *SMALL[:4], "--num-workers", workers, "--device", "cpu"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    result = subprocess.run([sys.executable, "test_market1501.py", "--weights", bare_weights, "--dataset-root",
+                             str(root), *SMALL[:4], "--num-workers", workers, "--device", "cpu"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "skipping unreadable image" in line]
     assert len(lines) == 1 and lines[0].startswith(f"warning: skipping unreadable image {bad}: ")
@@ -427,18 +430,18 @@ def test_unreadable_image_warning_is_one_clean_line(weights, data_root, tmp_path
 
 # --- --save-features, --metrics-json, the scripts' constants --------------------------------------
 
-def test_save_features_and_metrics_json(capsys, weights, data_root, tmp_path):
+def test_save_features_and_metrics_json(capsys, bare_weights, datasets_root, tmp_path):
     """The .npz holds the features the scores were computed from (L2-normalised, in the order of
     the paths it lists, with their ids and cameras); the JSON holds the metrics main() returns."""
     import json
 
     from datasets import build_dataset
     npz, report = tmp_path / "out" / "feats.npz", tmp_path / "out" / "metrics.json"
-    metrics, lines, _ = run(capsys, "market1501", "--weights", weights, "--dataset-root", data_root, *SMALL,
+    metrics, lines, _ = run(capsys, "market1501", "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL,
                             "--save-features", str(npz), "--metrics-json", str(report))
     assert RANK_RE.match(lines[-1]) and f"metrics written to {report}" in lines
     saved = np.load(npz)
-    data = build_dataset("market1501", data_root)
+    data = build_dataset("market1501", datasets_root)
     for split, items in (("query", data.query), ("gallery", data.gallery)):
         assert saved[f"{split}_paths"].tolist() == [item[0] for item in items]
         assert saved[f"{split}_pids"].tolist() == [item[1] for item in items]
@@ -457,9 +460,9 @@ def test_save_features_and_metrics_json(capsys, weights, data_root, tmp_path):
 
 
 @pytest.mark.parametrize("dataset, split", [("car196", "test"), ("vehicleid", "test")])
-def test_save_features_of_the_single_split_datasets(capsys, weights, data_root, tmp_path, dataset, split):
+def test_save_features_of_the_single_split_datasets(capsys, bare_weights, datasets_root, tmp_path, dataset, split):
     npz = tmp_path / "feats.npz"
-    run(capsys, dataset, "--weights", weights, "--dataset-root", data_root, *SMALL, "--trials", "2",
+    run(capsys, dataset, "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL, "--trials", "2",
         "--save-features", str(npz))
     saved = np.load(npz)
     assert sorted(saved.files) == sorted([f"{split}_{k}" for k in ("features", "paths", "pids", "camids")] +
@@ -474,8 +477,8 @@ def test_save_features_of_the_single_split_datasets(capsys, weights, data_root, 
     (["--save-features", "feats.txt"], "--save-features feats.txt: give a file name ending in .npz"),
     (["--metrics-json", "."], "--metrics-json . is a folder; give a file name"),
 ])
-def test_output_flag_errors(capsys, weights, flags, message):
-    assert message in run_error(capsys, "market1501", "--weights", weights, *flags)
+def test_output_flag_errors(capsys, bare_weights, flags, message):
+    assert message in run_error(capsys, "market1501", "--weights", bare_weights, *flags)
 
 
 def test_each_script_states_its_defaults_as_constants():
@@ -500,13 +503,14 @@ def test_each_script_states_its_defaults_as_constants():
             open(script).read()
 
 
-def test_script_constants_are_defaults_that_flags_and_the_checkpoint_override(capsys, weights, data_root, tmp_path):
+def test_script_constants_are_defaults_that_flags_and_the_checkpoint_override(capsys, bare_weights, datasets_root,
+                                                                              tmp_path):
     from network import make_checkpoint
-    common = ["--dataset-root", data_root, "--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
+    common = ["--dataset-root", datasets_root, "--num-workers", "0", "--batch-size", "32", "--device", "cpu"]
     # a bare state_dict: the script's size is used (no --img-height/--img-width), its weights path too
-    metrics = eval_cli.main("market1501", common, weights=weights, img_height=64, img_width=32)
+    metrics = eval_cli.main("market1501", common, weights=bare_weights, img_height=64, img_width=32)
     out, err = capsys.readouterr()
-    assert f"weights={weights}" in out and "img_height=64 img_width=32" in out
+    assert f"weights={bare_weights}" in out and "img_height=64 img_width=32" in out
     assert "evaluating at 64x32" in err
     # a described checkpoint: its own size wins over the script's constants
     described = str(tmp_path / "described.pth")

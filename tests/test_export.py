@@ -9,17 +9,8 @@ import pytest
 import torch
 
 import export
-from network import DBN, make_checkpoint
+from network import DBN
 from evaluation.features import cpu_has_native_bfloat16, dbn_features
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = DBN(num_classes=3, pretrained=None).eval()
-    path = str(tmp_path_factory.mktemp("export") / "ema.pth")
-    torch.save(make_checkpoint(model, 64, 32, dataset="market1501", transform="reid"), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +19,8 @@ def batch():
 
 
 @pytest.fixture(scope="module")
-def expected(weights, batch):
-    model, _ = DBN.from_checkpoint(weights)
+def expected(dbn_checkpoint, batch):
+    model, _ = DBN.from_checkpoint(dbn_checkpoint)
     with torch.no_grad():
         return {(flip, norm): dbn_features(model, batch, flip, norm) for flip in (True, False) for norm in (True, False)}
 
@@ -51,10 +42,10 @@ def check_export(capsys, weights, fmt, out, *flags):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt,name", [("torchscript", "dbn.ts"), ("exported", "dbn.pt2")])
-def test_torch_formats_give_the_test_time_features_for_any_batch(capsys, weights, batch, expected, tmp_path, fmt,
+def test_torch_formats_give_the_test_time_features_for_any_batch(capsys, dbn_checkpoint, batch, expected, tmp_path, fmt,
                                                                  name):
     out = str(tmp_path / name)
-    check_export(capsys, weights, fmt, out)
+    check_export(capsys, dbn_checkpoint, fmt, out)
     loaded = torch.jit.load(out) if fmt == "torchscript" else torch.export.load(out).module()
     with torch.no_grad():
         got = loaded(batch)  # batch 5: traced with 2, checked with 3
@@ -63,9 +54,9 @@ def test_torch_formats_give_the_test_time_features_for_any_batch(capsys, weights
     assert torch.allclose(got.norm(dim=1), torch.ones(5), atol=1e-5)
 
 
-def test_flip_and_normalisation_can_be_left_out(capsys, weights, batch, expected, tmp_path):
+def test_flip_and_normalisation_can_be_left_out(capsys, dbn_checkpoint, batch, expected, tmp_path):
     out = str(tmp_path / "raw.pt2")
-    meta = check_export(capsys, weights, "exported", out, "--no-flip", "--no-normalize")
+    meta = check_export(capsys, dbn_checkpoint, "exported", out, "--no-flip", "--no-normalize")
     assert (meta["output"]["flip_averaged"], meta["output"]["l2_normalised"]) == (False, False)
     with torch.no_grad():
         got = torch.export.load(out).module()(batch)
@@ -76,11 +67,11 @@ def test_flip_and_normalisation_can_be_left_out(capsys, weights, batch, expected
 
 
 @pytest.mark.slow
-def test_onnx_through_onnxruntime(capsys, weights, batch, expected, tmp_path):
+def test_onnx_through_onnxruntime(capsys, dbn_checkpoint, batch, expected, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     out = str(tmp_path / "dbn.onnx")
-    meta = check_export(capsys, weights, "onnx", out)
+    meta = check_export(capsys, dbn_checkpoint, "onnx", out)
     assert meta["format"] == "onnx"
     session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
@@ -96,45 +87,48 @@ def usage_error(capsys, *argv):
     return capsys.readouterr().err
 
 
-def test_onnx_without_its_packages_says_what_to_install(capsys, weights, tmp_path, monkeypatch):
+def test_onnx_without_its_packages_says_what_to_install(capsys, dbn_checkpoint, tmp_path, monkeypatch):
     real = export.importlib.util.find_spec
     monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None if name == "onnxscript" else real(name))
-    err = usage_error(capsys, "--weights", weights, "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    err = usage_error(capsys, "--weights", dbn_checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
     assert "--format onnx needs the onnx and onnxscript packages (missing: onnxscript); install them with: " \
            "pip install -r requirements-export.txt" in err
     assert not os.path.exists(tmp_path / "m.onnx")
 
 
-def test_usage_errors_and_dry_run(capsys, weights, tmp_path):
+def test_usage_errors_and_dry_run(capsys, dbn_checkpoint, tmp_path):
     assert "argument --format: invalid choice: 'tflite'" in usage_error(
-        capsys, "--weights", weights, "--format", "tflite", "--out", "m")
+        capsys, "--weights", dbn_checkpoint, "--format", "tflite", "--out", "m")
     assert "--out m.pt: torch.export.load reads files ending in .pt2; name it e.g. dbn.pt2" in usage_error(
-        capsys, "--weights", weights, "--format", "exported", "--out", "m.pt")
+        capsys, "--weights", dbn_checkpoint, "--format", "exported", "--out", "m.pt")
     missing = str(tmp_path / "none.pth")
     assert f"--weights {missing}: file not found" in usage_error(
         capsys, "--weights", missing, "--format", "torchscript", "--out", "m.ts")
-    assert export.main(["--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
+    assert export.main(["--weights", dbn_checkpoint, "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
                         "--img-height", "128"]) == 2
     assert "was trained at 64x32 (height x width) but the flags ask for 128x32" in capsys.readouterr().err
-    assert export.main(["--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
+    assert export.main(["--weights", dbn_checkpoint, "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
                         "--dry-run"]) == 0
     assert f"dry run: would write {tmp_path / 'm.ts'} (torchscript) and {tmp_path / 'm.ts'}.json" in \
         capsys.readouterr().out
     assert not os.path.exists(tmp_path / "m.ts")
 
 
-def test_bfloat16_usage_errors(capsys, weights, tmp_path, monkeypatch):
+def test_bfloat16_usage_errors(capsys, dbn_checkpoint, tmp_path, monkeypatch):
     assert "--dtype bfloat16: ONNX export is float32 only" in usage_error(
-        capsys, "--weights", weights, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--dtype", "bfloat16")
+        capsys, "--weights", dbn_checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--dtype",
+        "bfloat16")
     monkeypatch.setattr(export.features, "cpu_has_native_bfloat16", lambda: False)
     assert "--dtype bfloat16: this CPU has neither AVX512-BF16 nor AMX" in usage_error(
-        capsys, "--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts"), "--dtype", "bfloat16")
+        capsys, "--weights", dbn_checkpoint, "--format", "torchscript", "--out", str(tmp_path / "m.ts"), "--dtype",
+        "bfloat16")
 
 
 @pytest.mark.skipif(not cpu_has_native_bfloat16(), reason="bfloat16 is offered on CPUs with AVX512-BF16 or AMX")
-def test_bfloat16_torchscript_export_checks_the_cosine(capsys, weights, batch, expected, tmp_path):
+def test_bfloat16_torchscript_export_checks_the_cosine(capsys, dbn_checkpoint, batch, expected, tmp_path):
     out = str(tmp_path / "m.ts")
-    assert export.main(["--weights", weights, "--format", "torchscript", "--out", out, "--dtype", "bfloat16"]) == 0
+    assert export.main(["--weights", dbn_checkpoint, "--format", "torchscript", "--out", out, "--dtype",
+                        "bfloat16"]) == 0
     assert re.search(r"parity: smallest cosine similarity 0\.9\d+ \(torchscript in bfloat16 vs eager PyTorch float32, "
                      r"unfused, on a random batch of 3\): ok", capsys.readouterr().out)
     got = export.run_exported("torchscript", out, batch)
@@ -144,9 +138,9 @@ def test_bfloat16_torchscript_export_checks_the_cosine(capsys, weights, batch, e
         assert json.load(f)["model"]["compute_dtype"] == "bfloat16"
 
 
-def test_parity_failure_sets_the_exit_status(capsys, weights, tmp_path, monkeypatch):
+def test_parity_failure_sets_the_exit_status(capsys, dbn_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "run_exported", lambda fmt, out, x: torch.ones(3, 1920))
-    assert export.main(["--weights", weights, "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 1
+    assert export.main(["--weights", dbn_checkpoint, "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 1
     assert ": FAILED (tolerance 0.001)" in capsys.readouterr().out
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from network import DBN, CheckpointError, make_checkpoint
 from network.fast import to_inference_dtype
-from conftest import with_formula_weights
+from tests.helpers import with_formula_weights
 from evaluation import features
 from evaluation.features import FeatureExtractor, FeatureHead, check_dtype, cpu_has_native_bfloat16, dbn_features
 
@@ -21,15 +21,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def weights(model, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("weights") / "ema.pth")
-    torch.save(make_checkpoint(model, 64, 32, dataset="market1501", transform="reid"), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def extractor(weights):
-    return FeatureExtractor.from_checkpoint(weights, device="cpu", batch_size=4)
+def extractor(dbn_checkpoint):
+    return FeatureExtractor.from_checkpoint(dbn_checkpoint, device="cpu", batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +131,11 @@ def test_bad_boxes_and_arguments(extractor, model, image_file, tmp_path):
         extractor([image_file, str(tmp_path / "bad.jpg")])
 
 
-def test_transform_flag_that_contradicts_the_checkpoint(weights):
+def test_transform_flag_that_contradicts_the_checkpoint(dbn_checkpoint):
     with pytest.raises(CheckpointError) as err:
-        FeatureExtractor.from_checkpoint(weights, transform="metric", device="cpu")
-    assert str(err.value) == (f"{weights} was trained with the 'reid' transforms (dataset market1501) but --transform "
-                              "metric was given; pass --transform reid or leave it out")
+        FeatureExtractor.from_checkpoint(dbn_checkpoint, transform="metric", device="cpu")
+    assert str(err.value) == (f"{dbn_checkpoint} was trained with the 'reid' transforms (dataset market1501) but "
+                              "--transform metric was given; pass --transform reid or leave it out")
 
 
 def test_bare_state_dict_takes_the_arguments_or_the_default_size(model, tmp_path):

@@ -15,7 +15,7 @@ from network.fast import (Group4Conv2d, InferenceAttention, InferenceConv, infer
                           training_form)
 from network.levit import LocalEnhanceAttention
 
-from conftest import ROOT, with_formula_weights
+from tests.helpers import ROOT, with_formula_weights
 
 # skips without the kernels, fails instead under LEVIT_REQUIRE_KERNELS=1 (conftest.native_kernels)
 needs_kernels = pytest.mark.usefixtures("native_kernels")
@@ -404,7 +404,7 @@ def attention_inputs(batch, channels, height, width, heads, seed=0):
 def test_window_attention_equals_the_torch_path_and_the_reference(batch, channels, height, width, heads):
     """float32: the kernel's output equals LocalEnhanceAttention's torch path (SDPA, taken with
     gradients on) and the per-window reference within float32 rounding, border windows included."""
-    from test_network import reference_attention
+    from tests.test_network import reference_attention
     attn, q, k, v = attention_inputs(batch, channels, height, width, heads)
     with torch.no_grad():
         if not kernels.window_attention_applies(q, k, v, heads, 8):

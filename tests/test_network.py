@@ -16,7 +16,7 @@ from network import (DBN, LEViT, RELEASED_FILES, VARIANTS, CheckpointError, Pret
 from network.fast import CHUNK, BatchChunks, InferenceAttention, InferenceBlock, inference_form
 from network.levit import LocalEnhanceAttention, ScaledNormalize
 
-from conftest import make_weights, spec_of, with_formula_weights
+from tests.helpers import make_weights, spec_of, with_formula_weights
 
 PARAMS = {("backbone", "small"): 2_819_306, ("backbone", "large"): 9_650_300,
           ("dbn", "small"): 5_132_290, ("dbn", "large"): 16_636_564}

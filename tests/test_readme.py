@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT
-from readme_commands import COMMANDS
+from tests.helpers import ROOT
+from tests.readme_commands import COMMANDS
 
 README = open(os.path.join(ROOT, "README.md")).read()
 RELEASE_ROOT = "your/dataset_root"

@@ -2,16 +2,15 @@
 the new format, the release's bare state_dict and train.py's _last.pth all load, flags that
 contradict the file are errors naming both, the test scripts take the variant and size from it."""
 import argparse
+import functools
 
 import pytest
 import torch
 
 from network import DBN, FORMAT_VERSION, CheckpointError, make_checkpoint, read_reid_checkpoint
+from tests.helpers import seeded_dbn
 
-
-def tiny_dbn(net="small", num_classes=5, seed=0):
-    torch.manual_seed(seed)
-    return DBN(num_classes=num_classes, net=net, pretrained=None).eval()
+tiny_dbn = functools.partial(seeded_dbn, num_classes=5)  # tiny_dbn(net="small", seed=0): this module's DBN
 
 
 @pytest.fixture(scope="module")

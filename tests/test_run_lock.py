@@ -9,11 +9,11 @@ import sys
 import pytest
 
 import train
-from conftest import ROOT, tiny_run
+from tests.helpers import ROOT, tiny_run
 from training import run_files
 from training.run_state import UsageError
 
-IMAGES_PER_ID = 8  # of the data_root fixture (conftest)
+IMAGES_PER_ID = 8  # of the training_root fixture (tests/conftest.py)
 
 
 @pytest.fixture
@@ -77,12 +77,12 @@ def test_a_stale_lock_is_replaced(tmp_path):
         run_files.release_run_lock()
 
 
-def test_overwrite_does_not_delete_a_running_runs_files(data_root, tmp_path, live_pid):
+def test_overwrite_does_not_delete_a_running_runs_files(training_root, tmp_path, live_pid):
     save = tmp_path / "ema.pth"
     for name in ("ema.pth", "ema_last.pth", "ema_log.jsonl"):
         (tmp_path / name).write_bytes(b"run A's")
     write_lock(save, live_pid)
-    args = train.parse_args(tiny_run(data_root, save, "--overwrite", batch_size=8, epochs="1,2", ema_ratio=0.5,
+    args = train.parse_args(tiny_run(training_root, save, "--overwrite", batch_size=8, epochs="1,2", ema_ratio=0.5,
                                      ema_extra=0))
     with pytest.raises(UsageError, match=f"another run is writing there \\(pid {live_pid} "):
         train.main(args)
@@ -91,10 +91,10 @@ def test_overwrite_does_not_delete_a_running_runs_files(data_root, tmp_path, liv
 
 
 @pytest.mark.slow
-def test_train_py_refuses_a_locked_save_path_with_exit_2(data_root, tmp_path, live_pid):
+def test_train_py_refuses_a_locked_save_path_with_exit_2(training_root, tmp_path, live_pid):
     save = tmp_path / "ema.pth"
     write_lock(save, live_pid)
-    argv = tiny_run(data_root, save, "--dry-run", batch_size=8, epochs="1,2", ema_ratio=0.5, ema_extra=0)
+    argv = tiny_run(training_root, save, "--dry-run", batch_size=8, epochs="1,2", ema_ratio=0.5, ema_extra=0)
     proc = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 2, proc.stderr

@@ -11,19 +11,19 @@ import extract
 import search
 from evaluation import features
 from network import DBN, make_checkpoint
-from conftest import untrained_market_weights
 
 SMALL = ["--num-workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    weights = untrained_market_weights(root)
-    gallery = os.path.join(str(root), "market1501", "bounding_box_test")
-    npz = str(root / "gallery.npz")
+def search_inputs(small_market_root, dbn_checkpoint, tmp_path_factory):
+    """(weights, gallery folder, its extract.py .npz, two query images) of conftest's small Market-1501 and
+    seeded DBN checkpoint."""
+    weights = dbn_checkpoint
+    gallery = os.path.join(small_market_root, "market1501", "bounding_box_test")
+    npz = str(tmp_path_factory.mktemp("search") / "gallery.npz")
     assert extract.main(["--weights", weights, "--images", gallery, "--out", npz, *SMALL]) == 0
-    query = os.path.join(str(root), "market1501", "query")
+    query = os.path.join(small_market_root, "market1501", "query")
     return weights, gallery, npz, [os.path.join(query, n) for n in sorted(os.listdir(query))[:2]]
 
 
@@ -39,8 +39,8 @@ def ranked(out):
     return blocks
 
 
-def test_ranks_by_feature_similarity_from_images_or_npz(setup, capsys, tmp_path):
-    weights, gallery, npz, queries = setup
+def test_ranks_by_feature_similarity_from_images_or_npz(search_inputs, capsys, tmp_path):
+    weights, gallery, npz, queries = search_inputs
     assert search.main(["--weights", weights, "--query", *queries, "--gallery", npz, "--topk", "4", *SMALL,
                         "--vis", str(tmp_path / "figs")]) == 0
     from_npz = ranked(capsys.readouterr().out)
@@ -60,8 +60,8 @@ def test_ranks_by_feature_similarity_from_images_or_npz(setup, capsys, tmp_path)
     assert [r[1] for r in rows] == pytest.approx(scores[order].tolist(), abs=1e-4)
 
 
-def test_dry_run_and_topk_larger_than_the_gallery(setup, capsys):
-    weights, gallery, npz, queries = setup
+def test_dry_run_and_topk_larger_than_the_gallery(search_inputs, capsys):
+    weights, gallery, npz, queries = search_inputs
     assert search.main(["--weights", weights, "--query", queries[0], "--gallery", npz, "--dry-run", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "queries: 1; gallery: 10 images from" in out and "dry run: nothing searched" in out
@@ -69,8 +69,8 @@ def test_dry_run_and_topk_larger_than_the_gallery(setup, capsys):
     assert len(ranked(capsys.readouterr().out)[0][1]) == 10
 
 
-def test_usage_errors(setup, capsys, tmp_path):
-    weights, gallery, npz, queries = setup
+def test_usage_errors(search_inputs, capsys, tmp_path):
+    weights, gallery, npz, queries = search_inputs
     base = ["--weights", weights, "--query", queries[0], *SMALL]
     with pytest.raises(SystemExit) as info:
         search.main([*base, "--gallery", npz, "--topk", "0"])
@@ -106,8 +106,8 @@ def rewrite_provenance(src, dst, **changes):
     return made_by
 
 
-def test_extract_records_what_produced_the_features(setup):
-    weights, _, npz, _ = setup
+def test_extract_records_what_produced_the_features(search_inputs):
+    weights, _, npz, _ = search_inputs
     with np.load(npz) as data:
         made_by = json.loads(str(data["provenance"]))
     model, info = features.load_for_inference(weights)
@@ -116,8 +116,8 @@ def test_extract_records_what_produced_the_features(setup):
     assert len(info["weights_id"]) == 16 and info["weights_id"] == features.weights_id(DBN.from_checkpoint(weights)[0])
 
 
-def test_a_gallery_of_another_model_is_refused_naming_both_sides(setup, capsys, tmp_path):
-    weights, gallery, npz, queries = setup
+def test_a_gallery_of_another_model_is_refused_naming_both_sides(search_inputs, capsys, tmp_path):
+    weights, gallery, npz, queries = search_inputs
     torch.manual_seed(1)  # another model of the same variant: features of the same size, other weights and input
     other = str(tmp_path / "other.pth")
     torch.save(make_checkpoint(DBN(num_classes=3, pretrained=None), 32, 16, dataset="market1501", transform="reid"),
@@ -138,8 +138,8 @@ def test_a_gallery_of_another_model_is_refused_naming_both_sides(setup, capsys, 
 
 
 @pytest.mark.parametrize("field, value", [("dtype", "bfloat16"), ("flip", False), ("transform", "metric")])
-def test_a_gallery_of_other_preprocessing_or_precision_is_refused(setup, capsys, tmp_path, field, value):
-    weights, _, npz, queries = setup
+def test_a_gallery_of_other_preprocessing_or_precision_is_refused(search_inputs, capsys, tmp_path, field, value):
+    weights, _, npz, queries = search_inputs
     mixed = str(tmp_path / "mixed.npz")
     rewrite_provenance(npz, mixed, **{field: value})
     assert search.main(["--weights", weights, "--query", *queries, "--gallery", mixed, *SMALL]) == 2
@@ -148,8 +148,8 @@ def test_a_gallery_of_other_preprocessing_or_precision_is_refused(setup, capsys,
     assert f"({field}: {value} (gallery) vs {queries_value} (queries))" in err
 
 
-def test_a_gallery_that_records_nothing_is_searched_with_a_warning(setup, capsys, tmp_path):
-    weights, _, npz, queries = setup
+def test_a_gallery_that_records_nothing_is_searched_with_a_warning(search_inputs, capsys, tmp_path):
+    weights, _, npz, queries = search_inputs
     bare = str(tmp_path / "bare.npz")
     with np.load(npz) as data:
         np.savez(bare, **{k: data[k] for k in data.files if k != "provenance"})

@@ -13,13 +13,13 @@ import torch
 
 import train
 import training.flags
-import conftest
-from conftest import ROOT, assert_same_state, load, start, tiny_run
+from tests import helpers
+from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
 from utils import malloc
 from training import run_files
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
-IMAGES_PER_ID = 8  # of the data_root fixture (conftest)
+IMAGES_PER_ID = 8  # of the training_root fixture (tests/conftest.py)
 EPOCHS = 4  # T + ema_extra
 BATCHES = 8
 tiny = functools.partial(tiny_run, batch_size=8, epochs="1,3", ema_ratio=0.67, ema_extra=1)
@@ -30,7 +30,7 @@ def run_script(argv, **kwargs):
 
 
 def finish(proc, timeout=300):
-    return conftest.finish(proc, timeout)
+    return helpers.finish(proc, timeout)
 
 
 def parse_error(capsys, argv):
@@ -70,11 +70,11 @@ def test_unreadable_resume_file_is_a_usage_error(capsys, tmp_path, content):
     assert f"cannot read {path} as a torch checkpoint" in err and "Traceback" not in err
 
 
-def test_batch_of_partial_identities_is_a_usage_error_before_training(data_root, tmp_path):
+def test_batch_of_partial_identities_is_a_usage_error_before_training(training_root, tmp_path):
     # the sampler's rule (datasets/sampler.py), checked once the number of processes is known
     with pytest.raises(train.UsageError, match=r"--batch-size 30 --instance-num 4 on 1 process\(es\): batch_size 30 "
                                                r"must be a multiple of num_instances \(K\) x world_size = 4 x 1 = 4"):
-        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--batch-size", "30", "--no-eval")))
+        train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--batch-size", "30", "--no-eval")))
     assert not (tmp_path / "ema_last.pth").exists()
 
 
@@ -186,10 +186,10 @@ def test_pretrained_auto_without_the_backbone_exits_2_naming_the_file(tmp_path):
     assert "args: " not in out
 
 
-def test_dry_run_reports_the_missing_backbone_and_succeeds(capsys, data_root, tmp_path, monkeypatch):
+def test_dry_run_reports_the_missing_backbone_and_succeeds(capsys, training_root, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
     monkeypatch.setattr(training.flags, "released_path", lambda net: str(tmp_path / f"{net}.pth"))
-    assert train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--pretrained", "auto",
+    assert train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--pretrained", "auto",
                                             "--net", "large", "--dry-run"))) is None
     out = capsys.readouterr().out.splitlines()
     line = [x for x in out if "--pretrained auto" in x]
@@ -216,10 +216,10 @@ def test_pretrained_auto_loads_the_backbone_and_demo_needs_none(tmp_path, monkey
     assert train.missing_pretrained(train.parse_args(["--net", "small"])) is not None
 
 
-def test_gpus_without_cuda_warn_once_and_use_the_cpu(capsys, data_root, tmp_path):
+def test_gpus_without_cuda_warn_once_and_use_the_cpu(capsys, training_root, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the machine has CUDA")
-    args = train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run", "--gpus", "0,1", "--device", "auto"))
+    args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--dry-run", "--gpus", "0,1", "--device", "auto"))
     train.main(args)
     captured = capsys.readouterr()
     assert captured.err.count("CUDA is not available") == 1
@@ -229,15 +229,15 @@ def test_gpus_without_cuda_warn_once_and_use_the_cpu(capsys, data_root, tmp_path
 
 
 
-def test_dry_run_names_the_partial_last_batch(capsys, data_root, tmp_path):
+def test_dry_run_names_the_partial_last_batch(capsys, training_root, tmp_path):
     # 8 ids x 8 images, K 4: 2 passes, 64 items; batches of 12: 5 full and the release's partial one of 4
-    train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run", "--batch-size", "12")))
+    train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--dry-run", "--batch-size", "12")))
     assert f"dry run: 6 batches of 12 per epoch (the last of 4), {EPOCHS} epochs; nothing trained" in \
         capsys.readouterr().out
 
 
-def test_a_partial_last_batch_trains(capsys, data_root, tmp_path):
-    train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--batch-size", "12",
+def test_a_partial_last_batch_trains(capsys, training_root, tmp_path):
+    train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--no-eval", "--batch-size", "12",
                                      "--epochs", "1,2", "--ema-ratio", "0.5", "--ema-extra", "0")))
     records = [json.loads(line) for line in open(tmp_path / "ema_log.jsonl")]
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
@@ -246,19 +246,19 @@ def test_a_partial_last_batch_trains(capsys, data_root, tmp_path):
     assert "saved the average of 2 epochs' weights" in capsys.readouterr().out
 
 
-def test_cpu_runs_keep_freed_memory(capsys, data_root, tmp_path, monkeypatch):
+def test_cpu_runs_keep_freed_memory(capsys, training_root, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append("cpu") or True)
-    train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+    train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--dry-run")))
     assert calls == ["cpu"]
 
 # --- a real run ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def reference_run(data_root, tmp_path_factory):
+def reference_run(training_root, tmp_path_factory):
     """An uninterrupted run: (folder, stdout, stderr)."""
     folder = tmp_path_factory.mktemp("reference")
-    code, out, err = finish(run_script(tiny(data_root, folder / "ema.pth", "--no-eval")))
+    code, out, err = finish(run_script(tiny(training_root, folder / "ema.pth", "--no-eval")))
     assert code == 0, err
     return folder, out, err
 
@@ -287,17 +287,17 @@ def test_run_writes_the_averaged_model_checkpoint_and_log(reference_run):
     assert [r["lr"] for r in records] == pytest.approx([0.05, 0.025, 0.025, 0.025])
 
 
-def test_same_seed_same_weights(reference_run, data_root, tmp_path):
+def test_same_seed_same_weights(reference_run, training_root, tmp_path):
     folder, _, _ = reference_run
-    code, _, err = finish(run_script(tiny(data_root, tmp_path / "ema.pth", "--no-eval")))
+    code, _, err = finish(run_script(tiny(training_root, tmp_path / "ema.pth", "--no-eval")))
     assert code == 0, err
     assert_same_state(load(folder / "ema.pth"), load(tmp_path / "ema.pth"))
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(reference_run, data_root, tmp_path):
+def test_resume_after_sigkill_is_bit_identical(reference_run, training_root, tmp_path):
     folder, _, _ = reference_run
-    argv = tiny(data_root, tmp_path / "ema.pth", "--no-eval")
+    argv = tiny(training_root, tmp_path / "ema.pth", "--no-eval")
     proc = run_script(argv)
     last = tmp_path / "ema_last.pth"
     deadline = time.time() + 240
@@ -320,9 +320,9 @@ def test_resume_after_sigkill_is_bit_identical(reference_run, data_root, tmp_pat
 
 
 @pytest.mark.slow
-def test_ctrl_c_checkpoints_mid_epoch_and_resumes_exactly(reference_run, data_root, tmp_path):
+def test_ctrl_c_checkpoints_mid_epoch_and_resumes_exactly(reference_run, training_root, tmp_path):
     folder, _, _ = reference_run
-    proc = run_script(tiny(data_root, tmp_path / "ema.pth", "--no-eval"))
+    proc = run_script(tiny(training_root, tmp_path / "ema.pth", "--no-eval"))
     last = tmp_path / "ema_last.pth"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -412,10 +412,10 @@ class NaNAfter(train.ReIDLoss):
         return (loss * float("nan"), terms) if NaNAfter.calls >= NaNAfter.after else (loss, terms)
 
 
-def test_non_finite_loss_stops_with_epoch_and_step(monkeypatch, data_root, tmp_path):
+def test_non_finite_loss_stops_with_epoch_and_step(monkeypatch, training_root, tmp_path):
     monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
     NaNAfter.calls = 0
-    args = train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval"))
+    args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--no-eval"))
     with pytest.raises(train.TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 2 of 8"):
         train.main(args)
     last = load(tmp_path / "ema_last.pth")
@@ -423,12 +423,12 @@ def test_non_finite_loss_stops_with_epoch_and_step(monkeypatch, data_root, tmp_p
     assert not (tmp_path / "ema.pth").exists()
 
 
-def break_one_identity(data_root, tmp_path):
+def break_one_identity(training_root, tmp_path):
     """A copy of the data with every image of one identity (drawn in every pass) unreadable:
     (dataset root, the broken file names)."""
     import shutil
     root = tmp_path / "data"
-    shutil.copytree(data_root, root)
+    shutil.copytree(training_root, root)
     train_dir = root / "market1501" / "bounding_box_train"
     first_id = sorted(os.listdir(train_dir))[0][:4]
     names = sorted(n for n in os.listdir(train_dir) if n.startswith(first_id))
@@ -437,8 +437,8 @@ def break_one_identity(data_root, tmp_path):
     return root, names
 
 
-def test_unreadable_images_are_all_listed_before_epoch_1(data_root, tmp_path, capsys):
-    root, names = break_one_identity(data_root, tmp_path)
+def test_unreadable_images_are_all_listed_before_epoch_1(training_root, tmp_path, capsys):
+    root, names = break_one_identity(training_root, tmp_path)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
     with pytest.raises(train.TrainingError, match=r"^8 of the 64 training images cannot be read \(more than 1%; "
@@ -450,10 +450,10 @@ def test_unreadable_images_are_all_listed_before_epoch_1(data_root, tmp_path, ca
     assert not (tmp_path / "ema_last.pth").exists()
 
 
-def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, recwarn, monkeypatch):
+def test_unreadable_images_are_skipped_then_stop_the_run(training_root, tmp_path, recwarn, monkeypatch):
     """Images that break after the check before epoch 1 (which is left out here): skipped with a
     warning, then the run stops; in epoch 1 there is nothing to resume."""
-    root, names = break_one_identity(data_root, tmp_path)
+    root, names = break_one_identity(training_root, tmp_path)
     monkeypatch.setattr(train, "check_training_images", lambda items, saved, max_skipped: None)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
@@ -465,11 +465,11 @@ def test_unreadable_images_are_skipped_then_stop_the_run(data_root, tmp_path, re
     assert "skipping unreadable image" in warned and any(name in warned for name in names)
 
 
-def test_a_few_unreadable_images_are_skipped_counted_and_training_goes_on(data_root, tmp_path, monkeypatch,
+def test_a_few_unreadable_images_are_skipped_counted_and_training_goes_on(training_root, tmp_path, monkeypatch,
                                                                           capsys, recwarn):
     import shutil
     root = tmp_path / "data"
-    shutil.copytree(data_root, root)
+    shutil.copytree(training_root, root)
     train_dir = root / "market1501" / "bounding_box_train"
     bad = sorted(os.listdir(train_dir))[5]
     (train_dir / bad).write_bytes(b"\xff\xd8\xff truncated")
@@ -491,11 +491,11 @@ def test_a_few_unreadable_images_are_skipped_counted_and_training_goes_on(data_r
 
 
 @pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
-def test_amp_run_trains_and_saves(amp_dtype, capsys, data_root, tmp_path):
+def test_amp_run_trains_and_saves(amp_dtype, capsys, training_root, tmp_path):
     """--amp end to end on the CPU: bfloat16 autocast (the CPU default) and float16 with a
     GradScaler (the CUDA default, so the GPU path's scaler code runs here too)."""
     save = tmp_path / "ema.pth"
-    train.main(train.parse_args(tiny(data_root, save, "--amp", "--amp-dtype", amp_dtype, "--no-eval")))
+    train.main(train.parse_args(tiny(training_root, save, "--amp", "--amp-dtype", amp_dtype, "--no-eval")))
     assert "saved the average of 3 epochs' weights (2..4)" in capsys.readouterr().out
     state = load(save)["state_dict"]
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
@@ -516,9 +516,9 @@ def test_amp_dtype_defaults_follow_the_device():
     assert train.amp_settings(args, torch.device("cpu")) == (True, torch.float16)
 
 
-def test_saved_model_holds_the_final_metrics(capsys, data_root, tmp_path):
+def test_saved_model_holds_the_final_metrics(capsys, training_root, tmp_path):
     save = tmp_path / "ema.pth"
-    metrics = train.main(train.parse_args(tiny(data_root, save, "--epochs", "1,2", "--ema-extra", "0")))
+    metrics = train.main(train.parse_args(tiny(training_root, save, "--epochs", "1,2", "--ema-extra", "0")))
     saved = load(save)
     assert saved["metrics"] == metrics and 0 <= saved["metrics"]["mAP"] <= 1
     assert saved["img_height"] == 32 and saved["args"]["eval"] is True
@@ -535,45 +535,45 @@ def unfinished_copy(reference_run, folder, epoch):
     return path
 
 
-def test_save_path_under_a_file_is_refused_before_training(data_root, tmp_path):
+def test_save_path_under_a_file_is_refused_before_training(training_root, tmp_path):
     (tmp_path / "README.md").write_text("notes\n")
     save = tmp_path / "README.md" / "ema.pth"
     with pytest.raises(train.UsageError, match=r"cannot write there, .*README.md is a file, not a folder"):
-        train.main(train.parse_args(tiny(data_root, save, "--dry-run")))
+        train.main(train.parse_args(tiny(training_root, save, "--dry-run")))
 
 
-def test_unwritable_save_folder_is_refused_before_training(data_root, tmp_path, monkeypatch):
+def test_unwritable_save_folder_is_refused_before_training(training_root, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(run_files.tempfile, "TemporaryFile", refuse)
     with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\); choose a writable"):
-        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval")))
+        train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--no-eval")))
     assert not (tmp_path / "ema_last.pth").exists()
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a dry run creates nothing to try
     with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\)"):
-        train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--dry-run")))
+        train.main(train.parse_args(tiny(training_root, tmp_path / "new" / "ema.pth", "--dry-run")))
     assert not (tmp_path / "new").exists()
 
 
-def test_new_run_over_a_finished_run_is_refused(reference_run, data_root):
+def test_new_run_over_a_finished_run_is_refused(reference_run, training_root):
     folder, _, _ = reference_run
     with pytest.raises(train.UsageError) as err:
-        train.main(train.parse_args(tiny(data_root, folder / "ema.pth", "--dry-run")))
+        train.main(train.parse_args(tiny(training_root, folder / "ema.pth", "--dry-run")))
     assert f"a finished run is there ({folder / 'ema.pth'}); add --overwrite to start a new run" in str(err.value)
 
 
-def test_new_run_over_an_unfinished_run_points_to_resume(reference_run, data_root, tmp_path):
+def test_new_run_over_an_unfinished_run_points_to_resume(reference_run, training_root, tmp_path):
     last = unfinished_copy(reference_run, tmp_path, epoch=2)
     with pytest.raises(train.UsageError) as err:
-        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+        train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--dry-run")))
     assert f"an unfinished run is there (2 epochs done in {last}); continue it with --resume {last}" in str(err.value)
 
 
-def test_overwrite_replaces_the_earlier_run(reference_run, data_root, tmp_path):
+def test_overwrite_replaces_the_earlier_run(reference_run, training_root, tmp_path):
     import shutil
     shutil.copytree(reference_run[0], tmp_path / "run")
     save = tmp_path / "run" / "ema.pth"
-    argv = tiny(data_root, save, "--no-eval", "--overwrite", "--epochs", "1,2", "--ema-ratio", "0.5",
+    argv = tiny(training_root, save, "--no-eval", "--overwrite", "--epochs", "1,2", "--ema-ratio", "0.5",
                 "--ema-extra", "0")
     train.main(train.parse_args(argv))
     assert [json.loads(line)["epoch"] for line in open(tmp_path / "run" / "ema_log.jsonl")] == [1, 2]
@@ -604,7 +604,7 @@ class Recorded(Exception):
     """Stops main() right after the demo's untrained copy was made."""
 
 
-def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run, data_root, tmp_path, monkeypatch):
+def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run, training_root, tmp_path, monkeypatch):
     copies = []
 
     def record(model):
@@ -613,7 +613,7 @@ def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run,
 
     monkeypatch.setattr(train, "untrained_copy", record)
     with pytest.raises(Recorded):  # a new demo-style run: the seeded initial weights
-        train.main(train.parse_args(tiny(data_root, tmp_path / "new" / "ema.pth", "--demo", "--no-eval")))
+        train.main(train.parse_args(tiny(training_root, tmp_path / "new" / "ema.pth", "--demo", "--no-eval")))
     last = unfinished_copy(reference_run, tmp_path, epoch=3)
     with pytest.raises(Recorded):
         train.main(train.parse_args(["--resume", str(last), "--demo", "--no-eval"]))
@@ -627,25 +627,25 @@ def test_demo_baseline_is_the_seeded_initial_weights_after_resume(reference_run,
 SHORT = ["--epochs", "1,2", "--ema-ratio", "0.5", "--ema-extra", "0"]  # 2 epochs at lr 0.05 (no warm-up, held)
 
 
-def test_non_finite_loss_in_epoch_1_says_rerun(monkeypatch, data_root, tmp_path):
+def test_non_finite_loss_in_epoch_1_says_rerun(monkeypatch, training_root, tmp_path):
     monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
     monkeypatch.setattr(NaNAfter, "after", 1)
     NaNAfter.calls = 0
-    args = train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--no-eval", *SHORT))
+    args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--no-eval", *SHORT))
     with pytest.raises(train.TrainingError, match=r"at epoch 1, step 1 of 8; training stopped. No epoch had "
                                                   r"finished, so there is nothing to resume: rerun with a lower "
                                                   r"--lr, e.g. --lr 0.025$"):
         train.main(args)
 
 
-def test_non_finite_loss_then_resume_with_a_lower_lr(monkeypatch, data_root, tmp_path, capsys):
+def test_non_finite_loss_then_resume_with_a_lower_lr(monkeypatch, training_root, tmp_path, capsys):
     real_loss = train.ReIDLoss
     monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
     NaNAfter.calls = 0
     save = tmp_path / "ema.pth"
     last = tmp_path / "ema_last.pth"
     with pytest.raises(train.TrainingError) as err:
-        train.main(train.parse_args(tiny(data_root, save, "--no-eval", *SHORT)))
+        train.main(train.parse_args(tiny(training_root, save, "--no-eval", *SHORT)))
     suggested = f"--resume {last} --lr 0.025"
     assert f"The checkpoint {last} (1 finished epochs) is kept: resume it with a lower --lr, e.g. {suggested}" \
         in str(err.value)
@@ -680,33 +680,33 @@ class InterruptAt(train.ReIDLoss):
     (1, "stopped at once in epoch 1; no epoch had finished, so nothing was saved: rerun the same command to start again"),
     (10, "stopped at once in epoch 2; the checkpoint {last} holds 1 finished epochs: resume with --resume {last}"),
 ])
-def test_second_ctrl_c_says_what_was_saved_and_exits_130(monkeypatch, data_root, tmp_path, capsys, at, said):
+def test_second_ctrl_c_says_what_was_saved_and_exits_130(monkeypatch, training_root, tmp_path, capsys, at, said):
     monkeypatch.setattr(train, "ReIDLoss", InterruptAt)
     monkeypatch.setattr(InterruptAt, "at", at)
     InterruptAt.calls = 0
-    code, err = cli_exit(tiny(data_root, tmp_path / "ema.pth", "--no-eval", *SHORT), capsys)
+    code, err = cli_exit(tiny(training_root, tmp_path / "ema.pth", "--no-eval", *SHORT), capsys)
     assert code == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "train.py: " + said.format(last=tmp_path / "ema_last.pth")
 
 
-def test_ctrl_c_in_the_final_evaluation_says_the_weights_are_saved(monkeypatch, data_root, tmp_path, capsys):
+def test_ctrl_c_in_the_final_evaluation_says_the_weights_are_saved(monkeypatch, training_root, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "final_evaluation", interrupted)
     save = tmp_path / "ema.pth"
-    code, err = cli_exit(tiny(data_root, save, *SHORT), capsys)
+    code, err = cli_exit(tiny(training_root, save, *SHORT), capsys)
     assert code == 130 and "Traceback" not in err
     assert f"train.py: interrupted during the final evaluation; the averaged weights are saved in {save} " \
            f"(evaluate them with python test_market1501.py --weights {save} --net small --img-height 32 " \
-           f"--img-width 16 --dataset-root {data_root})" in err
+           f"--img-width 16 --dataset-root {training_root})" in err
     assert save.exists()
 
 
-def test_unscorable_test_data_after_training_keeps_the_weights(data_root, tmp_path, capsys):
+def test_unscorable_test_data_after_training_keeps_the_weights(training_root, tmp_path, capsys):
     import re
     import shutil
     root = tmp_path / "data"
-    shutil.copytree(data_root, root)
+    shutil.copytree(training_root, root)
     gallery = root / "market1501" / "bounding_box_test"
     for i, name in enumerate(sorted(os.listdir(gallery))):  # every gallery image becomes a distractor (id 0)
         camera = re.match(r"-?\d+_c(\d+)", name).group(1)
@@ -753,9 +753,9 @@ def test_warnings_are_one_clean_line(capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_the_process_group_with_workers_prints_one_message(data_root, tmp_path):
+def test_ctrl_c_to_the_process_group_with_workers_prints_one_message(training_root, tmp_path):
     """A terminal's Ctrl-C reaches every process of the group, the loader workers too."""
-    proc = run_script(tiny(data_root, tmp_path / "ema.pth", "--no-eval", "--num-workers", "2"), start_new_session=True)
+    proc = run_script(tiny(training_root, tmp_path / "ema.pth", "--no-eval", "--num-workers", "2"), start_new_session=True)
     last = tmp_path / "ema_last.pth"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -776,22 +776,22 @@ def test_unreadable_pretrained_file_is_a_usage_error(capsys, tmp_path):
     assert f"--pretrained: cannot read {path} as a torch checkpoint" in err
 
 
-def test_save_path_that_is_a_folder_or_holds_only_a_log(data_root, tmp_path):
+def test_save_path_that_is_a_folder_or_holds_only_a_log(training_root, tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(train.UsageError, match=r"--save-path .*run is a folder; give a file name, e.g. .*ema.pth"):
-        train.main(train.parse_args(tiny(data_root, tmp_path / "run", "--dry-run")))
+        train.main(train.parse_args(tiny(training_root, tmp_path / "run", "--dry-run")))
     (tmp_path / "ema_log.jsonl").write_text('{"epoch": 1}\n')
     with pytest.raises(train.UsageError) as err:
-        train.main(train.parse_args(tiny(data_root, tmp_path / "ema.pth", "--dry-run")))
+        train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--dry-run")))
     assert f"files of an earlier run are there ({tmp_path / 'ema_log.jsonl'}); add --overwrite" in str(err.value)
 
 
-def test_ctrl_c_in_the_batchnorm_pass_points_to_resume(monkeypatch, data_root, tmp_path, capsys):
+def test_ctrl_c_in_the_batchnorm_pass_points_to_resume(monkeypatch, training_root, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "update_bn", interrupted)
     save = tmp_path / "ema.pth"
-    code, err = cli_exit(tiny(data_root, save, "--no-eval", *SHORT), capsys)
+    code, err = cli_exit(tiny(training_root, save, "--no-eval", *SHORT), capsys)
     last = tmp_path / "ema_last.pth"
     assert code == 130 and "Traceback" not in err and not save.exists()
     assert f"train.py: interrupted during the BatchNorm pass after the last epoch, before {save} was written; " \
