@@ -469,7 +469,7 @@ def test_save_features_of_the_single_split_datasets(capsys, bare_weights, datase
                                          ["provenance"])
     made_by = features.read_provenance(saved)
     assert made_by["variant"] == "small" and made_by["dtype"] == "float32" and made_by["flip"] is True
-    assert made_by["weights_id"] == features.load_for_inference(weights)[1]["weights_id"]
+    assert made_by["weights_id"] == features.load_for_inference(bare_weights)[1]["weights_id"]
     assert len(saved[f"{split}_paths"]) == len(saved[f"{split}_features"]) == len(saved[f"{split}_pids"]) > 0
 
 
