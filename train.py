@@ -277,7 +277,8 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
         print(model_summary(model, args.net, args.img_height, args.img_width))
     check_save_path(args, lock=main_rank)
-    if args.dry_run:
+    if args.dry_run:  # a check of the command and the data: the images' headers too
+        check_training_images(dataset.train, None, MAX_SKIPPED)
         if main_rank:
             print(dry_run_line(sampler, args))
         return None
@@ -435,7 +436,7 @@ def cli(argv=None):
         main(args)
     except (DatasetError, CheckpointError, UsageError, TrainingError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(1 if isinstance(err, TrainingError) else 2)
+        sys.exit(err.exit_status if isinstance(err, TrainingError) else 2)
     except Interrupted as err:
         print(f"train.py: {err}", file=sys.stderr)
         sys.exit(128 + int(err.signum))

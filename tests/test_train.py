@@ -13,6 +13,7 @@ import torch
 
 import train
 import training.flags
+from training.run_state import UnreadableImages
 from tests import helpers
 from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
 from utils import malloc
@@ -447,6 +448,17 @@ def test_unreadable_images_are_all_listed_before_epoch_1(training_root, tmp_path
     err = capsys.readouterr().err
     assert "8 of the 64 training images cannot be read:" in err
     assert all(name in err for name in names)  # every one, not only those read before a stop
+    assert not (tmp_path / "ema_last.pth").exists()
+
+
+def test_a_dry_run_reads_the_image_headers_and_unreadable_data_exits_2(training_root, tmp_path):
+    root, names = break_one_identity(training_root, tmp_path)
+    argv = tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2", "--ema-ratio", "0.5", "--ema-extra", "0")
+    with pytest.raises(UnreadableImages, match=r"^8 of the 64 training images cannot be read"):
+        train.main(train.parse_args([*argv, "--dry-run"]))
+    code, _, err = finish(run_script(argv), 300)  # the user's data: exit status 2, as a missing dataset
+    assert code == 2 and "train.py: error: 8 of the 64 training images cannot be read (more than 1%" in err
+    assert all(name in err for name in names) and "Traceback" not in err
     assert not (tmp_path / "ema_last.pth").exists()
 
 

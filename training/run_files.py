@@ -21,7 +21,7 @@ from datasets.image_dataset import DECODE_ERRORS
 from datasets.synthetic import generate
 from network import CheckpointError, make_checkpoint
 from training.resume import last_checkpoint_path, load_training_checkpoint, log_path
-from training.run_state import TrainingError, UsageError
+from training.run_state import UnreadableImages, UsageError
 from utils import distributed
 from utils.files import atomic_save
 
@@ -187,7 +187,7 @@ def remove_earlier_run(save_path):
 
 def check_training_images(items, saved, max_skipped):
     """Open the header of every training image before training: list every unreadable one and
-    stop (TrainingError) when they are more than the share `max_skipped` of the training set; `saved`
+    stop (UnreadableImages, exit status 2) when they are more than the share `max_skipped` of the training set; `saved`
     as saved_state's."""
     bad = []
     for path, *_ in items:
@@ -204,7 +204,7 @@ def check_training_images(items, saved, max_skipped):
             tqdm.write(f"  {path}: {err}", file=sys.stderr)
     if len(bad) > max_skipped * len(items):
         then = f"resume with --resume {saved[0]}" if saved else "rerun"
-        raise TrainingError(f"{len(bad)} of the {len(items)} training images cannot be read (more than "
+        raise UnreadableImages(f"{len(bad)} of the {len(items)} training images cannot be read (more than "
                             f"{max_skipped:.0%}; listed above); fix or remove them and {then}")
     if distributed.is_main():
         tqdm.write(f"warning: training goes on without them (at most {max_skipped:.0%} may be unreadable)",

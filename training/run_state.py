@@ -23,7 +23,14 @@ class UsageError(ValueError):
 
 
 class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, unreadable images); the last checkpoint is kept."""
+    """The run cannot go on (non-finite loss, unreadable images); the last checkpoint is kept.
+    `exit_status`: train.py's (1: the training failed; 2: the user's data)."""
+    exit_status = 1
+
+
+class UnreadableImages(TrainingError):
+    """Too many training images cannot be read: the user's data, exit status 2."""
+    exit_status = 2
 
 
 class StopFlag:
@@ -88,7 +95,7 @@ class EpochTotals:
 def too_many_skipped(epoch, skipped, planned_images, saved):
     """TrainingError of an epoch in which more than MAX_SKIPPED of the images could not be read."""
     then = f"resume with --resume {saved[0]}" if saved else "rerun (no epoch had finished, nothing to resume)"
-    return TrainingError(f"epoch {epoch + 1}: {skipped} images could not be read (more than {MAX_SKIPPED:.0%} of "
+    return UnreadableImages(f"epoch {epoch + 1}: {skipped} images could not be read (more than {MAX_SKIPPED:.0%} of "
                          f"the epoch's {planned_images}); the warnings above name them; fix or remove them and {then}")
 
 
