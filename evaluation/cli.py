@@ -29,7 +29,14 @@ def _size_table():
     return "; ".join(f"{h}x{w}: {', '.join(names)}" for (h, w), names in rows.items())
 
 
-def get_args_parser(add_help=False):
+# the flags of some datasets only, and which (refused by the others' scripts)
+SPECIFIC_FLAGS = {"ap": "the ranking datasets", "rerank": "query/gallery rankings", "test_size": "vehicleid",
+                  "trials": "vehicleid", "kmeans": "car196 and cub200", "direction": "university1652"}
+
+
+def get_args_parser(add_help=False, dataset=None):
+    """The test scripts' flags; for a `dataset`, the flags of other datasets (SPECIFIC_FLAGS) are hidden
+    from --help and left at None, so that main() refuses them."""
     parser = argparse.ArgumentParser("DBN evaluation", add_help=add_help)
     parser.add_argument("--net", default=None, choices=["small", "large"],
                         help="model variant: small (LEViT-S) or large (LEViT-L) (default: what --weights holds)")
@@ -50,25 +57,31 @@ def get_args_parser(add_help=False):
                         help="GPU id to evaluate on, as train.py's --gpus (one id; same as --device cuda:ID)")
     add_dtype_arg(parser)
     add_compile_arg(parser)
-    parser.add_argument("--ap", default="trapezoid", choices=["trapezoid", "plain"],
-                        help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
-    parser.add_argument("--rerank", action="store_true",
-                        help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring (ranking datasets)")
+    def specific(flag, applies, **kwargs):  # a flag of some datasets only: hidden and refused for the others
+        if dataset is not None and dataset not in applies:
+            kwargs.update(default=None, help=argparse.SUPPRESS)
+        parser.add_argument(flag, **kwargs)
+
+    rank = [name for name in DATASET_NAMES if dataset_class(name).scoring == "rank"]
+    retrieval = [name for name in DATASET_NAMES if dataset_class(name).scoring == "retrieval"]
+    specific("--ap", rank, default="trapezoid", choices=["trapezoid", "plain"],
+             help="average precision: trapezoid (the release's numbers) or plain (torchreid, fast-reid)")
+    specific("--rerank", rank, action="store_true", default=False,
+             help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring")
     parser.add_argument("--vis", default=0, type=int, metavar="N",
                         help="write rank-list pictures of N queries to <vis-dir>/<dataset>_rank_<query>.png")
     parser.add_argument("--vis-dir", default="figs", metavar="DIR", help="folder of the --vis pictures")
     # the protocol options of VehicleID and University-1652, with the defaults their classes give
     vehicleid, university = dataset_class("vehicleid").protocol_options, dataset_class("university1652").protocol_options
-    parser.add_argument("--test-size", default=vehicleid["test_size"], type=int, choices=TEST_SIZES,
-                        help="vehicleid: test list (test_list_<N>.txt)")
-    parser.add_argument("--trials", default=vehicleid["trials"], type=int,
-                        help="vehicleid: number of seeded gallery draws")
-    parser.add_argument("--kmeans", default="release", choices=["release", "kmeans++"],
-                        help="car196/cub200: the k-means behind NMI: release (faiss's, seed 1234, 20 iterations; "
-                             "the release's numbers) or kmeans++ (run to convergence; usually higher, "
-                             "not comparable)")
-    parser.add_argument("--direction", default=university["direction"], choices=tuple(DIRECTIONS),
-                        help="university1652: query view -> gallery view")
+    specific("--test-size", ["vehicleid"], default=vehicleid["test_size"], type=int, choices=TEST_SIZES,
+             help="vehicleid: test list (test_list_<N>.txt)")
+    specific("--trials", ["vehicleid"], default=vehicleid["trials"], type=int,
+             help="vehicleid: number of seeded gallery draws")
+    specific("--kmeans", retrieval, default="release", choices=["release", "kmeans++"],
+             help="car196/cub200: the k-means behind NMI: release (faiss's, seed 1234, 20 iterations; the "
+                  "release's numbers) or kmeans++ (run to convergence; usually higher, not comparable)")
+    specific("--direction", ["university1652"], default=university["direction"], choices=tuple(DIRECTIONS),
+             help="university1652: query view -> gallery view")
     parser.add_argument("--save-features", default=None, metavar="FILE.npz",
                         help="also write the test features: <split>_features (N, D) float32 L2-normalised, "
                              "<split>_paths, <split>_pids and <split>_camids for each split (query, gallery; "
@@ -152,7 +165,7 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
     show_warnings_as_lines()
     cls = dataset_class(dataset)
     height, width = img_height or cls.image_size[0], img_width or cls.image_size[1]
-    parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser()], formatter_class=HelpFormatter,
+    parser = argparse.ArgumentParser(f"test_{dataset}.py", parents=[get_args_parser(dataset=dataset)], formatter_class=HelpFormatter,
                                      description=f"Evaluate a DBN checkpoint on {dataset} (default input "
                                                  f"{height}x{width}); the last line printed is the result "
                                                  "in the release's format.")
@@ -174,8 +187,12 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
             check_output(parser, flag, path)
     if args.vis:
         check_output(parser, "--vis-dir", args.vis_dir, folder=True)
-    if args.rerank and cls.scoring != "rank":
+    # a flag of other datasets has the default None here (get_args_parser): given, it is refused
+    given = [name for name in SPECIFIC_FLAGS if parser.get_default(name) is None and getattr(args, name) is not None]
+    if "rerank" in given:
         parser.error(f"--rerank applies to query/gallery rankings; {dataset} is scored by Recall@K and NMI")
+    if given:
+        parser.error(f"--{given[0].replace('_', '-')} applies to {SPECIFIC_FLAGS[given[0]]} only, not to {dataset}")
     device = _device(args, parser)
     try:
         check_dtype(args.dtype, device)
@@ -193,8 +210,8 @@ def main(dataset, argv=None, *, weights="params/ema.pth", net=None, img_height=N
         data = build_dataset(dataset, args.dataset_root)
         print(data.summary())
         metrics, line = evaluate(model, data, image_size=(args.img_height, args.img_width),
-                                 batch_size=args.batch_size, num_workers=args.num_workers, ap=args.ap,
-                                 rerank=args.rerank, kmeans=args.kmeans, vis=args.vis, vis_dir=args.vis_dir,
+                                 batch_size=args.batch_size, num_workers=args.num_workers, ap=args.ap or "trapezoid",
+                                 rerank=bool(args.rerank), kmeans=args.kmeans or "release", vis=args.vis, vis_dir=args.vis_dir,
                                  save_features=args.save_features,
                                  provenance=provenance(info["weights_id"], args.net, args.img_height, args.img_width,
                                                        data.family, True, args.dtype),

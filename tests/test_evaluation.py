@@ -462,7 +462,8 @@ def test_save_features_and_metrics_json(capsys, bare_weights, datasets_root, tmp
 @pytest.mark.parametrize("dataset, split", [("car196", "test"), ("vehicleid", "test")])
 def test_save_features_of_the_single_split_datasets(capsys, bare_weights, datasets_root, tmp_path, dataset, split):
     npz = tmp_path / "feats.npz"
-    run(capsys, dataset, "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL, "--trials", "2",
+    trials = ["--trials", "2"] if dataset == "vehicleid" else []  # a vehicleid flag (refused by the others)
+    run(capsys, dataset, "--weights", bare_weights, "--dataset-root", datasets_root, *SMALL, *trials,
         "--save-features", str(npz))
     saved = np.load(npz)
     assert sorted(saved.files) == sorted([f"{split}_{k}" for k in ("features", "paths", "pids", "camids")] +
@@ -519,3 +520,30 @@ def test_script_constants_are_defaults_that_flags_and_the_checkpoint_override(ca
     out, err = capsys.readouterr()
     assert "net=small" in out and "img_height=32 img_width=16" in out and "warning" not in err
     assert 0 <= metrics["mAP"] <= 1
+
+
+@pytest.mark.parametrize("dataset, flags, message", [
+    ("market1501", ["--direction", "drone2satellite"], "--direction applies to university1652 only, not to market1501"),
+    ("market1501", ["--test-size", "800"], "--test-size applies to vehicleid only, not to market1501"),
+    ("market1501", ["--trials", "2"], "--trials applies to vehicleid only, not to market1501"),
+    ("market1501", ["--kmeans", "kmeans++"], "--kmeans applies to car196 and cub200 only, not to market1501"),
+    ("cub200", ["--ap", "plain"], "--ap applies to the ranking datasets only, not to cub200"),
+    ("vehicleid", ["--direction", "drone2satellite"], "--direction applies to university1652 only, not to vehicleid"),
+])
+def test_flags_of_other_datasets_are_refused(capsys, dataset, flags, message):
+    assert message in run_error(capsys, dataset, *flags)
+
+
+def test_each_scripts_help_lists_its_own_flags(capsys):
+    def help_of(dataset):
+        with pytest.raises(SystemExit) as exit_info:
+            eval_cli.main(dataset, ["--help"])
+        assert exit_info.value.code == 0
+        return capsys.readouterr().out
+
+    market, cars, vehicles = help_of("market1501"), help_of("car196"), help_of("vehicleid")
+    assert "--rerank" in market and "--ap" in market
+    assert not any(flag in market for flag in ("--direction", "--test-size", "--trials", "--kmeans"))
+    assert "--kmeans" in cars and "--rerank" not in cars and "--ap " not in cars
+    assert "--test-size" in vehicles and "--trials" in vehicles and "--direction" not in vehicles
+    assert "--direction" in help_of("university1652")

@@ -57,10 +57,11 @@ def bool_type(text):
 
 
 def require_at_least(parser, args, minimum, *names):
-    """parser.error naming the first flag among `names` (attributes of `args`) whose value is below `minimum`."""
+    """parser.error naming the first flag among `names` (attributes of `args`) whose value is below `minimum`
+    (None: a flag left unset, not checked)."""
     for name in names:
         value = getattr(args, name)
-        if value < minimum:
+        if value is not None and value < minimum:
             rule = "0 or more" if minimum == 0 else f"at least {minimum}"
             parser.error(f"--{name.replace('_', '-')} must be {rule}, got {value}")
 
