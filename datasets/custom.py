@@ -143,6 +143,16 @@ query/ ..., gallery/ ...            (the same three choices; train is optional)"
             raise DatasetError(f"{where}: id {pid} is in the query but has no image in the gallery "
                                f"({self.sources['gallery']}); add gallery images of it or drop it from the query")
 
+    def missing(self, path, what):
+        """As every dataset's, and where the folder holds a custom/ folder (the generator's layout), say that
+        the dataset folder itself is wanted."""
+        error = super().missing(path, what)
+        nested = os.path.join(self.root, "custom")
+        if os.path.isdir(nested):
+            return DatasetError(f"{error}\n{self.root} holds a custom/ folder: --dataset custom takes the dataset "
+                                f"folder itself, e.g. --dataset-root {nested}")
+        return error
+
     def line_of(self, list_path, image):
         with open(list_path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):

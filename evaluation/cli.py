@@ -105,6 +105,9 @@ def load_model(weights, device, *, default_size, net=None, img_height=None, img_
     released width). Raises network.CheckpointError (missing or unreadable file, a backbone, a
     flag that contradicts it).
     """
+    if os.path.isdir(weights):
+        raise CheckpointError(f"--weights {weights} is a folder; give the checkpoint file in it (the file train.py "
+                              "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")
     if not os.path.isfile(weights):
         raise CheckpointError(f"weights file not found: {weights} (pass --weights PATH: the file train.py "
                               "wrote to --save-path, its _last.pth checkpoint, or the release's params/ema.pth)")

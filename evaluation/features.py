@@ -437,6 +437,9 @@ def check_args(args, parser):
     if hasattr(args, "batch_size"):  # the tools that compute features (get_args_parser(running=True))
         require_at_least(parser, args, 1, "batch_size")
         require_at_least(parser, args, 0, "num_workers")
+    if os.path.isdir(args.weights):
+        parser.error(f"--weights {args.weights} is a folder; give the checkpoint file in it (the file train.py "
+                     "wrote to --save-path, or the release's params/ema.pth)")
     if not os.path.isfile(args.weights):
         parser.error(f"--weights {args.weights}: file not found (the file train.py wrote to --save-path, "
                      "or the release's params/ema.pth)")

@@ -6,6 +6,7 @@ loads strictly into `model` or raises `CheckpointError` saying what is wrong and
 import os
 import pickle
 import warnings
+import zipfile
 
 import torch
 
@@ -33,11 +34,36 @@ def where_files_go():
             f"from {RELEASE_SOURCE}; ReID models are wherever train.py's --save-path wrote them")
 
 
+def export_kind(path):
+    """What export.py-style file `path` is ("a TorchScript export", "a torch.export program", "an ONNX
+    model"), or None for anything else (a checkpoint is a zip of a data.pkl and tensors)."""
+    if path.endswith(".onnx"):
+        return "an ONNX model"
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any("/code/__torch__" in name or name.endswith("/constants.pkl") for name in names):
+        return "a TorchScript export"
+    if any("serialized_exported_program" in name or name.endswith("archive_format") for name in names):
+        return "a torch.export program"
+    return None
+
+
 def read_checkpoint(path):
     """torch.load(path, weights_only=True) on CPU; every failure becomes a CheckpointError."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file ({where_files_go()})")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path} ({where_files_go()})")
+    exported = export_kind(path)
+    if exported:
+        raise CheckpointError(f"{path} is {exported} (a program for inference, not weights): pass the .pth "
+                              "checkpoint it was exported from")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

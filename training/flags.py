@@ -3,6 +3,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 
 import torch
 
@@ -61,7 +62,10 @@ def check_args(args, parser):
     """Reject invalid values up front, naming the flag and what is allowed."""
     args.epochs = tuple(args.epochs)
     warmup, total = args.epochs
-    require_at_least(parser, args, 1, "batch_size", "instance_num", "img_height", "img_width")
+    require_at_least(parser, args, 1, "batch_size", "instance_num")
+    if args.instance_num == 1:
+        warnings.warn("--instance-num 1: a batch holds one image of each identity, so the triplet loss has no "
+                      "positive pair and only the cross-entropy trains; the release uses 4")
     if min(args.img_height, args.img_width) < 16:
         parser.error(f"--img-height/--img-width must be at least 16 (output stride 16), got "
                      f"{args.img_height}x{args.img_width}")

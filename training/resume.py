@@ -47,7 +47,7 @@ def load_training_checkpoint(path):
         raise CheckpointError(
             f"--resume {path}: not a training checkpoint (missing {', '.join(missing)}); pass the "
             f"<save-path stem>_last.pth file that train.py rewrites after every epoch, e.g. "
-            f"{last_checkpoint_path('params/ema.pth')} for --save-path params/ema.pth")
+            f"{last_checkpoint_path(path)} for --save-path {path}")
     return checkpoint
 
 
