@@ -70,7 +70,7 @@ def get_args_parser(add_help=True):
                         "random centre (the release's; replaces --erasing when > 0)")
     g.add_argument("--drop-path", default=None, type=float, metavar="RATE",
                    help="stochastic depth rate of the backbone's last block (rising linearly from 0); default "
-                        "per --net: 0.05 small, 0.10 large (the release's large value is ambiguous, see README)")
+                        "per --net: 0.05 small, 0.10 large (the release's large value is ambiguous, see docs/recipe.md)")
     g.add_argument("--erasing", default=0.45, type=float,
                    help="batch-level random erasing: with probability 0.5 per training image, zero a rectangle "
                         "of up to this fraction of its area (0 = off)")

@@ -425,7 +425,7 @@ def add_dtype_arg(group):
 def add_compile_arg(group):
     group.add_argument("--compile", action="store_true",
                        help="run the network through torch.compile: batches are padded to a power of two and each "
-                            "such size compiles once (tens of seconds) on its first batch (see the README's Speed)")
+                            "such size compiles once (tens of seconds) on its first batch (see docs/performance.md)")
 
 
 def check_args(args, parser):

@@ -119,7 +119,7 @@ class DBN(Fusable, nn.Module):
         (network/<released file>; PretrainedNotFound when it is not there). `mlp_ratio`
         overrides the variant's; a pretrained file whose MLP widths say otherwise wins.
         `drop_path`: the largest stochastic depth rate (the last block's), overriding the
-        variant's (0.05 small, 0.10 large; the large one is ambiguous, see the README)."""
+        variant's (0.05 small, 0.10 large; the large one is ambiguous, see docs/recipe.md)."""
         super().__init__()
         if net not in VARIANTS:
             raise ValueError(f"DBN: unknown net {net!r}; choose one of {sorted(VARIANTS)}")

@@ -1,7 +1,8 @@
-"""The training commands of the README (the release's table), verbatim except that
-`your/dataset_root` is replaced by {root}: tests/test_readme.py checks that the README holds each
-verbatim and runs each with --dry-run on generated data. The two cub200 and two university1652
-commands give no --dataset-root, so they use the default (data/ in the working folder)."""
+"""The release's training commands, verbatim except that `your/dataset_root` is replaced by {root}:
+tests/test_readme.py checks that docs/training.md holds each verbatim under its title, that the
+README's results and training tables agree with them, and runs each with --dry-run on generated data.
+The two cub200 and two university1652 commands give no --dataset-root, so they use the default
+(data/ in the working folder)."""
 
 COMMANDS = [
     ('Market1501 — LEViT-S with input of 256x128',

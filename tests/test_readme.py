@@ -1,5 +1,6 @@
-"""The README's commands, as written: the Quick start and CI agree, every training command of the
-release is there verbatim and passes --dry-run on generated data, every evaluation command runs."""
+"""The README's and docs/'s commands, as written: the Quick start and CI agree, every training command
+of the release is in docs/training.md verbatim and passes --dry-run on generated data, every
+evaluation command runs, the README's tables agree with the commands, every link resolves."""
 import os
 import re
 import shlex
@@ -13,15 +14,18 @@ from tests.helpers import ROOT
 from tests.readme_commands import COMMANDS
 
 README = open(os.path.join(ROOT, "README.md")).read()
+DOC_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
+DOCS = {name: open(os.path.join(ROOT, "docs", name)).read() for name in DOC_FILES}
+ALL_TEXT = "\n".join([README, *DOCS.values()])
 RELEASE_ROOT = "your/dataset_root"
 # generated sizes: enough identities for each command's P = batch-size / instance-num
 IDS = {"market1501": 16, "dukemtmc": 16, "msmt17": 16, "veri776": 16, "vehicleid": 64, "car196": 8,
        "cub200": 8, "university1652": 8, "npdetected": 4, "nplabeled": 4, "custom": 16}
 
 
-def section(title):
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.S | re.M)
-    assert match, f"README has no section '## {title}'"
+def section(title, text=README):
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert match, f"no section '## {title}'"
     return match.group(1)
 
 
@@ -52,14 +56,61 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
     assert tests in [line.strip() for line in ci.splitlines()], "the CI must run exactly the README's test command"
 
 
-def test_every_release_command_is_in_the_readme_verbatim():
-    lines = readme_lines("python train.py --net", section("Training"))
+def test_every_release_command_is_in_docs_training_verbatim():
+    training = DOCS["training.md"]
+    lines = readme_lines("python train.py --net", training)
     expected = [cmd.format(root=RELEASE_ROOT) for _, cmd in COMMANDS]
     assert lines == expected
-    assert README.count("Release's reported result") == len(COMMANDS)
+    assert training.count("Release's reported result") == len(COMMANDS)
+    titles = re.findall(r"^## (.+? — LEViT-[SL].*)$", training, re.M)
+    assert titles == [title for title, _ in COMMANDS]
+    # the README's one training command is the first of them
+    assert readme_lines("python train.py --net", section("Training")) == expected[:1]
 
 
-TRAIN_COMMANDS = [c for c in readme_lines("python train.py") + readme_lines("torchrun") if "--demo" not in c]
+REPORTED = re.findall(r"^Release's reported result: `(.*)`$", DOCS["training.md"], re.M)
+
+
+def test_readme_results_table_is_the_release_reported_numbers():
+    """One row per release command, in order, with its variant, input size and the first and last
+    figure of the release's reported line (rank-1 and mAP, or Recall@1 and NMI)."""
+    assert "release's reported numbers" in section("Results") and "not reproduced" in section("Results")
+    rows = re.findall(r"^\| ([^|]+) \| (LEViT-[SL]) \| (\d+x\d+) \| (\d\.\d{6}) \| (\d\.\d{6}) \|$",
+                      section("Results"), re.M)
+    assert len(rows) == len(COMMANDS) == len(REPORTED) == 19
+    for (_, variant, size, first, last), (_, command), reported in zip(rows, COMMANDS, REPORTED):
+        words = shlex.split(command)
+        flag = lambda name: words[words.index(name) + 1]  # noqa: E731
+        assert variant == {"small": "LEViT-S", "large": "LEViT-L"}[flag("--net")]
+        assert size == f"{flag('--img-height')}x{flag('--img-width')}"
+        figures = re.findall(r":(\d\.\d{6})", reported)
+        assert (first, last) == (figures[0], figures[-1]), reported
+
+
+def test_readme_training_table_matches_the_release_commands():
+    """The README's table of what changes per dataset says what the 19 commands of docs/training.md do."""
+    rows = re.findall(r"^\| `(\w+)` \|(.*)\|$", section("Training"), re.M)
+    columns = ["input", "--batch-size", "--lr", "--epochs", "--ema-extra", "--instance-num", "--erasing", "--freeze"]
+    by_dataset = {}
+    for _, command in COMMANDS:
+        words = shlex.split(command)
+        by_dataset.setdefault(words[words.index("--dataset") + 1], []).append(words)
+    assert [name for name, _ in rows] == list(by_dataset)
+    for name, cells in rows:
+        cells = dict(zip(columns, (c.strip() for c in cells.split("|"))))
+        for words in by_dataset[name]:
+            flag = lambda f: words[words.index(f) + 1] if f in words else ""  # noqa: E731
+            assert flag("--ema-ratio") == "0.80"
+            assert f"{flag('--img-height')}x{flag('--img-width')}" in cells["input"], (name, cells)
+            for column in columns[1:-1]:
+                assert cells[column] == flag(column), (name, column)
+            assert (flag("--freeze") in cells["--freeze"]) if flag("--freeze") else True, (name, cells)
+        if not any("--freeze" in words for words in by_dataset[name]):
+            assert cells["--freeze"] == "", name
+
+
+TRAIN_COMMANDS = [c for c in readme_lines("python train.py", ALL_TEXT) + readme_lines("torchrun", ALL_TEXT)
+                  if "--demo" not in c]
 
 
 def train_argv(command):
@@ -70,8 +121,8 @@ def train_argv(command):
 
 def test_torchrun_commands_use_valid_launcher_flags():
     from torch.distributed.run import get_args_parser
-    commands = readme_lines("torchrun")
-    assert len(commands) >= 4
+    commands = readme_lines("torchrun", ALL_TEXT)
+    assert len(commands) >= 4 and readme_lines("torchrun")  # the README shows one, docs/distributed.md the rest
     for command in commands:
         words = shlex.split(command)
         launcher = get_args_parser().parse_args(words[1:])  # exits on an unknown torchrun flag
@@ -98,12 +149,13 @@ def test_training_command_passes_dry_run(command, data_root, tmp_path, monkeypat
         assert "dry run: a real run stops here (exit status 2): --pretrained auto" in out
 
 
-EVAL_COMMANDS = readme_lines("python test_")
+EVAL_COMMANDS = readme_lines("python test_", ALL_TEXT)
 
 
 def test_every_dataset_has_an_evaluation_command():
     scripts = {shlex.split(c)[1] for c in EVAL_COMMANDS}
     assert scripts == {f"test_{name}.py" for name in IDS}
+    assert {shlex.split(c)[1] for c in readme_lines("python test_")} == scripts  # all of them in the README
     for script in scripts:
         assert os.path.isfile(os.path.join(ROOT, script))
 
@@ -158,10 +210,10 @@ def test_demo_runs_as_documented_and_learns(tmp_path):
 
 
 def test_benchmark_commands_parse():
-    """The Speed section's commands are accepted as written by their modules' parsers."""
+    """docs/performance.md's commands are accepted as written by their modules' parsers."""
     from benchmarks import __main__ as bench
     from benchmarks import eval as bench_eval
-    commands = re.findall(r"`python -m (utils\.bench(?:\.eval)?)([^`]*)`", section("Speed"))
+    commands = re.findall(r"`python -m (benchmarks(?:\.eval)?)([^`]*)`", " ".join(DOCS["performance.md"].split()))
     assert {module for module, _ in commands} == {"benchmarks", "benchmarks.eval"}
     assert any("--malloc default" in args for _, args in commands)
     for module, args in commands:
@@ -191,8 +243,8 @@ def _run_line(line, extra):
 
 @pytest.mark.slow
 def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypatch, capsys):
-    """The bash lines of "Your own data", "Feature extraction and retrieval" and "Export for
-    deployment", in order, in a fresh folder; the checkpoint the training line would write is a
+    """The bash lines of the README's "Your own data" and "Features, search and export" (feature
+    extraction and retrieval, export for deployment), in order, in a fresh folder; the checkpoint the training line would write is a
     random DBN in train.py's format at 64x32 (train.py runs as --dry-run), and the ONNX line runs
     when its optional packages are installed. The Python example runs too."""
     import importlib.util
@@ -202,8 +254,9 @@ def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypat
     fast = ["--num-workers", "0", "--device", "cpu"]
     extra = {"test": fast, "extract.py": fast, "search.py": fast}
     have_onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
-    lines = [line for title in ("Your own data", "Feature extraction and retrieval", "Export for deployment")
+    lines = [line for title in ("Your own data", "Features, search and export")
              for line in readme_lines("", section(title))]
+    assert any("--pretrained none" in line for line in lines if line.startswith("python train.py"))
     assert any("--format onnx" in line for line in lines) and "pip install -r requirements-export.txt" in lines
     for line in lines:
         if line.startswith("pip ") or ("--format onnx" in line and not have_onnx):
@@ -216,21 +269,28 @@ def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypat
                                        transform="reid"), os.path.join("params", "custom.pth"))
     out = capsys.readouterr().out
     assert re.search(r"^top1:\d\.\d{6} top5:\d\.\d{6} top10:\d\.\d{6} mAP:\d\.\d{6}$", out, re.M)
-    assert "wrote 16 x 1920 features to gallery.npz" in out and os.listdir(tmp_path / "figs" / "search")
+    assert "wrote 16 x 1920 features to outputs/gallery.npz" in out and os.listdir(tmp_path / "outputs" / "search")
     assert out.count("vs eager PyTorch, unfused, on a random batch of 3): ok") == 2 + have_onnx
     from PIL import Image
     Image.new("RGB", (64, 128), (90, 30, 200)).save("frame.jpg")
-    code = re.findall(r"```python\n(.*?)```", section("Feature extraction and retrieval"), re.S)
+    code = re.findall(r"```python\n(.*?)```", section("Features, search and export"), re.S)
     assert len(code) == 1
     scope = {}
     exec(compile(code[0], "README.md", "exec"), scope)
     assert scope["feats"].shape == (2, 1920) and scope["feats"].dtype == np.float32
 
 
-def test_readme_says_where_the_released_backbones_come_from():
-    text = " ".join(section("Pretrained backbones").split())
+def test_docs_say_where_the_released_backbones_come_from():
+    text = " ".join(section("Pretrained backbones", DOCS["checkpoints.md"]).split())
     assert "published in the `network/` folder of the release, the public LEViT ReID repository" in text
     assert "no download address or checksum is known here" in text
+    from network import RELEASED_FILES
+    for name in RELEASED_FILES.values():
+        assert f"`network/{name}`" in text
+    # the README says so at the top of Training, before its command
+    training = " ".join(section("Training").split())
+    assert training.index("`--pretrained none`") < training.index("python train.py")
+    assert "`network/` folder of the release" in training and "`--pretrained auto`" in training
 
 
 def test_readme_evaluates_the_demo_at_its_training_size():
@@ -241,14 +301,14 @@ def test_readme_evaluates_the_demo_at_its_training_size():
 
 
 def test_evaluation_from_python_runs_as_written(data_root, tmp_path, monkeypatch, capsys):
-    """The Evaluation section's Python example, on generated VehicleID data and bare random weights."""
+    """docs/evaluation.md's Python example, on generated VehicleID data and bare random weights."""
     from network import DBN
     monkeypatch.chdir(tmp_path)
     os.symlink(data_root, "data")
     os.makedirs("params")
     torch.manual_seed(0)
     torch.save(DBN(num_classes=5, pretrained=None).state_dict(), os.path.join("params", "ema.pth"))
-    (code,) = re.findall(r"```python\n(.*?)```", section("Evaluation"), re.S)
+    (code,) = re.findall(r"```python\n(.*?)```", section("From Python", DOCS["evaluation.md"]), re.S)
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["size"] == (256, 256) and scope["net"] == "small"  # VehicleID's own default size
@@ -257,3 +317,73 @@ def test_evaluation_from_python_runs_as_written(data_root, tmp_path, monkeypatch
     assert out[-1] == scope["line"] and re.fullmatch(r"top1:\d\.\d{6} top5:\d\.\d{6} top10:\d\.\d{6} mAP:\d\.\d{6}",
                                                      out[-1])
     assert "vehicleid test_list_800, 10 trials (seeds 0..9)" in "\n".join(out)
+
+
+def _anchors(text):
+    """GitHub's heading anchors of a Markdown text: lower case, punctuation but '-' and '_' dropped,
+    spaces as '-', a repeated heading numbered -1, -2, ..."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)  # no headings inside code blocks
+    seen, anchors = {}, set()
+    for title in re.findall(r"^#{1,6} (.+?)\s*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+@pytest.mark.parametrize("name", ["README.md", *(f"docs/{f}" for f in DOC_FILES)])
+def test_every_relative_link_resolves(name):
+    """Every relative link of README.md and docs/*.md names an existing file, and its #anchor a
+    heading of that file (or of the page itself for a bare #anchor)."""
+    path = os.path.join(ROOT, name)
+    text = open(path).read()
+    links = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+    assert links or name.startswith("docs/"), f"{name} links nowhere"
+    for link in links:
+        if re.match(r"[a-z]+:", link):  # http:, https:, mailto:
+            continue
+        target, _, anchor = link.partition("#")
+        target_path = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
+        assert os.path.exists(target_path), f"{name}: {link} names no file"
+        if anchor:
+            assert anchor in _anchors(open(target_path).read()), f"{name}: {link} names no heading"
+
+
+def test_readme_links_every_doc():
+    linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)", README))
+    assert linked == set(DOC_FILES)
+
+
+def test_readme_is_at_most_350_lines():
+    assert len(README.splitlines()) <= 350
+
+
+def test_cpu_install_pins_the_requirements_versions():
+    """The README's CPU-only install asks PyTorch's CPU index for exactly the versions
+    requirements.txt pins, so the next `pip install -r requirements.txt` keeps that build."""
+    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)", open(os.path.join(ROOT, "requirements.txt")).read(), re.M))
+    (line,) = [line for line in readme_lines("pip install torch", section("Install"))]
+    words = shlex.split(line)
+    assert {w.split("==")[0]: w.split("==")[1] for w in words if "==" in w} == pins
+    assert words[words.index("--index-url") + 1].endswith("/whl/cpu")
+    assert "pip install -r requirements.txt" in readme_lines("pip install -r", section("Install"))
+
+
+def test_readme_example_outputs_go_to_an_ignored_folder():
+    """extract.py's --out and search.py's --vis in the README are under a folder git ignores."""
+    import subprocess
+    outputs = []
+    for line in readme_lines("python extract.py") + readme_lines("python search.py"):
+        words = shlex.split(line)
+        outputs += [words[i + 1] for i, w in enumerate(words) if w in ("--out", "--vis")]
+    assert len(outputs) == 2
+    for output in outputs:
+        assert subprocess.run(["git", "check-ignore", "-q", "--no-index", output], cwd=ROOT).returncode == 0, output
+
+
+@pytest.mark.parametrize("old", ["utils/metrics", "utils/rerank", "utils/vis", "utils/evaluation", "utils/features",
+                                 "utils/eval_cli", "utils/image_list", "utils/checkpoint", "utils/run_files",
+                                 "utils/train_flags", "utils/schedule", "utils/bench", "utils.bench", "utils.evaluation",
+                                 "utils.features", "network/kernels.py", "network/csrc"])
+def test_docs_name_no_moved_path(old):
+    assert old not in ALL_TEXT

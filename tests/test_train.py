@@ -140,7 +140,7 @@ def test_defaults_match_the_release():
 
 def test_drop_path_defaults_per_variant_and_reaches_the_model():
     assert train.parse_args([]).drop_path == 0.05
-    assert train.parse_args(["--net", "large"]).drop_path == 0.10  # the backbone file's value (see README)
+    assert train.parse_args(["--net", "large"]).drop_path == 0.10  # the backbone file's value (see docs/recipe.md)
     args = train.parse_args(["--net", "large", "--drop-path", "0.15"])
     assert args.drop_path == 0.15
     args.pretrained = "none"
