@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ def get_args_parser():
 def load_features(path):
     """(features (N, D) float32, [(path, pid or None, camid or None)], provenance or None) of an extract.py
     .npz file."""
+    if not zipfile.is_zipfile(path):  # an .npz is a zip of .npy arrays
+        raise ImageListError(f"cannot read {path} as an .npz file: it is not a zip archive of arrays (write the "
+                             "gallery's features with extract.py)")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:

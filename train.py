@@ -437,8 +437,9 @@ def cli(argv=None):
     except (DatasetError, CheckpointError, UsageError, TrainingError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(err.exit_status if isinstance(err, TrainingError) else 2)
-    except Interrupted as err:
-        print(f"train.py: {err}", file=sys.stderr)
+    except Interrupted as err:  # every process stops; one message (torchrun's global rank 0)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train.py: {err}", file=sys.stderr)
         sys.exit(128 + int(err.signum))
 
 

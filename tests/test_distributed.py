@@ -130,6 +130,7 @@ def test_ctrl_c_under_torchrun_checkpoints_and_resumes_exactly(ddp_run, training
     code, _, err = finish(proc)
     assert code != 0 and not (tmp_path / "ema.pth").exists()
     assert "interrupted in epoch 2 after batch" in err and f"--resume {last}" in err
+    assert err.count("train.py: interrupted in epoch") == 1  # rank 0 speaks for both processes
     checkpoint = load(last)
     assert checkpoint["epoch"] == 1 and 1 <= checkpoint["step"] < STEPS and len(checkpoint["rng"]) == 2
 

@@ -90,7 +90,9 @@ def test_usage_errors(search_inputs, capsys, tmp_path):
     assert f"{tmp_path / 'small.npz'} holds 8-d features but {weights} gives 1920-d ones; extract the gallery with " \
            "the same checkpoint" in error("--gallery", str(tmp_path / "small.npz"))
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    assert f"cannot read {tmp_path / 'broken.npz'} as an .npz file" in error("--gallery", str(tmp_path / "broken.npz"))
+    broken = error("--gallery", str(tmp_path / "broken.npz"))
+    assert f"cannot read {tmp_path / 'broken.npz'} as an .npz file: it is not a zip archive of arrays" in broken
+    assert "allow_pickle" not in broken  # numpy's advice does not apply to a file that is no .npz
     assert "not found: nowhere.jpg" in error("--gallery", npz, "--query", "nowhere.jpg")
 
 
