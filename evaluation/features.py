@@ -81,14 +81,6 @@ class CompiledModel(nn.Module):
     def feature_dim(self):
         return self.model.feature_dim
 
-    @property
-    def provenance(self):
-        """What produces these features (see provenance()): the weights, variant, input, transform, flip, dtype."""
-        if "weights_id" not in self.info:
-            self.info["weights_id"] = weights_id(self.model)
-        return provenance(self.info["weights_id"], self.model.net, self.img_height, self.img_width, self.family,
-                          self.flip, self.dtype)
-
     def forward(self, x):
         n = x.shape[0]
         size = 1 << (n - 1).bit_length()
