@@ -145,3 +145,12 @@ def test_every_scripts_help_runs_without_sched_getaffinity():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.rstrip().endswith("all help ok")
     assert "usage: train.py" in proc.stdout and "usage: test_market1501.py" in proc.stdout
+
+
+def test_train_py_reads_top_to_bottom_in_at_most_450_lines():
+    with open(os.path.join(ROOT, "train.py"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 450, f"train.py has {len(lines)} lines; move run-state plumbing to training/"
+    order = [next(i for i, line in enumerate(lines) if line.startswith(f"def {name}("))
+             for name in ("get_args_parser", "train_one_epoch", "main", "final_evaluation", "cli")]
+    assert order == sorted(order)
