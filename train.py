@@ -25,13 +25,12 @@ import time
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset
-from datasets.image_dataset import ImageDataset, collate_skip
+from datasets.image_dataset import ImageDataset
 from datasets.sampler import PKSampler
-from datasets.seeded import SeededBatches, SeededDataset
+from datasets.seeded import SeededDataset, seeded_loader
 from datasets.synthetic import regenerate_hint
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from losses import ReIDLoss
@@ -45,7 +44,7 @@ from training.resume import (last_checkpoint_path, load_training_checkpoint, log
 from training.run_files import (append_log, check_save_path, check_training_images, dry_run_line, ensure_demo_data,
                                 evaluate_command, release_run_lock, remove_earlier_run, save_model, saved_state)
 from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
-                                non_finite_loss, too_many_skipped)
+                                batch_has_images, reduce_step)
 from training.schedule import averaging_start, build_scheduler
 from utils import distributed
 from utils.cli import BooleanFlag, HelpFormatter
@@ -170,11 +169,8 @@ def build_sampler(dataset, args, dist_info):
 def build_loader(train_set, sampler, args, epoch, dist_info, device, skip=0):
     """Loader of one epoch (0-based `epoch`), starting at batch `skip`: same batches and augmentation
     for a given seed and epoch whatever --num-workers (see datasets.seeded.SeededBatches)."""
-    sampler.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(args.seed * 1000003 + epoch)
-    return DataLoader(train_set, batch_sampler=SeededBatches(sampler, args.seed, epoch, dist_info.rank, skip),
-                      num_workers=args.num_workers, collate_fn=collate_skip, generator=generator,
-                      pin_memory=device.type == "cuda")
+    return seeded_loader(train_set, sampler, args.seed, epoch, dist_info.rank, args.num_workers,
+                         pin_memory=device.type == "cuda", skip=skip)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -197,13 +193,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
     step = start_step
     try:  # the bar's line is finished whatever ends the epoch, so no message is glued to it
         for imgs, labels, _, skipped in loader:
-            totals.skipped += skipped
-            if totals.skipped > MAX_SKIPPED * planned_images:
-                raise too_many_skipped(epoch, totals.skipped, planned_images, saved)
-            if imgs.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
-                if distributed.get_world_size() > 1:  # the other processes would wait for this one's gradients
-                    raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch "
-                                        "could be read (see the warnings above)")
+            if not batch_has_images(imgs, skipped, totals, epoch, step, planned_images, saved, MAX_SKIPPED):
                 step += 1
                 bar.update(1)
                 continue
@@ -218,22 +208,14 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
             scaler.update()
 
             # one small all-reduce per step: mean loss for the log and a common decision to stop
-            status = torch.stack([loss.detach().float(), *terms.values(),
-                                  torch.tensor(float(stop.signum if stop else 0), device=loss.device)])
-            distributed.all_reduce_mean(status)
-            values = status.tolist()
-            if not math.isfinite(values[0]):
-                raise non_finite_loss(values[0], epoch, step, steps, args.lr, amp_settings(args, device)[0], saved)
+            mean_loss, stopping = reduce_step(loss, terms, stop, totals, epoch, step, steps, args.lr,
+                                              amp_settings(args, device)[0], saved, imgs.shape[0])
             step += 1
-            totals.steps += 1
-            totals.images += imgs.shape[0]
-            for name, value in zip(["loss", *terms], values[:-1]):
-                totals.losses[name] = totals.losses.get(name, 0.0) + value
             elapsed = totals.seconds + time.perf_counter() - start
-            bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             img_s=f"{totals.images * distributed.get_world_size() / max(elapsed, 1e-9):.0f}")
             bar.update(1)
-            if values[-1]:  # some process was asked to stop
+            if stopping:  # some process was asked to stop
                 break
     finally:
         bar.close()

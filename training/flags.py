@@ -117,17 +117,19 @@ DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net
             ema_ratio=0.8, ema_extra=4, erasing=0.0, device="cpu", num_workers=0,
             save_path=os.path.join("params", "demo.pth"))
 # flags that may change when resuming; every other flag is the recipe and must match the checkpoint
-RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "save_path",
-             "dist_timeout", "overwrite"}
+RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "data_root",
+             "save_path", "dist_timeout", "overwrite"}
 # recipe flags that a resumed run may change (a way out of a non-finite loss), with a warning
 RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
 
 
-def parse_with_defaults(parser, argv=None):
-    """Parse argv with train.py's parser; --demo and --resume supply the defaults of the flags not given,
-    then check_args."""
+def parse_with_defaults(parser, argv=None, check=None):
+    """Parse argv with train.py's parser (or pretrain.py's, whose flag checks are `check(args, parser)`,
+    by default train.py's check_args); --demo and --resume supply the defaults of the flags not given,
+    then the checks."""
     args = parser.parse_args(argv)
-    if args.demo:
+    demo = getattr(args, "demo", False)
+    if demo:
         parser.set_defaults(**DEMO)
     if args.resume:
         if not os.path.isfile(args.resume):
@@ -138,11 +140,11 @@ def parse_with_defaults(parser, argv=None):
             parser.error(str(err))
         # the run continues with its own settings; flags given now override the run-only ones (RUN_FLAGS)
         parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "dry_run") and k in vars(args)})
-    if args.demo or args.resume:
+    if demo or args.resume:
         args = parser.parse_args(argv)
-    if args.demo and not args.resume and args.save_path == DEMO["save_path"]:
+    if demo and not args.resume and args.save_path == DEMO["save_path"]:
         args.overwrite = True  # a second `train.py --demo` replaces the demo's own files (README)
-    check_args(args, parser)
+    (check or check_args)(args, parser)
     return args
 
 
