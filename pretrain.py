@@ -22,23 +22,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets import DatasetError
 from datasets.image_dataset import ImageDataset, collate_skip
 from datasets.imagefolder import ImageFolderData, ShuffledBatches, train_transform, val_transform
 from datasets.seeded import SeededDataset, seeded_loader
-from network import LEViT, VARIANTS, CheckpointError, out_of_range
+from network import LEViT, VARIANTS, out_of_range
 from training.classification import (batch_mix, build_step_scheduler, model_ema, param_groups, scaled_lr,
                                      topk_correct)
-from training.flags import (amp_settings, check_resume_args, gpus_type, json_form, parse_with_defaults,
-                            training_device)
+from training.flags import (add_amp_flags, add_hardware_flags, amp_settings, check_resume_args, json_form,
+                            parse_with_defaults)
+from training.launch import run_cli, run_on_device
 from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
                              save_training_state, seed_everything)
-from training.run_files import (append_log, check_save_path, check_training_images, release_run_lock,
-                                remove_earlier_run, saved_state)
-from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
+from training.run_files import append_log, check_save_path, check_training_images, remove_earlier_run, saved_state
+from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, UsageError,
                                 batch_has_images, reduce_step)
 from utils import distributed
-from utils.cli import BooleanFlag, HelpFormatter, check_gpu, default_workers, require_at_least
+from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
 from utils.files import atomic_save
 
@@ -76,18 +75,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
     g.add_argument("--mixup", default=0.8, type=float, help="Mixup alpha; 0 = off")
     g.add_argument("--cutmix", default=1.0, type=float, help="CutMix alpha; 0 = off (with both on, one per batch)")
-    g.add_argument("--amp", default=None, action=BooleanFlag,
-                   help="mixed precision in --amp-dtype (default: on with CUDA, off on the CPU)")
-    g.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16"],
-                   help="auto: float16 on CUDA (with a GradScaler), bfloat16 on the CPU")
+    add_amp_flags(g)
     g.add_argument("--seed", default=0, type=int, help="seeds weights, data order, augmentation, mixing")
-
-    g = parser.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
-    g.add_argument("--gpus", default=None, type=gpus_type, metavar="IDS",
-                   help="GPU ids, e.g. 0,1 (several: DataParallel); under torchrun each process uses cuda:LOCAL_RANK")
-    g.add_argument("--dist-timeout", default=1800, type=int, metavar="SECONDS",
-                   help="torchrun: how long a process waits for a missing one before failing")
+    add_hardware_flags(parser)
 
     g = parser.add_argument_group("run")
     g.add_argument("--save-path", default=os.path.join("params", "pretrained_small.pth"),
@@ -223,14 +213,7 @@ def evaluate(model, loader, device, autocast):
 
 
 def main(args):
-    device, dist_info, dp_ids, note = training_device(args.device, args.gpus, args.dist_timeout)
-    if note and dist_info.rank == 0:
-        print(note, file=sys.stderr if note.startswith("warning") else sys.stdout)
-    try:
-        return pretrain(args, device, dist_info, dp_ids)
-    finally:
-        release_run_lock()
-        distributed.cleanup()
+    return run_on_device(args, pretrain)
 
 
 def pretrain(args, device, dist_info, dp_ids):
@@ -337,17 +320,7 @@ def cli(argv=None):
     """`python pretrain.py ...`: exit status 2 for usage, data or checkpoint errors, 1 when training
     stopped, 128 + signal when interrupted; a message, no traceback."""
     show_warnings_as_lines()
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (DatasetError, CheckpointError, UsageError, TrainingError) as err:
-        print(f"pretrain.py: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_status if isinstance(err, TrainingError) else 2)
-    except Interrupted as err:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"pretrain.py: {err}", file=sys.stderr)
-        sys.exit(128 + int(err.signum))
-
+    run_cli("pretrain.py", main, parse_args(argv))
 
 if __name__ == "__main__":
     cli()

@@ -22,6 +22,7 @@ if ROOT not in sys.path:
 
 import pretrain  # noqa: E402
 from datasets.imagefolder import ShuffledBatches  # noqa: E402
+from tests.ddp_first_step import backward  # noqa: E402
 from utils import distributed  # noqa: E402
 
 CLASSES, ITEMS, BATCH, SEED, SIZE = 5, 40, 16, 5, 32
@@ -49,25 +50,20 @@ def forward_share(model, rank, world_size):
     return model(images()[index]), LABELS[index]
 
 
-def grads(module):
-    return {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
-
-
 def main(out):
     info = distributed.init_distributed(use_cuda=False, timeout_s=120)
-    assert info.distributed and info.backend == "gloo", info
     module = build_model()
-    model = nn.parallel.DistributedDataParallel(module)
-    criterion()(*forward_share(model, info.rank, info.world_size)).backward()
-    torch.save({"grads": grads(module), "world_size": info.world_size}, os.path.join(out, f"grad_rank{info.rank}.pt"))
+    logits, labels = forward_share(nn.parallel.DistributedDataParallel(module), info.rank, info.world_size)
+    torch.save({"grads": backward(module, criterion()(logits, labels)), "backend": info.backend,
+                "world_size": info.world_size}, os.path.join(out, f"grad_rank{info.rank}.pt"))
     distributed.cleanup()
 
 
 def reference(out):
     module = build_model()
     halves = [forward_share(module, r, 2) for r in (0, 1)]
-    criterion()(torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])).backward()
-    torch.save({"grads": grads(module)}, os.path.join(out, "reference.pt"))
+    loss = criterion()(torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves]))
+    torch.save({"grads": backward(module, loss)}, os.path.join(out, "reference.pt"))
 
 
 if __name__ == "__main__":

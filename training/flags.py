@@ -13,7 +13,7 @@ from training.resume import load_training_checkpoint
 from training.run_state import UsageError
 from training.schedule import averaging_start, lr_factor
 from utils import distributed
-from utils.cli import check_gpu, default_workers, require_at_least
+from utils.cli import BooleanFlag, check_gpu, default_workers, require_at_least
 from utils.device import pick_device
 
 
@@ -37,6 +37,26 @@ def gpus_type(text):
     if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
         raise argparse.ArgumentTypeError(f"expected distinct GPU ids >= 0, e.g. 0,1; got {text!r}")
     return ids
+
+
+def add_amp_flags(group):
+    """--amp and --amp-dtype (train.py and pretrain.py; see amp_settings)."""
+    group.add_argument("--amp", default=None, action=BooleanFlag,
+                       help="mixed precision: autocast in --amp-dtype, with a GradScaler for float16 "
+                            "(default: on with CUDA, off on the CPU)")
+    group.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16"],
+                       help="dtype of --amp; auto: float16 on CUDA (the release's), bfloat16 on the CPU")
+
+
+def add_hardware_flags(parser):
+    """The "hardware" group of train.py and pretrain.py: --device, --gpus, --dist-timeout (training_device)."""
+    g = parser.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
+    g.add_argument("--gpus", default=None, type=gpus_type, metavar="IDS",
+                   help="GPU ids, e.g. 0,1 (several: DataParallel); default: GPU 0 when CUDA is available. "
+                        "Without CUDA: a warning, then the CPU. Under torchrun each process uses cuda:LOCAL_RANK")
+    g.add_argument("--dist-timeout", default=1800, type=int, metavar="SECONDS",
+                   help="torchrun: how long a process waits for a missing one before failing")
 
 
 def freeze_words(text):
