@@ -53,7 +53,8 @@ def forward_share(model, rank, world_size):
 def main(out):
     info = distributed.init_distributed(use_cuda=False, timeout_s=120)
     module = build_model()
-    logits, labels = forward_share(nn.parallel.DistributedDataParallel(module), info.rank, info.world_size)
+    model = nn.parallel.DistributedDataParallel(module)  # kept alive: its hooks all-reduce in backward
+    logits, labels = forward_share(model, info.rank, info.world_size)
     torch.save({"grads": backward(module, criterion()(logits, labels)), "backend": info.backend,
                 "world_size": info.world_size}, os.path.join(out, f"grad_rank{info.rank}.pt"))
     distributed.cleanup()
