@@ -16,7 +16,6 @@ rewritten after every epoch, and <stem>_log.jsonl, one JSON line per epoch.
 """
 import argparse
 import copy
-import math
 import os
 import signal
 import sys
@@ -25,32 +24,31 @@ import time
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset
-from datasets.image_dataset import ImageDataset, collate_skip
+from datasets.image_dataset import ImageDataset
 from datasets.sampler import PKSampler
-from datasets.seeded import SeededBatches, SeededDataset
+from datasets.seeded import SeededDataset, seeded_loader
 from datasets.synthetic import regenerate_hint
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
 from losses import ReIDLoss
-from network import DBN, VARIANTS, CheckpointError, released_path
+from network import DBN, VARIANTS, released_path
 from network.fast import training_form
 from network.flops import model_summary
-from training.flags import (DEMO, amp_settings, check_resume_args, check_sync_bn, epochs_type, freeze_words, gpus_type,
-                            json_form, missing_pretrained, parse_with_defaults, training_device)
+from training.flags import (DEMO, add_amp_flags, add_hardware_flags, amp_settings, check_resume_args, check_sync_bn,
+                            epochs_type, freeze_words, json_form, missing_pretrained, parse_with_defaults)
+from training.launch import run_cli, run_on_device
 from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
                              save_training_state, seed_everything)
 from training.run_files import (append_log, check_save_path, check_training_images, dry_run_line, ensure_demo_data,
-                                evaluate_command, release_run_lock, remove_earlier_run, save_model, saved_state)
+                                evaluate_command, remove_earlier_run, save_model, saved_state)
 from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
-                                non_finite_loss, too_many_skipped)
+                                batch_has_images, reduce_step)
 from training.schedule import averaging_start, build_scheduler
 from utils import distributed
 from utils.cli import BooleanFlag, HelpFormatter
 from utils.console import show_warnings_as_lines
-from utils.malloc import tune_allocator
 
 # --- command line (flag types and checks: training/flags.py) -------------------------------
 
@@ -100,20 +98,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--ema-extra", default=25, type=int, help="epochs after T (total T + extra), all averaged")
     g.add_argument("--norm", default=True, action=BooleanFlag,
                    help="L2-normalise the embeddings inside the triplet loss")
-    g.add_argument("--amp", default=None, action=BooleanFlag,
-                   help="mixed precision: autocast in --amp-dtype, with a GradScaler for float16 "
-                        "(default: on with CUDA, off on the CPU)")
-    g.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16"],
-                   help="dtype of --amp; auto: float16 on CUDA (the release's), bfloat16 on the CPU")
+    add_amp_flags(g)
     g.add_argument("--seed", default=613, type=int, help="seeds weights, data order, augmentation, erasing")
-
-    g = parser.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
-    g.add_argument("--gpus", default=None, type=gpus_type, metavar="IDS",
-                   help="GPU ids, e.g. 0,1 (several: DataParallel); default: GPU 0 when CUDA is available. "
-                        "Without CUDA: a warning, then the CPU. Under torchrun each process uses cuda:LOCAL_RANK")
-    g.add_argument("--dist-timeout", default=1800, type=int, metavar="SECONDS",
-                   help="torchrun: how long a process waits for a missing one before failing")
+    add_hardware_flags(parser)
 
     g = parser.add_argument_group("run")
     g.add_argument("--save-path", default=os.path.join("params", "ema.pth"),
@@ -170,11 +157,8 @@ def build_sampler(dataset, args, dist_info):
 def build_loader(train_set, sampler, args, epoch, dist_info, device, skip=0):
     """Loader of one epoch (0-based `epoch`), starting at batch `skip`: same batches and augmentation
     for a given seed and epoch whatever --num-workers (see datasets.seeded.SeededBatches)."""
-    sampler.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(args.seed * 1000003 + epoch)
-    return DataLoader(train_set, batch_sampler=SeededBatches(sampler, args.seed, epoch, dist_info.rank, skip),
-                      num_workers=args.num_workers, collate_fn=collate_skip, generator=generator,
-                      pin_memory=device.type == "cuda")
+    return seeded_loader(train_set, sampler, args.seed, epoch, dist_info.rank, args.num_workers,
+                         pin_memory=device.type == "cuda", skip=skip)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -197,13 +181,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
     step = start_step
     try:  # the bar's line is finished whatever ends the epoch, so no message is glued to it
         for imgs, labels, _, skipped in loader:
-            totals.skipped += skipped
-            if totals.skipped > MAX_SKIPPED * planned_images:
-                raise too_many_skipped(epoch, totals.skipped, planned_images, saved)
-            if imgs.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
-                if distributed.get_world_size() > 1:  # the other processes would wait for this one's gradients
-                    raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch "
-                                        "could be read (see the warnings above)")
+            if not batch_has_images(imgs, skipped, totals, epoch, step, planned_images, saved, MAX_SKIPPED):
                 step += 1
                 bar.update(1)
                 continue
@@ -218,22 +196,14 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
             scaler.update()
 
             # one small all-reduce per step: mean loss for the log and a common decision to stop
-            status = torch.stack([loss.detach().float(), *terms.values(),
-                                  torch.tensor(float(stop.signum if stop else 0), device=loss.device)])
-            distributed.all_reduce_mean(status)
-            values = status.tolist()
-            if not math.isfinite(values[0]):
-                raise non_finite_loss(values[0], epoch, step, steps, args.lr, amp_settings(args, device)[0], saved)
+            mean_loss, stopping = reduce_step(loss, terms, stop, totals, epoch, step, steps, args.lr,
+                                              amp_settings(args, device)[0], saved, imgs.shape[0])
             step += 1
-            totals.steps += 1
-            totals.images += imgs.shape[0]
-            for name, value in zip(["loss", *terms], values[:-1]):
-                totals.losses[name] = totals.losses.get(name, 0.0) + value
             elapsed = totals.seconds + time.perf_counter() - start
-            bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             img_s=f"{totals.images * distributed.get_world_size() / max(elapsed, 1e-9):.0f}")
             bar.update(1)
-            if values[-1]:  # some process was asked to stop
+            if stopping:  # some process was asked to stop
                 break
     finally:
         bar.close()
@@ -242,15 +212,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
 
 
 def main(args):
-    device, dist_info, dp_ids, note = training_device(args.device, args.gpus, args.dist_timeout)
-    if note and dist_info.rank == 0:
-        print(note, file=sys.stderr if note.startswith("warning") else sys.stdout)
-    tune_allocator(device)
-    try:
-        return train_and_evaluate(args, device, dist_info, dp_ids)
-    finally:
-        release_run_lock()
-        distributed.cleanup()
+    return run_on_device(args, train_and_evaluate)
 
 
 def train_and_evaluate(args, device, dist_info, dp_ids):
@@ -431,17 +393,7 @@ def cli(argv=None):
     """`python train.py ...`: parse, run, and turn the known failures into a message and an exit status
     (2: usage, data or checkpoint; 1: training stopped; 128 + signal: interrupted), no traceback."""
     show_warnings_as_lines()
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (DatasetError, CheckpointError, UsageError, TrainingError) as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_status if isinstance(err, TrainingError) else 2)
-    except Interrupted as err:  # every process stops; one message (torchrun's global rank 0)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"train.py: {err}", file=sys.stderr)
-        sys.exit(128 + int(err.signum))
-
+    run_cli("train.py", main, parse_args(argv))
 
 if __name__ == "__main__":
     cli()

@@ -7,9 +7,13 @@ a function of (seed, epoch, step, rank, position in the batch), instead of from 
 running random state.
 
     DataLoader(SeededDataset(ImageDataset(...)), batch_sampler=SeededBatches(PKSampler(...), seed, epoch, rank))
+    seeded_loader(SeededDataset(...), sampler, seed, epoch, rank, num_workers, pin_memory, skip)  # the same
 """
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
+from datasets.image_dataset import collate_skip
 
 
 def sample_seeds(seed, epoch, step, rank, count):
@@ -54,3 +58,14 @@ class SeededDataset(torch.utils.data.Dataset):
             # where none is initialised it records a stack trace for each (about 1 ms an image)
             torch.default_generator.manual_seed(image_seed)
             return self.dataset[index]
+
+
+def seeded_loader(dataset, batch_sampler, seed, epoch, rank=0, num_workers=0, pin_memory=False, skip=0):
+    """Loader of one epoch (0-based `epoch`) of a SeededDataset, starting at batch `skip`: the same batches
+    and augmentation for a given seed and epoch whatever `num_workers`; unreadable images are skipped and
+    counted (datasets.image_dataset.collate_skip). `batch_sampler` has set_epoch (PKSampler,
+    datasets.imagefolder.ShuffledBatches)."""
+    batch_sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    return DataLoader(dataset, batch_sampler=SeededBatches(batch_sampler, seed, epoch, rank, skip),
+                      num_workers=num_workers, collate_fn=collate_skip, generator=generator, pin_memory=pin_memory)

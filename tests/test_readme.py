@@ -1,6 +1,7 @@
 """The README's and docs/'s commands, as written: the Quick start and CI agree, every training command
 of the release is in docs/training.md verbatim and passes --dry-run on generated data, every
 evaluation command runs, the README's tables agree with the commands, every link resolves."""
+import argparse
 import os
 import re
 import shlex
@@ -110,7 +111,7 @@ def test_readme_training_table_matches_the_release_commands():
 
 
 TRAIN_COMMANDS = [c for c in readme_lines("python train.py", ALL_TEXT) + readme_lines("torchrun", ALL_TEXT)
-                  if "--demo" not in c]
+                  if "--demo" not in c and "pretrain.py" not in c]
 
 
 def train_argv(command):
@@ -126,7 +127,7 @@ def test_torchrun_commands_use_valid_launcher_flags():
     for command in commands:
         words = shlex.split(command)
         launcher = get_args_parser().parse_args(words[1:])  # exits on an unknown torchrun flag
-        assert launcher.training_script == "train.py"
+        assert launcher.training_script in ("train.py", "pretrain.py")
 
 
 @pytest.mark.parametrize("command", [c for c in TRAIN_COMMANDS if "--resume" not in c])
@@ -136,6 +137,8 @@ def test_training_command_passes_dry_run(command, data_root, tmp_path, monkeypat
     argv = [data_root if a == RELEASE_ROOT else a for a in argv]
     os.symlink(data_root, tmp_path / "data")  # commands without --dataset-root use ./data
     monkeypatch.chdir(tmp_path)
+    if "--pretrained" in argv and argv[argv.index("--pretrained") + 1] not in ("auto", "none"):
+        write_pretrained_backbone(argv[argv.index("--pretrained") + 1], argv[argv.index("--net") + 1])
     train.main(train.parse_args([*argv, "--dry-run"]))
     out = capsys.readouterr().out
     dataset = argv[argv.index("--dataset") + 1]
@@ -147,6 +150,40 @@ def test_training_command_passes_dry_run(command, data_root, tmp_path, monkeypat
     if "--pretrained" not in argv and not os.path.isfile(released_path(argv[argv.index("--net") + 1])):
         # a real run would stop for the missing backbone; the dry run says so and goes on
         assert "dry run: a real run stops here (exit status 2): --pretrained auto" in out
+
+
+def write_pretrained_backbone(path, net):
+    """What pretrain.py writes to --save-path, for a LEViT of `net` with 4 classes (untrained)."""
+    import pretrain
+    from datasets.shapes import SHAPES
+    args = pretrain.parse_args(["--net", net, "--device", "cpu"])
+    data = argparse.Namespace(classes=list(SHAPES[:4]))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(pretrain.backbone_checkpoint(pretrain.build_model(args, 4), data, args, None), path)
+
+
+PRETRAIN_COMMANDS = [c for c in readme_lines("python pretrain.py", ALL_TEXT) + readme_lines("torchrun", ALL_TEXT)
+                     if "pretrain.py" in c]
+
+
+def test_pretraining_doc_commands_pass_dry_run(tmp_path, monkeypatch, capsys):
+    """docs/pretraining.md: its shapes generator runs as written, and every pretrain.py command (the
+    ImageNet one on a generated ImageFolder large enough for its batch) passes --dry-run."""
+    import pretrain
+    from datasets import shapes
+    assert len(PRETRAIN_COMMANDS) >= 2 and any(c.startswith("torchrun") for c in PRETRAIN_COMMANDS)
+    monkeypatch.chdir(tmp_path)
+    for line in readme_lines("python -m datasets.shapes", DOCS["pretraining.md"]):
+        assert shapes.main(shlex.split(line)[3:]) == 0
+    imagenet = shapes.generate_imagefolder(str(tmp_path / "imagenet"), classes=4, train_per_class=256,
+                                           val_per_class=1, size=16)
+    for command in PRETRAIN_COMMANDS:
+        words = shlex.split(command)
+        argv = words[words.index("pretrain.py") + 1:]
+        argv[argv.index("--data-root") + 1] = {"/data/imagenet": imagenet}.get(argv[argv.index("--data-root") + 1],
+                                                                               argv[argv.index("--data-root") + 1])
+        assert pretrain.main(pretrain.parse_args([*argv, "--dry-run"])) is None
+        assert "nothing trained" in capsys.readouterr().out
 
 
 EVAL_COMMANDS = readme_lines("python test_", ALL_TEXT)

@@ -13,7 +13,7 @@ from training.resume import load_training_checkpoint
 from training.run_state import UsageError
 from training.schedule import averaging_start, lr_factor
 from utils import distributed
-from utils.cli import check_gpu, default_workers, require_at_least
+from utils.cli import BooleanFlag, check_gpu, default_workers, require_at_least
 from utils.device import pick_device
 
 
@@ -37,6 +37,26 @@ def gpus_type(text):
     if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
         raise argparse.ArgumentTypeError(f"expected distinct GPU ids >= 0, e.g. 0,1; got {text!r}")
     return ids
+
+
+def add_amp_flags(group):
+    """--amp and --amp-dtype (train.py and pretrain.py; see amp_settings)."""
+    group.add_argument("--amp", default=None, action=BooleanFlag,
+                       help="mixed precision: autocast in --amp-dtype, with a GradScaler for float16 "
+                            "(default: on with CUDA, off on the CPU)")
+    group.add_argument("--amp-dtype", default="auto", choices=["auto", "float16", "bfloat16"],
+                       help="dtype of --amp; auto: float16 on CUDA (the release's), bfloat16 on the CPU")
+
+
+def add_hardware_flags(parser):
+    """The "hardware" group of train.py and pretrain.py: --device, --gpus, --dist-timeout (training_device)."""
+    g = parser.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
+    g.add_argument("--gpus", default=None, type=gpus_type, metavar="IDS",
+                   help="GPU ids, e.g. 0,1 (several: DataParallel); default: GPU 0 when CUDA is available. "
+                        "Without CUDA: a warning, then the CPU. Under torchrun each process uses cuda:LOCAL_RANK")
+    g.add_argument("--dist-timeout", default=1800, type=int, metavar="SECONDS",
+                   help="torchrun: how long a process waits for a missing one before failing")
 
 
 def freeze_words(text):
@@ -117,17 +137,19 @@ DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net
             ema_ratio=0.8, ema_extra=4, erasing=0.0, device="cpu", num_workers=0,
             save_path=os.path.join("params", "demo.pth"))
 # flags that may change when resuming; every other flag is the recipe and must match the checkpoint
-RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "save_path",
-             "dist_timeout", "overwrite"}
+RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "data_root",
+             "save_path", "dist_timeout", "overwrite"}
 # recipe flags that a resumed run may change (a way out of a non-finite loss), with a warning
 RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
 
 
-def parse_with_defaults(parser, argv=None):
-    """Parse argv with train.py's parser; --demo and --resume supply the defaults of the flags not given,
-    then check_args."""
+def parse_with_defaults(parser, argv=None, check=None):
+    """Parse argv with train.py's parser (or pretrain.py's, whose flag checks are `check(args, parser)`,
+    by default train.py's check_args); --demo and --resume supply the defaults of the flags not given,
+    then the checks."""
     args = parser.parse_args(argv)
-    if args.demo:
+    demo = getattr(args, "demo", False)
+    if demo:
         parser.set_defaults(**DEMO)
     if args.resume:
         if not os.path.isfile(args.resume):
@@ -138,11 +160,11 @@ def parse_with_defaults(parser, argv=None):
             parser.error(str(err))
         # the run continues with its own settings; flags given now override the run-only ones (RUN_FLAGS)
         parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "dry_run") and k in vars(args)})
-    if args.demo or args.resume:
+    if demo or args.resume:
         args = parser.parse_args(argv)
-    if args.demo and not args.resume and args.save_path == DEMO["save_path"]:
+    if demo and not args.resume and args.save_path == DEMO["save_path"]:
         args.overwrite = True  # a second `train.py --demo` replaces the demo's own files (README)
-    check_args(args, parser)
+    (check or check_args)(args, parser)
     return args
 
 

@@ -94,14 +94,15 @@ def _to_tuples(obj):
 
 
 def save_training_state(path, model, optimizer, scheduler, scaler, averaged, epoch, step, totals, args):
-    """Gather every rank's random state, then rank 0 writes the checkpoint (all ranks must call)."""
+    """Gather every rank's random state, then rank 0 writes the checkpoint (all ranks must call);
+    `averaged`: the run's AveragedModel, or None (pretrain.py without EMA)."""
     rngs = distributed.all_gather_object(rng_state())
     if not distributed.is_main():
         return
     atomic_save({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(), "averaged": averaged.state_dict(),
-        "n_averaged": int(averaged.n_averaged), "epoch": epoch, "step": step, "meter": totals.state_dict(),
+        "scaler": scaler.state_dict(), "averaged": averaged.state_dict() if averaged is not None else None,
+        "n_averaged": int(averaged.n_averaged) if averaged is not None else 0, "epoch": epoch, "step": step, "meter": totals.state_dict(),
         "sampler": {"seed": args.seed, "epoch": epoch, "batches_done": step, "world_size": len(rngs)},
         "rng": rngs, "world_size": len(rngs), "args": vars(args),
     }, path)
@@ -117,7 +118,8 @@ def restore_training_state(checkpoint, optimizer, scheduler, scaler, averaged, *
         set_base_lr(optimizer, scheduler, lr)
     if scaler.is_enabled() and checkpoint["scaler"]:
         scaler.load_state_dict(checkpoint["scaler"])
-    averaged.load_state_dict(checkpoint["averaged"])
+    if averaged is not None:
+        averaged.load_state_dict(checkpoint["averaged"])
     totals = EpochTotals.from_state_dict(checkpoint["meter"]) if checkpoint.get("meter") else EpochTotals()
     note = None
     if len(checkpoint["rng"]) == world_size:

@@ -67,7 +67,7 @@ def check_save_path(args, lock=True):
     if os.path.isfile(last):
         try:
             earlier = load_training_checkpoint(last)
-            done, total = earlier["epoch"], earlier["args"]["epochs"][1] + earlier["args"]["ema_extra"]
+            done, total = earlier["epoch"], planned_epochs(earlier["args"])
         except (CheckpointError, KeyError, TypeError, IndexError):  # not one of ours: named below anyway
             done = None
     if done is not None and done < total:
@@ -79,6 +79,12 @@ def check_save_path(args, lock=True):
             f"continue it with --resume {last}, or " if done is not None else "")
     raise UsageError(f"--save-path {path}: {what}add --overwrite to start a new run that replaces its files, "
                      "or choose another --save-path")
+
+
+def planned_epochs(args):
+    """Epochs a run's flags (a dict) plan: train.py's T + ema_extra, pretrain.py's --epochs."""
+    epochs = args["epochs"]
+    return epochs if isinstance(epochs, int) else epochs[1] + args["ema_extra"]
 
 
 def dry_run_line(sampler, args):

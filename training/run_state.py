@@ -1,9 +1,12 @@
 """The state of a run in progress: the stop flag of Ctrl-C / SIGTERM, the epoch's running totals,
 and the errors that stop a run with what to do next."""
+import math
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
+
+import torch
 
 from utils import distributed
 
@@ -110,3 +113,36 @@ def non_finite_loss(loss, epoch, step, steps, lr, amp, saved):
         then = f"No epoch had finished, so there is nothing to resume: rerun with a lower --lr, e.g. {lower}"
     return TrainingError(f"non-finite loss ({loss}) at epoch {epoch + 1}, step {step + 1} of {steps}; "
                          f"training stopped. {then}")
+
+
+def batch_has_images(imgs, skipped, totals, epoch, step, planned_images, saved, max_skipped=MAX_SKIPPED):
+    """Count a batch's `skipped` unreadable images in `totals`; False when none of its images could be read
+    (nothing to learn from: the caller moves on). Raises UnreadableImages past `max_skipped` of the epoch's
+    `planned_images`, and TrainingError for an empty batch under torchrun (the other processes would wait
+    for this one's gradients)."""
+    totals.skipped += skipped
+    if totals.skipped > max_skipped * planned_images:
+        raise too_many_skipped(epoch, totals.skipped, planned_images, saved)
+    if imgs.shape[0]:
+        return True
+    if distributed.get_world_size() > 1:
+        raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: no image of this process's batch could be read "
+                            "(see the warnings above)")
+    return False
+
+
+def reduce_step(loss, terms, stop, totals, epoch, step, steps, lr, amp, saved, images):
+    """After a step: one small all-reduce of the loss, its `terms` (name -> tensor) and the stop request;
+    stops on a non-finite mean loss (non_finite_loss), adds the step to `totals`. Returns (mean loss,
+    whether some process was asked to stop)."""
+    status = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values()),
+                          torch.tensor(float(stop.signum if stop else 0), device=loss.device)])
+    distributed.all_reduce_mean(status)
+    values = status.tolist()
+    if not math.isfinite(values[0]):
+        raise non_finite_loss(values[0], epoch, step, steps, lr, amp, saved)
+    totals.steps += 1
+    totals.images += images
+    for name, value in zip(["loss", *terms], values[:-1]):
+        totals.losses[name] = totals.losses.get(name, 0.0) + value
+    return values[0], bool(values[-1])
