@@ -43,7 +43,7 @@ from training.resume import (last_checkpoint_path, load_training_checkpoint, log
                              save_training_state, seed_everything)
 from training.run_files import (append_log, check_save_path, check_training_images, dry_run_line, ensure_demo_data,
                                 evaluate_command, remove_earlier_run, save_model, saved_state)
-from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, TrainingError, UsageError,
+from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, UsageError,
                                 batch_has_images, reduce_step)
 from training.schedule import averaging_start, build_scheduler
 from utils import distributed
@@ -394,6 +394,7 @@ def cli(argv=None):
     (2: usage, data or checkpoint; 1: training stopped; 128 + signal: interrupted), no traceback."""
     show_warnings_as_lines()
     run_cli("train.py", main, parse_args(argv))
+
 
 if __name__ == "__main__":
     cli()

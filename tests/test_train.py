@@ -13,7 +13,7 @@ import torch
 
 import train
 import training.flags
-from training.run_state import UnreadableImages
+from training.run_state import TrainingError, UnreadableImages
 from tests import helpers
 from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
 from utils import malloc
@@ -417,7 +417,7 @@ def test_non_finite_loss_stops_with_epoch_and_step(monkeypatch, training_root, t
     monkeypatch.setattr(train, "ReIDLoss", NaNAfter)
     NaNAfter.calls = 0
     args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--no-eval"))
-    with pytest.raises(train.TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 2 of 8"):
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 2 of 8"):
         train.main(args)
     last = load(tmp_path / "ema_last.pth")
     assert last["epoch"] == 1 and last["step"] == 0  # the last good checkpoint, valid for --resume
@@ -442,7 +442,7 @@ def test_unreadable_images_are_all_listed_before_epoch_1(training_root, tmp_path
     root, names = break_one_identity(training_root, tmp_path)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
-    with pytest.raises(train.TrainingError, match=r"^8 of the 64 training images cannot be read \(more than 1%; "
+    with pytest.raises(TrainingError, match=r"^8 of the 64 training images cannot be read \(more than 1%; "
                                                   r"listed above\); fix or remove them and rerun$"):
         train.main(args)
     err = capsys.readouterr().err
@@ -469,7 +469,7 @@ def test_unreadable_images_are_skipped_then_stop_the_run(training_root, tmp_path
     monkeypatch.setattr(train, "check_training_images", lambda items, saved, max_skipped: None)
     args = train.parse_args(tiny(str(root), tmp_path / "ema.pth", "--no-eval", "--epochs", "1,2",
                                  "--ema-ratio", "0.5", "--ema-extra", "0"))
-    with pytest.raises(train.TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\); "
+    with pytest.raises(TrainingError, match=r"images could not be read \(more than 1% of the epoch's 64\); "
                                                   r"the warnings above name them; fix or remove them and rerun "
                                                   r"\(no epoch had finished, nothing to resume\)"):
         train.main(args)
@@ -644,7 +644,7 @@ def test_non_finite_loss_in_epoch_1_says_rerun(monkeypatch, training_root, tmp_p
     monkeypatch.setattr(NaNAfter, "after", 1)
     NaNAfter.calls = 0
     args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--no-eval", *SHORT))
-    with pytest.raises(train.TrainingError, match=r"at epoch 1, step 1 of 8; training stopped. No epoch had "
+    with pytest.raises(TrainingError, match=r"at epoch 1, step 1 of 8; training stopped. No epoch had "
                                                   r"finished, so there is nothing to resume: rerun with a lower "
                                                   r"--lr, e.g. --lr 0.025$"):
         train.main(args)
@@ -656,7 +656,7 @@ def test_non_finite_loss_then_resume_with_a_lower_lr(monkeypatch, training_root,
     NaNAfter.calls = 0
     save = tmp_path / "ema.pth"
     last = tmp_path / "ema_last.pth"
-    with pytest.raises(train.TrainingError) as err:
+    with pytest.raises(TrainingError) as err:
         train.main(train.parse_args(tiny(training_root, save, "--no-eval", *SHORT)))
     suggested = f"--resume {last} --lr 0.025"
     assert f"The checkpoint {last} (1 finished epochs) is kept: resume it with a lower --lr, e.g. {suggested}" \
