@@ -808,3 +808,28 @@ def test_ctrl_c_in_the_batchnorm_pass_points_to_resume(monkeypatch, training_roo
     assert code == 130 and "Traceback" not in err and not save.exists()
     assert f"train.py: interrupted during the BatchNorm pass after the last epoch, before {save} was written; " \
            f"every epoch is in {last}: --resume {last} redoes the pass and saves" in err
+
+
+# --- --resume auto ---------------------------------------------------------------------------------
+
+def test_resume_auto_takes_the_runs_last_checkpoint_or_starts_a_new_run(reference_run, training_root, tmp_path):
+    folder, _, _ = reference_run
+    args = train.parse_args(["--resume", "auto", "--save-path", str(folder / "ema.pth"), "--no-eval"])
+    assert args.resume == str(folder / "ema_last.pth") and args.seed == 3 and args.img_height == 32
+    args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--resume", "auto"))
+    assert args.resume is None and not args.overwrite
+    (tmp_path / "ema_log.jsonl").write_text("")  # a run killed before its first checkpoint: replaced
+    args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--resume", "auto"))
+    assert args.resume is None and args.overwrite
+
+
+def test_resume_auto_refuses_another_recipe_as_resume_does(reference_run):
+    folder, _, _ = reference_run
+    messages = []
+    for resume in (str(folder / "ema_last.pth"), "auto"):
+        args = train.parse_args(["--resume", resume, "--save-path", str(folder / "ema.pth"), "--erasing", "0.2",
+                                 "--no-eval"])
+        with pytest.raises(train.UsageError) as info:
+            train.main(args)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "these differ: --erasing 0.2 (checkpoint: 0.3)" in messages[0]

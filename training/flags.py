@@ -9,7 +9,7 @@ import torch
 
 from network import (DBN, RELEASED_FILES, VARIANTS, CheckpointError, detect_architecture, out_of_range, read_checkpoint,
                      released_path, unwrap_state_dict)
-from training.resume import last_checkpoint_path, load_training_checkpoint
+from training.resume import last_checkpoint_path, load_training_checkpoint, log_path
 from training.run_state import UsageError
 from training.schedule import averaging_start, lr_factor
 from utils import distributed
@@ -135,7 +135,7 @@ def parse_with_defaults(parser, argv=None):
         save_path = parser.parse_args(argv).save_path  # with --demo's default
         last = last_checkpoint_path(save_path)
         resume = last if os.path.isfile(last) else None
-        replace = resume is None and not os.path.exists(save_path)
+        replace = resume is None and not os.path.exists(save_path) and os.path.exists(log_path(save_path))
     if resume:
         if not os.path.isfile(resume):
             parser.error(f"--resume {resume}: file not found")
