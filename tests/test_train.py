@@ -17,7 +17,7 @@ from training.run_state import UnreadableImages
 from tests import helpers
 from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
 from utils import malloc
-from training import run_files
+from training import bn_pass, run_files
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
 IMAGES_PER_ID = 8  # of the training_root fixture (tests/conftest.py)
@@ -801,7 +801,7 @@ def test_save_path_that_is_a_folder_or_holds_only_a_log(training_root, tmp_path)
 def test_ctrl_c_in_the_batchnorm_pass_points_to_resume(monkeypatch, training_root, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "update_bn", interrupted)
+    monkeypatch.setattr(bn_pass, "update_bn", interrupted)
     save = tmp_path / "ema.pth"
     code, err = cli_exit(tiny(training_root, save, "--no-eval", *SHORT), capsys)
     last = tmp_path / "ema_last.pth"
