@@ -23,7 +23,7 @@ import time
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from datasets import DATASET_NAMES, DATASET_ROOT_HELP, DatasetError, build_dataset
@@ -32,19 +32,23 @@ from datasets.sampler import PKSampler
 from datasets.seeded import SeededDataset, seeded_loader
 from datasets.synthetic import regenerate_hint
 from evaluation.evaluator import MINP_LINE, EvaluationError, evaluate
+from evaluation.features import prepare_for_inference
 from losses import ReIDLoss
 from network import DBN, VARIANTS, released_path
 from network.fast import training_form
 from network.flops import model_summary
+from training.bn_pass import recompute_bn
+from training.curves import draw_run_curves
+from training.eval_period import PeriodicEvaluation
 from training.flags import (DEMO, add_amp_flags, add_hardware_flags, amp_settings, check_resume_args, check_sync_bn,
                             epochs_type, freeze_words, json_form, missing_pretrained, parse_with_defaults)
 from training.launch import run_cli, run_on_device
-from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
-                             save_training_state, seed_everything)
+from training.resume import (curves_path, last_checkpoint_path, load_training_checkpoint, log_path,
+                             restore_training_state, save_training_state, seed_everything)
 from training.run_files import (append_log, check_save_path, check_training_images, dry_run_line, ensure_demo_data,
                                 evaluate_command, remove_earlier_run, save_model, saved_state)
-from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, UsageError,
-                                batch_has_images, reduce_step)
+from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, UsageError, batch_has_images,
+                                reduce_step, waiting_for_data, warn_if_waiting_for_data)
 from training.schedule import averaging_start, build_scheduler
 from utils import distributed
 from utils.cli import BooleanFlag, HelpFormatter
@@ -106,12 +110,18 @@ def get_args_parser(add_help=True):
     g.add_argument("--save-path", default=os.path.join("params", "ema.pth"),
                    help="where the averaged weights go; <stem>_last.pth (resumable checkpoint) and "
                         "<stem>_log.jsonl (one JSON line per epoch) are written beside it")
-    g.add_argument("--resume", default=None, metavar="PATH", help="continue from a <stem>_last.pth checkpoint")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from a <stem>_last.pth checkpoint; auto: from --save-path's <stem>_last.pth when it "
+                        "exists, else start a new run (torchrun --max-restarts; see docs/distributed.md)")
     g.add_argument("--overwrite", action="store_true",
                    help="start a new run even if --save-path already holds one (its files are replaced); "
                         "without it a new run there is refused (--demo replaces its own params/demo.pth)")
     g.add_argument("--eval", default=True, action=BooleanFlag,
                    help="evaluate the averaged model on the test split at the end")
+    g.add_argument("--eval-period", default=0, type=int, metavar="N",
+                   help="also evaluate the weights being trained every N epochs and after the last, logging the "
+                        "metrics; the best go to <stem>_best.pth. 0: only the averaged model at the end. It does not "
+                        "change the training, so a resumed run may change it")
     g.add_argument("--dry-run", action="store_true",
                    help="check the flags, the dataset layout and the model, print their sizes and exit")
     g.add_argument("--demo", action="store_true",
@@ -180,7 +190,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
     start = time.perf_counter()
     step = start_step
     try:  # the bar's line is finished whatever ends the epoch, so no message is glued to it
-        for imgs, labels, _, skipped in loader:
+        for imgs, labels, _, skipped in waiting_for_data(loader, totals):  # counts the wait for each batch
             if not batch_has_images(imgs, skipped, totals, epoch, step, planned_images, saved, MAX_SKIPPED):
                 step += 1
                 bar.update(1)
@@ -201,7 +211,8 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
             step += 1
             elapsed = totals.seconds + time.perf_counter() - start
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{totals.images * distributed.get_world_size() / max(elapsed, 1e-9):.0f}")
+                            img_s=f"{totals.images * distributed.get_world_size() / max(elapsed, 1e-9):.0f}",
+                            wait=f"{totals.data_wait_share(elapsed):.0%}")
             bar.update(1)
             if stopping:  # some process was asked to stop
                 break
@@ -238,6 +249,8 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
     if main_rank:
         print(f"train: {dataset.num_classes} identities, {len(dataset.train)} images")
         print(model_summary(model, args.net, args.img_height, args.img_width))
+    # --eval-period: the test split is checked now, before any training
+    evaluations = PeriodicEvaluation(dataset, args, args.epochs[1] + args.ema_extra, main_rank, bool(args.resume))
     check_save_path(args, lock=main_rank)
     if args.dry_run:  # a check of the command and the data: the images' headers too
         check_training_images(dataset.train, None, MAX_SKIPPED)
@@ -314,8 +327,11 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
                 scheduler.step()
                 if epoch + 1 >= start_avg:
                     averaged.update_parameters(model_without_ddp)
+                metrics = evaluations(model_without_ddp, epoch)  # every --eval-period epochs, on rank 0
                 if main_rank:
-                    append_log(log_file, totals.log_record(epoch, lr, dist_info.world_size))
+                    append_log(log_file, totals.log_record(epoch, lr, dist_info.world_size, metrics))
+                    draw_run_curves(log_file, curves_path(args.save_path))
+                    warn_if_waiting_for_data(totals, args.num_workers, device)
                     if totals.skipped:
                         print(f"epoch {epoch + 1}: {totals.skipped} unreadable images skipped (named in the "
                               "warnings above)", file=sys.stderr, flush=True)
@@ -358,30 +374,15 @@ def untrained_copy(model):
     return copy.deepcopy(model).eval()
 
 
-def recompute_bn(model, loader, device, dp_ids, autocast):
-    """BatchNorm statistics of `model` (the averaged weights) from one pass of `loader` in train mode,
-    with a cumulative average (torch.optim.swa_utils.update_bn), as the release.
-
-    With several --gpus (`dp_ids`) the pass runs through DataParallel, as the release's does: every
-    batch is split over the GPUs and only the replica on the first GPU shares the model's buffers
-    (the others update copies that are dropped), so the statistics are those of GPU 0's share of
-    each batch. Under torchrun each process passes its own share and the statistics are then
-    averaged over the processes.
-    """
-    bn_model = nn.DataParallel(model, device_ids=dp_ids) if dp_ids else model
-    with autocast:
-        update_bn((batch for batch in loader if batch[0].shape[0]), bn_model, device=device)
-    distributed.average_bn_statistics(model)
-
-
 def final_evaluation(model, untrained, dataset, args, device):
     options = dict(image_size=(args.img_height, args.img_width), batch_size=args.batch_size,
                    num_workers=args.num_workers)  # the protocol's own defaults (the test scripts')
-    metrics, line = evaluate(model.eval(), dataset, **options)
+    # the inference form, as the test scripts evaluate (BatchNorm folded, CPU kernels): the same features
+    metrics, line = evaluate(prepare_for_inference(model.eval()), dataset, **options)
     if "mINP" in metrics:  # the trained model's, before the comparison with the untrained one
         print(MINP_LINE.format(**metrics))
     if untrained is not None:
-        base, _ = evaluate(untrained.to(device).eval(), dataset, **options)
+        base, _ = evaluate(prepare_for_inference(untrained.to(device).eval()), dataset, **options)
         print(f"untrained (random init) mAP:{base['mAP']:f} top1:{base['top1']:f} | "
               f"trained mAP:{metrics['mAP']:f} top1:{metrics['top1']:f}")
         metrics["untrained"] = base

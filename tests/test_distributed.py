@@ -165,6 +165,30 @@ def test_two_machines_with_c10d_rendezvous_match_one_machine(ddp_run, training_r
 
 
 @pytest.mark.slow
+def test_a_killed_worker_is_restarted_and_resume_auto_ends_bit_identical(ddp_run, training_root, tmp_path):
+    """torchrun --max-restarts 1 ... --resume auto: SIGKILL of rank 1 mid-epoch 2; torchrun restarts both
+    processes, which replay from the first epoch's checkpoint to the uninterrupted run's weights."""
+    folder, _, _ = ddp_run
+    proc = start([*TORCHRUN[:3], "--max-restarts", "1", *TORCHRUN[3:], os.path.join(ROOT, "train.py"),
+                  *tiny(training_root, tmp_path / "ema.pth", "--no-eval", "--resume", "auto")], start_new_session=True)
+    try:
+        assert wait_for(tmp_path / "ema_last.pth", proc), "the run ended before its first checkpoint"
+        time.sleep(0.3)  # into epoch 2
+        pids = workers(proc)
+        os.kill(pids[1], signal.SIGKILL)
+        code, out, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, err
+    assert "resume: " in out and "1 epochs done" in out  # the restarted rank 0 continued the run
+    assert out.count("saved the average of 2 epochs' weights (1..2)") == 1
+    assert_same_state(load(folder / "ema.pth"), load(tmp_path / "ema.pth"))
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "ema_log.jsonl")] == [1, 2]
+    assert not (tmp_path / "ema.lock").exists()
+
+
+@pytest.mark.slow
 def test_demo_data_is_generated_once_and_every_rank_waits_for_it(tmp_path):
     code, out, err = finish(torchrun(["--demo", "--dry-run", "--dataset-root", str(tmp_path)]))
     assert code == 0, err

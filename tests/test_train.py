@@ -17,7 +17,7 @@ from training.run_state import TrainingError, UnreadableImages
 from tests import helpers
 from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
 from utils import malloc
-from training import run_files
+from training import bn_pass, run_files
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
 IMAGES_PER_ID = 8  # of the training_root fixture (tests/conftest.py)
@@ -801,10 +801,35 @@ def test_save_path_that_is_a_folder_or_holds_only_a_log(training_root, tmp_path)
 def test_ctrl_c_in_the_batchnorm_pass_points_to_resume(monkeypatch, training_root, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "update_bn", interrupted)
+    monkeypatch.setattr(bn_pass, "update_bn", interrupted)
     save = tmp_path / "ema.pth"
     code, err = cli_exit(tiny(training_root, save, "--no-eval", *SHORT), capsys)
     last = tmp_path / "ema_last.pth"
     assert code == 130 and "Traceback" not in err and not save.exists()
     assert f"train.py: interrupted during the BatchNorm pass after the last epoch, before {save} was written; " \
            f"every epoch is in {last}: --resume {last} redoes the pass and saves" in err
+
+
+# --- --resume auto ---------------------------------------------------------------------------------
+
+def test_resume_auto_takes_the_runs_last_checkpoint_or_starts_a_new_run(reference_run, training_root, tmp_path):
+    folder, _, _ = reference_run
+    args = train.parse_args(["--resume", "auto", "--save-path", str(folder / "ema.pth"), "--no-eval"])
+    assert args.resume == str(folder / "ema_last.pth") and args.seed == 3 and args.img_height == 32
+    args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--resume", "auto"))
+    assert args.resume is None and not args.overwrite
+    (tmp_path / "ema_log.jsonl").write_text("")  # a run killed before its first checkpoint: replaced
+    args = train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--resume", "auto"))
+    assert args.resume is None and args.overwrite
+
+
+def test_resume_auto_refuses_another_recipe_as_resume_does(reference_run):
+    folder, _, _ = reference_run
+    messages = []
+    for resume in (str(folder / "ema_last.pth"), "auto"):
+        args = train.parse_args(["--resume", resume, "--save-path", str(folder / "ema.pth"), "--erasing", "0.2",
+                                 "--no-eval"])
+        with pytest.raises(train.UsageError) as info:
+            train.main(args)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "these differ: --erasing 0.2 (checkpoint: 0.3)" in messages[0]

@@ -9,7 +9,7 @@ import torch
 
 from network import (DBN, RELEASED_FILES, VARIANTS, CheckpointError, detect_architecture, out_of_range, read_checkpoint,
                      released_path, unwrap_state_dict)
-from training.resume import load_training_checkpoint
+from training.resume import last_checkpoint_path, load_training_checkpoint, log_path
 from training.run_state import UsageError
 from training.schedule import averaging_start, lr_factor
 from utils import distributed
@@ -109,7 +109,7 @@ def check_args(args, parser):
         parser.error(f"--{problem[0].replace('_', '-')} {problem[1]}")
     if args.num_workers is None:  # loader processes help a GPU run; on the CPU they compete with the training
         args.num_workers = default_workers() if args.device != "cpu" and torch.cuda.is_available() else 0
-    require_at_least(parser, args, 0, "std", "num_workers")
+    require_at_least(parser, args, 0, "std", "num_workers", "eval_period")
     if args.pretrained not in ("none", "auto") and not os.path.isfile(args.pretrained):
         parser.error(f"--pretrained {args.pretrained}: file not found (give a backbone file, 'auto' or 'none')")
     if args.pretrained not in ("none", "auto") and not args.resume:
@@ -138,7 +138,7 @@ DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net
             save_path=os.path.join("params", "demo.pth"))
 # flags that may change when resuming; every other flag is the recipe and must match the checkpoint
 RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "data_root",
-             "save_path", "dist_timeout", "overwrite"}
+             "save_path", "dist_timeout", "overwrite", "eval_period"}
 # recipe flags that a resumed run may change (a way out of a non-finite loss), with a warning
 RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
 
@@ -146,22 +146,31 @@ RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
 def parse_with_defaults(parser, argv=None, check=None):
     """Parse argv with train.py's parser (or pretrain.py's, whose flag checks are `check(args, parser)`,
     by default train.py's check_args); --demo and --resume supply the defaults of the flags not given,
-    then the checks."""
+    then the checks. --resume auto becomes <stem>_last.pth of --save-path when that file exists, else
+    a new run (which replaces the files of an earlier run there that never finished an epoch)."""
     args = parser.parse_args(argv)
     demo = getattr(args, "demo", False)
     if demo:
         parser.set_defaults(**DEMO)
-    if args.resume:
-        if not os.path.isfile(args.resume):
-            parser.error(f"--resume {args.resume}: file not found")
+    resume, replace = args.resume, False
+    if resume == "auto":
+        save_path = parser.parse_args(argv).save_path  # with --demo's default
+        last = last_checkpoint_path(save_path)
+        resume = last if os.path.isfile(last) else None
+        replace = resume is None and not os.path.exists(save_path) and os.path.exists(log_path(save_path))
+    if resume:
+        if not os.path.isfile(resume):
+            parser.error(f"--resume {resume}: file not found")
         try:
-            stored = load_training_checkpoint(args.resume)["args"]
+            stored = load_training_checkpoint(resume)["args"]
         except CheckpointError as err:
             parser.error(str(err))
         # the run continues with its own settings; flags given now override the run-only ones (RUN_FLAGS)
         parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "dry_run") and k in vars(args)})
-    if demo or args.resume:
+    if demo or resume:
         args = parser.parse_args(argv)
+    args.resume = resume
+    args.overwrite = args.overwrite or replace
     if demo and not args.resume and args.save_path == DEMO["save_path"]:
         args.overwrite = True  # a second `train.py --demo` replaces the demo's own files (README)
     (check or check_args)(args, parser)

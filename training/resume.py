@@ -7,6 +7,8 @@ Files next to `--save-path` (e.g. params/ema.pth):
   a run is interrupted with Ctrl-C / SIGTERM): a dict of tensors, numbers, strings and lists only,
   so `torch.load(path, weights_only=True)` reads it (see `train.py` for its keys).
 - `params/ema_log.jsonl`: one JSON line per epoch.
+- `params/ema_best.pth` (with --eval-period): the evaluated weights with the best score
+  (training/eval_period.py); `params/ema_curves.png`: the log's curves (training/curves.py).
 
 Writes are atomic (utils/files.py).
 """
@@ -33,6 +35,17 @@ def last_checkpoint_path(save_path):
 def log_path(save_path):
     """params/ema.pth -> params/ema_log.jsonl (one JSON line per epoch)."""
     return f"{os.path.splitext(save_path)[0]}_log.jsonl"
+
+
+def best_checkpoint_path(save_path):
+    """params/ema.pth -> params/ema_best.pth (--eval-period: the evaluated weights with the best score)."""
+    stem, ext = os.path.splitext(save_path)
+    return f"{stem}_best{ext or '.pth'}"
+
+
+def curves_path(save_path):
+    """params/ema.pth -> params/ema_curves.png (the log's curves, redrawn after every epoch)."""
+    return f"{os.path.splitext(save_path)[0]}_curves.png"
 
 
 def load_training_checkpoint(path):

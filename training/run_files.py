@@ -20,7 +20,7 @@ from tqdm import tqdm
 from datasets.image_dataset import DECODE_ERRORS
 from datasets.synthetic import generate
 from network import CheckpointError, make_checkpoint
-from training.resume import last_checkpoint_path, load_training_checkpoint, log_path
+from training.resume import best_checkpoint_path, curves_path, last_checkpoint_path, load_training_checkpoint, log_path
 from training.run_state import UnreadableImages, UsageError
 from utils import distributed
 from utils.files import atomic_save
@@ -184,9 +184,10 @@ atexit.register(release_run_lock)
 
 
 def remove_earlier_run(save_path):
-    """A new run with --overwrite: the earlier run's weights, checkpoint and log go first, so that
-    no file of it is left beside the new run's."""
-    for path in (save_path, last_checkpoint_path(save_path), log_path(save_path)):
+    """A new run with --overwrite: the earlier run's weights, checkpoint, log, best weights and curves go
+    first, so that no file of it is left beside the new run's."""
+    for path in (save_path, last_checkpoint_path(save_path), log_path(save_path), best_checkpoint_path(save_path),
+                 curves_path(save_path)):
         if os.path.isfile(path):
             os.remove(path)
 

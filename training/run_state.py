@@ -4,13 +4,17 @@ import math
 import os
 import signal
 import sys
+import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from utils import distributed
+from utils.device import available_cores
 
 MAX_SKIPPED = 0.01  # stop when more than this share of an epoch's images cannot be read
+SLOW_DATA = 0.2  # warn (once per run) when the steps wait for their batches more than this share of the time
 
 
 class Interrupted(Exception):
@@ -74,9 +78,10 @@ class EpochTotals:
     images: int = 0  # of this process
     skipped: int = 0  # unreadable images left out
     seconds: float = 0.0
+    data_wait: float = 0.0  # of `seconds`, spent waiting for the loader's batches
     losses: dict = field(default_factory=dict)  # "loss" and each term of ReIDLoss -> its sum over the steps
 
-    COUNTERS = ("steps", "images", "skipped", "seconds")
+    COUNTERS = ("steps", "images", "skipped", "seconds", "data_wait")
 
     def state_dict(self):
         """A flat dict of numbers: the counters and the loss sums (the checkpoint's "meter")."""
@@ -84,15 +89,60 @@ class EpochTotals:
 
     @classmethod
     def from_state_dict(cls, state):
-        return cls(**{k: state[k] for k in cls.COUNTERS}, losses={k: v for k, v in state.items()
-                                                                  if k not in cls.COUNTERS})
+        return cls(**{k: state.get(k, 0) for k in cls.COUNTERS}, losses={k: v for k, v in state.items()
+                                                                         if k not in cls.COUNTERS})
 
-    def log_record(self, epoch, lr, world_size):
-        """The epoch's line of <stem>_log.jsonl: mean loss and terms per step, throughput, skipped images."""
+    def data_wait_share(self, seconds=None):
+        """The share of the epoch's time (or of `seconds` so far) spent waiting for batches."""
+        return self.data_wait / max(self.seconds if seconds is None else seconds, 1e-9)
+
+    def log_record(self, epoch, lr, world_size, metrics=None):
+        """The epoch's line of <stem>_log.jsonl: mean loss and terms per step, throughput, the time spent
+        waiting for data (seconds and share, this process's), skipped images and, when the epoch was
+        evaluated (--eval-period), its test metrics."""
         terms = {k: v / max(self.steps, 1) for k, v in self.losses.items()}
-        return {"epoch": epoch + 1, "loss": terms.pop("loss", float("nan")), "terms": terms, "lr": lr,
-                "img_per_s": self.images * world_size / max(self.seconds, 1e-9),
-                "seconds": round(self.seconds, 3), "skipped": self.skipped}
+        record = {"epoch": epoch + 1, "loss": terms.pop("loss", float("nan")), "terms": terms, "lr": lr,
+                  "img_per_s": self.images * world_size / max(self.seconds, 1e-9),
+                  "seconds": round(self.seconds, 3), "data_wait": round(self.data_wait, 3),
+                  "data_wait_share": round(self.data_wait_share(), 4), "skipped": self.skipped}
+        if metrics is not None:
+            record["metrics"] = metrics
+        return record
+
+
+def waiting_for_data(batches, totals):
+    """Yield the batches of `batches`, adding to `totals.data_wait` how long each one took to arrive
+    after the previous step ended (the consumer asking for the next batch ends a step)."""
+    ready = time.perf_counter()
+    for batch in batches:
+        totals.data_wait += time.perf_counter() - ready
+        yield batch
+        ready = time.perf_counter()
+
+
+_TOLD = []  # the slow-data warning is given once per run
+
+
+def warn_if_waiting_for_data(totals, num_workers, device):
+    """After an epoch: one warning per run when the steps waited for data more than SLOW_DATA of the time
+    and more loader processes can help (slow_data_advice)."""
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    advice = slow_data_advice(totals.data_wait_share(), num_workers, available_cores(), threads)
+    if advice and not _TOLD:
+        _TOLD.append(advice)
+        warnings.warn(advice)
+
+
+def slow_data_advice(share, num_workers, cores, training_threads):
+    """The warning of an epoch that waited for its batches more than SLOW_DATA of the time, or None when
+    more loader processes would not help: no core is left beside the `training_threads` (the torch
+    threads on the CPU, the one feeding the GPU otherwise) and the `num_workers` loader processes."""
+    spare = cores - training_threads - num_workers
+    if share <= SLOW_DATA or spare < 1:
+        return None
+    return (f"the training steps waited for their batches {share:.0%} of the time (data_wait in the log); "
+            f"{cores} cores are available and {num_workers} loader processes run: try --num-workers "
+            f"{num_workers + min(spare, 4)}")
 
 
 def too_many_skipped(epoch, skipped, planned_images, saved):
