@@ -25,17 +25,17 @@ from tqdm import tqdm
 from datasets.image_dataset import ImageDataset, collate_skip
 from datasets.imagefolder import ImageFolderData, ShuffledBatches, train_transform, val_transform
 from datasets.seeded import SeededDataset, seeded_loader
-from network import LEViT, VARIANTS, out_of_range
-from training.classification import (batch_mix, build_step_scheduler, model_ema, param_groups, scaled_lr,
-                                     topk_correct)
+from network import VARIANTS, LEViT, out_of_range
+from training.classification import batch_mix, build_step_scheduler, model_ema, param_groups, scaled_lr, topk_correct
+from training.curves import draw_run_curves
 from training.flags import (add_amp_flags, add_hardware_flags, amp_settings, check_resume_args, json_form,
                             parse_with_defaults)
 from training.launch import run_cli, run_on_device
-from training.resume import (last_checkpoint_path, load_training_checkpoint, log_path, restore_training_state,
-                             save_training_state, seed_everything)
+from training.resume import (curves_path, last_checkpoint_path, load_training_checkpoint, log_path,
+                             restore_training_state, save_training_state, seed_everything)
 from training.run_files import append_log, check_save_path, check_training_images, remove_earlier_run, saved_state
-from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, UsageError,
-                                batch_has_images, reduce_step)
+from training.run_state import (MAX_SKIPPED, EpochTotals, Interrupted, StopFlag, UsageError, batch_has_images,
+                                reduce_step)
 from utils import distributed
 from utils.cli import HelpFormatter, check_gpu, default_workers, require_at_least
 from utils.console import show_warnings_as_lines
@@ -82,7 +82,9 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("run")
     g.add_argument("--save-path", default=os.path.join("params", "pretrained_small.pth"),
                    help="where the backbone goes; <stem>_last.pth and <stem>_log.jsonl are written beside it")
-    g.add_argument("--resume", default=None, metavar="PATH", help="continue from a <stem>_last.pth checkpoint")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from a <stem>_last.pth checkpoint; auto: from --save-path's <stem>_last.pth when "
+                        "it exists, else a new run (torchrun --max-restarts)")
     g.add_argument("--overwrite", action="store_true", help="start a new run even if --save-path holds one")
     g.add_argument("--dry-run", action="store_true", help="check the flags, the data and the model, then exit")
     return parser
@@ -297,6 +299,7 @@ def pretrain(args, device, dist_info, dp_ids):
                 if main_rank:
                     record = totals.log_record(epoch, optimizer.param_groups[0]["lr"], dist_info.world_size)
                     append_log(log_file, {**record, "top1": top1, "top5": top5})
+                    draw_run_curves(log_file, curves_path(args.save_path))
                     print(f"epoch {epoch + 1}: loss {record['loss']:.4f} val top1 {top1:.4f} top5 {top5:.4f}"
                           + (f", {totals.skipped} unreadable images skipped" if totals.skipped else ""), flush=True)
                 start_step, totals = 0, EpochTotals()

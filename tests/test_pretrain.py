@@ -165,6 +165,10 @@ def test_pretraining_learns_the_shapes_and_reports_top1_top5_last(learned):
     records = [json.loads(line) for line in open(folder / "backbone_log.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert records[-1]["top1"] == float(match.group(1)) and records[-1]["skipped"] == 0
+    from PIL import Image
+    with Image.open(folder / "backbone_curves.png") as picture:  # redrawn after every epoch, as train.py's
+        picture.load()
+        assert picture.format == "PNG" and picture.width > 100
 
 
 @pytest.mark.slow
@@ -206,7 +210,8 @@ def test_resume_after_sigkill_is_bit_identical(reference_run, shapes_root, tmp_p
     killed_at = load(last)["epoch"]
     assert killed_at == 1 and not (tmp_path / "backbone.pth").exists()
 
-    code, out, err = finish(run_script(["--resume", str(last)]))
+    # --resume auto finds the checkpoint beside --save-path (torchrun --max-restarts reruns the same command)
+    code, out, err = finish(run_script(["--resume", "auto", "--save-path", str(tmp_path / "backbone.pth")]))
     assert code == 0, err
     assert f"{killed_at} epochs done" in out
     reference, resumed = load(folder / "backbone.pth"), load(tmp_path / "backbone.pth")

@@ -1,7 +1,8 @@
 """Training curves from <stem>_log.jsonl: loss and each term, lr, img/s, the share of time spent
-waiting for data, and the test metrics of the evaluated epochs (--eval-period).
+waiting for data, and the test metrics of the evaluated epochs (train.py's --eval-period, pretrain.py's
+top-1/top-5 on val/ at every epoch).
 
-train.py redraws <stem>_curves.png after every epoch (rank 0). To compare runs in one picture:
+train.py and pretrain.py redraw <stem>_curves.png after every epoch (rank 0). To compare runs in one picture:
 
     python -m training.curves params/a_log.jsonl params/b_log.jsonl --out figs/curves.png
 
@@ -35,11 +36,16 @@ def run_name(path):
     return name[:-len("_log")] if name.endswith("_log") else name
 
 
+def _metrics(record):
+    """The test metrics of a record: train.py's "metrics" (--eval-period), or pretrain.py's top1/top5."""
+    return record.get("metrics") or {k: record[k] for k in ("top1", "top5") if k in record}
+
+
 def _score_names(records):
     names = []
     for record in records:
         for key in ("mAP", "top1", "R1"):
-            if key in (record.get("metrics") or {}) and key not in names:
+            if key in _metrics(record) and key not in names:
                 names.append(key)
     return names
 
@@ -69,9 +75,9 @@ def draw(runs, out):
         axes[2].plot(epochs, [r["img_per_s"] for r in records], color=color, label=name)
         axes[3].plot(epochs, [r.get("data_wait_share", float("nan")) for r in records], color=color, label=name)
         axes[5].plot(epochs, [r["seconds"] for r in records], color=color, label=name)
-        evaluated = [r for r in records if r.get("metrics")]
+        evaluated = [r for r in records if _metrics(r)]
         for style, key in zip(("o-", "s--", "^:"), _score_names(evaluated)):
-            axes[4].plot([r["epoch"] for r in evaluated], [r["metrics"].get(key, float("nan")) for r in evaluated],
+            axes[4].plot([r["epoch"] for r in evaluated], [_metrics(r).get(key, float("nan")) for r in evaluated],
                          style, color=color, label=f"{name} {key}" if len(runs) > 1 else key)
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
