@@ -44,7 +44,13 @@ def init_distributed(use_cuda, timeout_s=600):
     if use_cuda:
         torch.cuda.set_device(local_rank)
     kwargs = {"device_id": torch.device("cuda", local_rank)} if use_cuda else {}
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # torchrun keeps its store across the restarts of --max-restarts: each attempt's process group keeps its
+    # keys under a prefix of its own, so a restarted rank never reads an address of the attempt before
+    from torch.distributed.rendezvous import rendezvous  # only with torchrun: a build without it imports the rest
+    store, _, _ = next(rendezvous("env://", rank, world_size, timeout=timeout))
+    store = dist.PrefixStore(f"levit_reid/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
     return DistInfo(True, rank, world_size, local_rank, backend)
 
 
