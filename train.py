@@ -281,7 +281,8 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
     elif dp_ids:
         model = nn.DataParallel(model, device_ids=dp_ids)
     # --compile: the forward (of the DDP module under torchrun) through torch.compile (training/compile.py)
-    forward = model if args.compile == "off" else CompiledStep(model, args.compile, args.batch_size // dist_info.world_size)
+    per_rank = args.batch_size // dist_info.world_size
+    forward = model if args.compile == "off" else CompiledStep(model, args.compile, per_rank)
 
     params = [p for p in model_without_ddp.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)

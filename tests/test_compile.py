@@ -81,10 +81,13 @@ def test_compiled_steps_match_eager_within_float32_rounding():
     eager_losses, eager_grads, eager_states = steps(compiled=False)
     losses, grads, states = steps(compiled=True)
     # the same random draws (erasing outside the graph, stochastic depth through fallback_random): the
-    # generator is in the same state after every step, and the losses agree to float32 rounding (inductor
-    # fuses the operators and reorders the sums of the reductions, a few ulp per step)
+    # generator is in the same state after every step. The first loss (same weights, same draws) agrees to
+    # float32 rounding: inductor fuses the operators and reorders the sums of the reductions, a few ulp.
+    # Each SGD step (lr 0.05, from scratch) amplifies that rounding in the weights: the third loss differs
+    # by 6e-5 relative. A different stochastic-depth row or erased box would move a loss by 1e-2 or more
     assert all(torch.equal(a, b) for a, b in zip(eager_states, states))
-    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert losses[0] == pytest.approx(eager_losses[0], rel=1e-6)
+    assert losses == pytest.approx(eager_losses, rel=2e-4)
     # gradients: within 1e-4 of the largest gradient entry. The scale is global because the biases of the
     # convolutions followed by BatchNorm have a gradient of 0 in exact arithmetic (1e-9 of rounding noise),
     # which no relative tolerance per tensor can compare; a dropped stochastic-depth row or another erased
