@@ -121,8 +121,8 @@ def check_args(args, parser):
             check_gpu(parser, f"--gpus {','.join(map(str, args.gpus))}", index)
     if args.compile != "off" and args.gpus and len(args.gpus) > 1 and not distributed.launched_by_torchrun():
         ids = ",".join(map(str, args.gpus))
-        parser.error(f"--compile with --gpus {ids}: DataParallel replicates the module at every step, which "
-                     "torch.compile does not support; run one process per GPU instead: CUDA_VISIBLE_DEVICES="
+        parser.error(f"--compile with --gpus {ids}: DataParallel replicates the module at every step, and "
+                     "PyTorch compiles DistributedDataParallel instead; run one process per GPU: CUDA_VISIBLE_DEVICES="
                      f"{ids} torchrun --nproc-per-node {len(args.gpus)} train.py <the same flags without --gpus> "
                      "(see docs/distributed.md)")
     words = freeze_words(args.freeze)
