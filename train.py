@@ -38,6 +38,7 @@ from network import DBN, VARIANTS, released_path
 from network.fast import training_form
 from network.flops import model_summary
 from training.bn_pass import recompute_bn
+from training.compile import CompiledStep, add_compile_flag
 from training.curves import draw_run_curves
 from training.eval_period import PeriodicEvaluation
 from training.flags import (DEMO, add_amp_flags, add_hardware_flags, amp_settings, check_resume_args, check_sync_bn,
@@ -103,6 +104,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--norm", default=True, action=BooleanFlag,
                    help="L2-normalise the embeddings inside the triplet loss")
     add_amp_flags(g)
+    add_compile_flag(g)
     g.add_argument("--seed", default=613, type=int, help="seeds weights, data order, augmentation, erasing")
     add_hardware_flags(parser)
 
@@ -278,6 +280,9 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     elif dp_ids:
         model = nn.DataParallel(model, device_ids=dp_ids)
+    # --compile: the forward (of the DDP module under torchrun) through torch.compile (training/compile.py)
+    per_rank = args.batch_size // dist_info.world_size
+    forward = model if args.compile == "off" else CompiledStep(model, args.compile, per_rank)
 
     params = [p for p in model_without_ddp.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -315,7 +320,7 @@ def train_and_evaluate(args, device, dist_info, dp_ids):
         try:
             for epoch in range(start_epoch, epochs_total):
                 loader = build_loader(train_set, sampler, args, epoch, dist_info, device, skip=start_step)
-                steps = train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
+                steps = train_one_epoch(forward, criterion, optimizer, scaler, loader, device, epoch, args, autocast,
                                         totals, stop, start_step, saved)
                 if steps < len(sampler):  # interrupted: a mid-epoch checkpoint, exact to resume
                     save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, averaged,

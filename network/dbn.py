@@ -211,10 +211,14 @@ class DBN(Fusable, nn.Module):
                 raise PretrainedNotFound(pretrained, net)
         return unwrap_state_dict(read_checkpoint(pretrained)), pretrained
 
+    # the draws are Python numbers (.item()) from torch's global generator, image by image: under
+    # torch.compile both augmentations run eagerly (a graph break), so they draw the eager run's stream
+    @torch.compiler.disable
     def random_erase(self, x):
         """The release's batch-level random erasing of x (B, C, H, W): see `erasing_boxes`."""
         return zero_boxes(x, erasing_boxes(x.shape[0], x.shape[-2], x.shape[-1], self.erasing))
 
+    @torch.compiler.disable
     def batch_drop(self, x):
         """The release's BatchDrop of x (B, C, H, W): see `batch_drop_boxes`."""
         return zero_boxes(x, batch_drop_boxes(x.shape[0], x.shape[-2], x.shape[-1], self.drop))

@@ -191,6 +191,18 @@ def test_a_killed_worker_is_restarted_and_resume_auto_ends_bit_identical(ddp_run
 
 
 @pytest.mark.slow
+def test_torchrun_trains_the_compiled_ddp_module(training_root, tmp_path):
+    # --compile compiles the DistributedDataParallel module (training/compile.py); the first step's time
+    # is printed once, by rank 0, and the checkpoints hold the model's own keys
+    code, out, err = finish(torchrun(tiny(training_root, tmp_path / "ema.pth", "--no-eval", "--compile")))
+    assert code == 0, err
+    assert out.count("--compile default: the first step, compile included, took") == 1
+    assert "saved the average of 2 epochs' weights (1..2)" in out
+    for state in (load(tmp_path / "ema.pth")["state_dict"], load(tmp_path / "ema_last.pth")["model"]):
+        assert not [k for k in state if k.startswith(("_orig_mod.", "module."))]
+
+
+@pytest.mark.slow
 def test_demo_data_is_generated_once_and_every_rank_waits_for_it(tmp_path):
     code, out, err = finish(torchrun(["--demo", "--dry-run", "--dataset-root", str(tmp_path)]))
     assert code == 0, err

@@ -119,6 +119,12 @@ def check_args(args, parser):
     if args.gpus and torch.cuda.is_available() and args.device != "cpu":
         for index in args.gpus:
             check_gpu(parser, f"--gpus {','.join(map(str, args.gpus))}", index)
+    if args.compile != "off" and args.gpus and len(args.gpus) > 1 and not distributed.launched_by_torchrun():
+        ids = ",".join(map(str, args.gpus))
+        parser.error(f"--compile with --gpus {ids}: DataParallel replicates the module at every step, and "
+                     "PyTorch compiles DistributedDataParallel instead; run one process per GPU: CUDA_VISIBLE_DEVICES="
+                     f"{ids} torchrun --nproc-per-node {len(args.gpus)} train.py <the same flags without --gpus> "
+                     "(see docs/distributed.md)")
     words = freeze_words(args.freeze)
     if words:
         with torch.device("meta"):
@@ -138,7 +144,9 @@ DEMO = dict(dataset="market1501", dataset_root=os.path.join("data", "demo"), net
             save_path=os.path.join("params", "demo.pth"))
 # flags that may change when resuming; every other flag is the recipe and must match the checkpoint
 RUN_FLAGS = {"resume", "dry_run", "demo", "eval", "device", "gpus", "num_workers", "dataset_root", "data_root",
-             "save_path", "dist_timeout", "overwrite", "eval_period"}
+             "save_path", "dist_timeout", "overwrite", "eval_period", "compile"}
+# --compile is a run flag: it changes the rounding, not the recipe (as --device does); a resumed run that
+# changes it is exact to float32 rounding, not bit-identical (docs/performance.md)
 # recipe flags that a resumed run may change (a way out of a non-finite loss), with a warning
 RESUME_CHANGES = {"lr", "amp", "amp_dtype"}
 

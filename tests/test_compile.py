@@ -1,0 +1,135 @@
+"""train.py --compile (training/compile.py): the flag's checks, a compiled forward against the eager one,
+and a compiled run resumed bit-identically. The compile of LEViT-S takes minutes on 2 cores the first time
+(inductor's cache shortens the later ones): those tests are slow."""
+import functools
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import train
+from losses import ReIDLoss
+from network import DBN
+from network.fast import training_form
+from tests.helpers import assert_same_state, load, tiny_run
+from training.compile import CompiledStep
+from training.flags import RESUME_CHANGES, RUN_FLAGS
+from training.run_state import Interrupted
+
+IMAGES_PER_ID = 8  # of the training_root fixture (tests/conftest.py)
+# batches of 12 over 64 items: 5 full ones (compiled) and the release's partial one of 4 (eager) per epoch
+tiny = functools.partial(tiny_run, batch_size=12, epochs="1,2", ema_ratio=0.5, ema_extra=0)
+
+
+def parse_error(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        train.parse_args(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_compile_alone_is_the_default_mode_and_off_is_the_default():
+    assert train.parse_args([]).compile == "off"
+    assert train.parse_args(["--compile"]).compile == "default"
+    assert train.parse_args(["--compile", "max-autotune"]).compile == "max-autotune"
+
+
+def test_unknown_compile_mode_is_refused(capsys):
+    assert "argument --compile: invalid choice: 'fast'" in parse_error(capsys, ["--compile", "fast"])
+
+
+def test_compile_under_dataparallel_is_refused_naming_the_torchrun_command(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    err = parse_error(capsys, ["--compile", "--gpus", "0,1"])
+    assert "--compile with --gpus 0,1: DataParallel" in err
+    assert "CUDA_VISIBLE_DEVICES=0,1 torchrun --nproc-per-node 2 train.py <the same flags without --gpus>" in err
+
+
+def test_compile_is_a_run_flag_a_resumed_run_may_change():
+    assert "compile" in RUN_FLAGS and "compile" not in RESUME_CHANGES
+
+
+def steps(compiled, count=3):
+    """(losses, first step's gradients by name, generator state after each step) of `count` SGD steps of
+    LEViT-S at 32x16, batch 8, with random erasing and stochastic depth drawing from the global generator."""
+    torch.manual_seed(0)
+    model = training_form(DBN(num_classes=4, net="small", pretrained=None, erasing=0.3, drop_path=0.05)).train()
+    forward = CompiledStep(model, "default", batch=8) if compiled else model
+    criterion = ReIDLoss(normalize=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    data = torch.Generator().manual_seed(1)
+    labels = torch.arange(4).repeat_interleave(2)
+    losses, grads, states = [], None, []
+    torch.manual_seed(5)
+    for _ in range(count):
+        logits, embeddings = forward(torch.randn(8, 3, 32, 16, generator=data))
+        loss, _ = criterion(logits, embeddings, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        if grads is None:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        optimizer.step()
+        losses.append(loss.item())
+        states.append(torch.get_rng_state())
+    return losses, grads, states
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_eager_within_float32_rounding():
+    eager_losses, eager_grads, eager_states = steps(compiled=False)
+    losses, grads, states = steps(compiled=True)
+    # the same random draws (erasing outside the graph, stochastic depth through fallback_random): the
+    # generator is in the same state after every step. The first loss (same weights, same draws) agrees to
+    # float32 rounding: inductor fuses the operators and reorders the sums of the reductions, a few ulp.
+    # Each SGD step (lr 0.05, from scratch) amplifies that rounding in the weights: the third loss differs
+    # by 6e-5 relative. Other draws (the seed 6 for 5) move the first loss by 6e-3 relative
+    assert all(torch.equal(a, b) for a, b in zip(eager_states, states))
+    assert losses[0] == pytest.approx(eager_losses[0], rel=1e-6)
+    assert losses == pytest.approx(eager_losses, rel=2e-4)
+    # gradients: within 1e-4 of the largest gradient entry. The scale is global because the biases of the
+    # convolutions followed by BatchNorm have a gradient of 0 in exact arithmetic (1e-9 of rounding noise),
+    # which no relative tolerance per tensor can compare; a dropped stochastic-depth row or another erased
+    # box would move the gradients by far more
+    assert grads.keys() == eager_grads.keys()
+    scale = max(g.abs().max().item() for g in eager_grads.values())
+    worst = max((grads[n] - g).abs().max().item() for n, g in eager_grads.items())
+    assert worst <= 1e-4 * scale, (worst, scale)
+
+
+class StopAt(ReIDLoss):
+    """A Ctrl-C at the `at`-th loss: the run stops after that step and writes a mid-epoch checkpoint."""
+    calls = 0
+    at = 9
+
+    def forward(self, logits, embeddings, labels):
+        StopAt.calls += 1
+        if StopAt.calls == StopAt.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(logits, embeddings, labels)
+
+
+@pytest.mark.slow
+def test_compiled_run_resumes_bit_identically_and_saves_plain_keys(training_root, tmp_path, monkeypatch, capsys):
+    reference = tmp_path / "reference" / "ema.pth"
+    train.main(train.parse_args(tiny(training_root, reference, "--no-eval", "--compile")))
+    out = capsys.readouterr().out
+    assert "--compile default: the first step, compile included, took" in out
+
+    monkeypatch.setattr(train, "ReIDLoss", StopAt)
+    StopAt.calls = 0  # the 9th loss: epoch 2 (of 6 batches, the last partial), batch 3
+    save = tmp_path / "run" / "ema.pth"
+    with pytest.raises(Interrupted, match="interrupted in epoch 2 after batch 3"):
+        train.main(train.parse_args(tiny(training_root, save, "--no-eval", "--compile")))
+    monkeypatch.undo()
+    last = tmp_path / "run" / "ema_last.pth"
+    assert load(last)["args"]["compile"] == "default"
+    train.main(train.parse_args(["--resume", str(last), "--no-eval"]))  # --compile comes from the checkpoint
+
+    assert_same_state(load(reference), load(save))
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "run" / "ema_log.jsonl")] == [1, 2]
+    # the checkpoints hold the module's own keys, as an eager run's: no torch.compile prefix
+    for state in (load(save)["state_dict"], load(last)["model"]):
+        assert not [k for k in state if "_orig_mod" in k]
+    DBN(num_classes=8, net="small", pretrained=None).load_state_dict(load(save)["state_dict"])  # strict

@@ -1,0 +1,74 @@
+"""train.py --compile: the training forward through torch.compile, exact to the eager run's random stream.
+
+    step = CompiledStep(model, "default")   # model: the DBN, or its DistributedDataParallel wrapper
+    logits, embeddings = step(imgs)         # compiled for full batches, eager for a partial one
+
+What stays eager, and why:
+- The augmentations (random erasing, BatchDrop) draw Python numbers from torch's global generator image
+  by image; network/dbn.py excludes them from the graph (torch.compiler.disable), so they draw what the
+  eager run draws.
+- Stochastic depth (torchvision's StochasticDepth, bernoulli_) is in the graph: inductor's
+  `fallback_random` makes it call torch's own random operators on the global generator, in the eager
+  order, instead of inductor's generator, so a compiled run consumes the eager stream and a resumed run
+  (which restores the generator) stays bit-identical.
+- A batch smaller than the first one seen (the release's partial last batch, images skipped as
+  unreadable) runs eagerly: a graph for one batch size compiles once, needs no guards on the size and
+  keeps its CUDA graphs under reduce-overhead (recorded per shape); marking the batch dynamic would
+  cost a second, slower compile for one step an epoch.
+- The loss stays eager: under torchrun its batch-hard mining gathers the embeddings of every process
+  (a collective that would break the graph), and its cost is small against the network's.
+- The BatchNorm pass after training runs on the averaged copy of the weights, which is not compiled.
+
+The modules are not changed: the checkpoint's keys are those of an eager run (no `_orig_mod.`).
+Under torchrun the DistributedDataParallel module is compiled, as PyTorch's DDP notes advise
+(TorchDynamo's DDPOptimizer splits the graph at the gradient buckets so communication overlaps).
+"""
+import time
+
+import torch
+
+from utils import distributed
+
+MODES = ("off", "default", "reduce-overhead", "max-autotune")
+MODE_HELP = ("compile the training forward with torch.compile (off: eager, the default; --compile alone: default; "
+             "a resumed run may change it). default: "
+             "inductor's fused kernels, one compile of the first batch (minutes on a CPU); reduce-overhead: also "
+             "CUDA graphs, which remove the per-kernel launch cost on GPUs at the price of more GPU memory; "
+             "max-autotune: also benchmarks kernel choices, a much longer compile for tuned kernels. The compiled "
+             "code is cached across runs (inductor's FX graph cache). Losses equal the eager run's up to float32 "
+             "rounding; see docs/performance.md")
+
+
+def add_compile_flag(group):
+    group.add_argument("--compile", default="off", nargs="?", const="default", choices=MODES, metavar="MODE",
+                       help=MODE_HELP)
+
+
+class CompiledStep:
+    """Calls `model` (in train mode) through torch.compile(model, mode=mode) for batches of `batch`
+    images (a process's full batch), eagerly for smaller ones. The first step's time (the compile of
+    the forward and, at its first backward, of the backward) is printed when the second step starts."""
+
+    def __init__(self, model, mode, batch):
+        # the graph's random operators are torch's own, on the global generator, in the eager order
+        torch._inductor.config.fallback_random = True
+        self.model, self.mode, self.batch = model, mode, batch
+        self.compiled = torch.compile(model, mode=mode)
+        self.first = True
+        self.started = None  # perf_counter() at the first compiled call, until the next call reports it
+
+    def train(self):
+        self.model.train()
+        return self
+
+    def __call__(self, imgs):
+        if self.started is not None:  # the step after the first compiled one
+            if distributed.is_main():
+                print(f"--compile {self.mode}: the first step, compile included, took "
+                      f"{time.perf_counter() - self.started:.1f} s", flush=True)
+            self.started = None
+        if imgs.shape[0] != self.batch:
+            return self.model(imgs)  # a partial batch: eager, see the module's docstring
+        if self.first:
+            self.first, self.started = False, time.perf_counter()
+        return self.compiled(imgs)
