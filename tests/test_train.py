@@ -16,7 +16,7 @@ import training.flags
 from training.run_state import TrainingError, UnreadableImages
 from tests import helpers
 from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
-from utils import malloc
+from utils import files, malloc
 from training import bn_pass, run_files
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
@@ -557,11 +557,11 @@ def test_save_path_under_a_file_is_refused_before_training(training_root, tmp_pa
 def test_unwritable_save_folder_is_refused_before_training(training_root, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(run_files.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(files.tempfile, "TemporaryFile", refuse)  # the probe of utils.files.check_writable
     with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\); choose a writable"):
         train.main(train.parse_args(tiny(training_root, tmp_path / "ema.pth", "--no-eval")))
     assert not (tmp_path / "ema_last.pth").exists()
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a dry run creates nothing to try
+    # a dry run is refused the same way (the check creates nothing that stays)
     with pytest.raises(train.UsageError, match=r"cannot write in .* \(Permission denied\)"):
         train.main(train.parse_args(tiny(training_root, tmp_path / "new" / "ema.pth", "--dry-run")))
     assert not (tmp_path / "new").exists()

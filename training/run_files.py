@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 
 from PIL import Image
@@ -23,7 +22,7 @@ from network import CheckpointError, make_checkpoint
 from training.resume import best_checkpoint_path, curves_path, last_checkpoint_path, load_training_checkpoint, log_path
 from training.run_state import UnreadableImages, UsageError
 from utils import distributed
-from utils.files import atomic_save
+from utils.files import UnwritableError, atomic_save, check_writable
 
 DEMO_DATA = dict(ids=48, images_per_id=8, cameras=3, seed=0)  # synthetic market1501 for train.py --demo
 
@@ -33,26 +32,12 @@ def check_save_path(args, lock=True):
     acquire_run_lock: taken here when `lock` and not a dry run) and, for a new run, hold no earlier run
     (unless --overwrite). Raises UsageError saying what is there and what to do."""
     path = args.save_path
-    folder = os.path.dirname(os.path.abspath(path))
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"--save-path {path}: cannot write there, {existing} is a file, not a folder; "
-                         "choose another --save-path")
     if os.path.isdir(path):
         raise UsageError(f"--save-path {path} is a folder; give a file name, e.g. {os.path.join(path, 'ema.pth')}")
-    try:
-        if args.dry_run:  # creates nothing: the nearest existing folder must let us create the rest
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise PermissionError(13, "Permission denied")
-        else:
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-    except OSError as err:
-        raise UsageError(f"--save-path {path}: cannot write in {folder} ({err.strerror or err}); "
-                         "choose a writable --save-path") from None
+    try:  # creates nothing: a probe file in the nearest existing folder, removed at once
+        check_writable(path)
+    except UnwritableError as err:
+        raise UsageError(f"--save-path {path}: {err}; choose a writable --save-path") from None
     if args.dry_run:
         check_run_lock(path)
     elif lock:
@@ -158,6 +143,7 @@ def acquire_run_lock(save_path):
     """Create the lock of `save_path` (exclusively: of two runs starting at once, one gets it) with this
     process's pid, host and start time; released by release_run_lock or at exit."""
     path = lock_path(save_path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # the run's folder (check_writable made none)
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(2):
         check_run_lock(save_path)  # refuses a live owner, clears a stale lock
