@@ -27,7 +27,7 @@ import warnings
 import torch
 
 from evaluation import features
-from utils.cli import check_output
+from utils.cli import HelpFormatter, check_output
 from utils.console import show_warnings_as_lines
 
 FORMATS = ("torchscript", "exported", "onnx")
@@ -40,7 +40,7 @@ EXAMPLE_BATCH, CHECK_BATCH = 2, 3  # traced with one batch size, checked with an
 def get_args_parser():
     parser = argparse.ArgumentParser(
         "export.py", parents=[features.get_args_parser(running=False)],
-        formatter_class=features.HelpFormatter,
+        formatter_class=HelpFormatter,
         description="Export a DBN checkpoint (BatchNorm folded, dynamic batch) that maps a (B, 3, H, W) float "
                     "batch in [0, 1] to the test-time features; prints a parity check against eager PyTorch.")
     parser.add_argument("--format", required=True, choices=FORMATS,

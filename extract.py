@@ -19,13 +19,13 @@ import numpy as np
 from datasets.image_list import ImageListError, collect_images
 from evaluation import features
 from utils.console import show_warnings_as_lines
-from utils.cli import check_output
+from utils.cli import HelpFormatter, check_output
 from utils.files import atomic_write
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "extract.py", parents=[features.get_args_parser()], formatter_class=features.HelpFormatter,
+        "extract.py", parents=[features.get_args_parser()], formatter_class=HelpFormatter,
         description="Write the test-time features (the test scripts' preprocessing, flip-averaged, L2-normalised) "
                     "of a folder, glob or list of images to an .npz file.")
     parser.add_argument("--images", required=True, metavar="DIR|GLOB|LIST",

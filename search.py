@@ -21,14 +21,13 @@ import torch
 
 from datasets.image_list import ImageListError, collect_images
 from evaluation import features
-from utils.cli import require_at_least
-from utils.cli import check_output
+from utils.cli import HelpFormatter, check_output, require_at_least
 from utils.console import show_warnings_as_lines
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
-        "search.py", parents=[features.get_args_parser()], formatter_class=features.HelpFormatter,
+        "search.py", parents=[features.get_args_parser()], formatter_class=HelpFormatter,
         description="Print the gallery images most similar to each query image, with their scores.")
     parser.add_argument("--query", required=True, nargs="+", metavar="IMG",
                         help="query images (or folders, globs, .txt lists of them)")

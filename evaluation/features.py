@@ -31,7 +31,7 @@ from network import DBN, CheckpointError
 
 from utils.checks import positive_int
 from utils.device import DeviceError, pick_device
-from utils.cli import HelpFormatter, default_workers, require_at_least  # HelpFormatter: that of extract.py, search.py, export.py
+from utils.cli import default_workers, require_at_least
 
 DEFAULT_SIZE = (256, 128)  # a bare state_dict's input size when nothing else gives one (Market-1501's)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
