@@ -1,6 +1,7 @@
-"""Export a DBN checkpoint for deployment: TorchScript, torch.export or ONNX, BatchNorm folded, any batch size.
+"""Export a DBN checkpoint for deployment: TorchScript, torch.export, ONNX or OpenVINO, BatchNorm folded, any batch size.
 
     python export.py --weights params/ema.pth --format onnx --out dbn.onnx
+    python export.py --weights params/ema.pth --format openvino --out dbn.xml
     python export.py --weights params/ema.pth --format exported --out dbn.pt2
     python export.py --weights params/ema.pth --format torchscript --out dbn.ts
 
@@ -9,13 +10,19 @@ the test transform, to the test-time features: the five embeddings of the image 
 horizontal flip, L2-normalised (a drop-in for the test scripts' features). --no-flip and
 --no-normalize leave either step out. FILE.json, written beside FILE, records the input size, the
 preprocessing (the test transform, as built by datasets.transforms), the output and the checkpoint.
-A parity check runs the exported file on a random batch against eager PyTorch (the unfused model)
-and prints the max relative error: max |exported - eager| / max |eager|; above 1e-3 the exit status
-is 1. With --dtype bfloat16 (a CPU with AVX512-BF16 or AMX; TorchScript and torch.export) the network
-but its stem and last BatchNorm1d runs in bfloat16 (input and output stay float32) and the check is
-the smallest cosine similarity of the features to float32's, at least 0.999. ONNX needs the
-optional packages of requirements-export.txt (onnx, onnxscript; onnxruntime for the parity check).
-Exit status 2 on a usage error.
+
+ONNX and OpenVINO files hold the export form of network/fast/export.py: standard operators arranged
+for ONNX Runtime (--format onnx) and for OpenVINO (--format openvino: FILE.xml and FILE.bin, its IR,
+converted from ONNX). The ONNX file is also checked against what TensorRT's ONNX parser reads (its
+opset and operators; TensorRT itself is not run). Both need the optional packages of
+requirements-export.txt.
+
+A parity check runs the exported file (in ONNX Runtime, OpenVINO or torch) on a random batch against
+eager PyTorch (the unfused model) and prints the max relative error: max |exported - eager| / max
+|eager|; above 1e-4 the exit status is 1. With --dtype bfloat16 (a CPU with AVX512-BF16 or AMX;
+TorchScript and torch.export) the network but its stem and last BatchNorm1d runs in bfloat16 (input
+and output stay float32) and the check is the smallest cosine similarity of the features to
+float32's, at least 0.999. Exit status 2 on a usage error.
 """
 import argparse
 import importlib.util
@@ -27,13 +34,18 @@ import warnings
 import torch
 
 from evaluation import features
+from network.fast import export as exporting
 from utils.cli import HelpFormatter, check_output
 from utils.console import show_warnings_as_lines
 
-FORMATS = ("torchscript", "exported", "onnx")
-ONNX_PACKAGES = ("onnx", "onnxscript")
-TOLERANCE = 1e-3  # parity: the largest max relative error accepted
+FORMATS = ("torchscript", "exported", "onnx", "openvino")
+# the optional packages each format needs to be written (requirements-export.txt)
+PACKAGES = {"onnx": ("onnx", "onnxscript"), "openvino": ("onnx", "onnxscript", "openvino")}
+SUFFIXES = {"exported": (".pt2", "torch.export.load reads files ending in .pt2", "dbn.pt2"),
+            "openvino": (".xml", "OpenVINO's IR is FILE.xml (the graph) and FILE.bin (the weights)", "dbn.xml")}
+TOLERANCE = 1e-4  # parity: the largest max relative error accepted
 MIN_COSINE = 0.999  # parity of a bfloat16 export: the smallest cosine similarity to float32 accepted
+RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}  # the runtime whose export form each format holds
 EXAMPLE_BATCH, CHECK_BATCH = 2, 3  # traced with one batch size, checked with another (the batch is dynamic)
 
 
@@ -45,7 +57,8 @@ def get_args_parser():
                     "batch in [0, 1] to the test-time features; prints a parity check against eager PyTorch.")
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="torchscript (torch.jit.trace, torch.jit.load), exported (torch.export, "
-                             "torch.export.load) or onnx (torch.onnx.export with dynamo=True)")
+                             "torch.export.load), onnx (torch.onnx.export with dynamo=True, arranged for ONNX "
+                             "Runtime) or openvino (OpenVINO IR: FILE.xml and FILE.bin)")
     parser.add_argument("--out", required=True, help="the file to write; FILE.json is written beside it")
     parser.add_argument("--no-normalize", dest="normalize", action="store_false",
                         help="leave out the L2 normalisation of the features")
@@ -54,12 +67,17 @@ def get_args_parser():
     return parser
 
 
-def missing_onnx_packages():
-    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+def missing_packages(fmt):
+    """The optional packages format `fmt` needs and this environment lacks."""
+    return [name for name in PACKAGES.get(fmt, ()) if importlib.util.find_spec(name) is None]
 
 
 def export(head, example, fmt, out):
     """Write `head` (a FeatureHead in eval mode) to `out` in format `fmt`, batch dimension dynamic."""
+    if fmt == "onnx":
+        return exporting.save_onnx(head, example, out)
+    if fmt == "openvino":
+        return exporting.module_to_openvino(head, example, out)
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         if fmt == "torchscript":
@@ -72,11 +90,8 @@ def export(head, example, fmt, out):
                 warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
                 traced = torch.jit.trace(head, example)
                 torch.jit.save(traced, out)
-        elif fmt == "exported":
-            torch.export.save(torch.export.export(head, (example,), dynamic_shapes=({0: batch},)), out)
         else:
-            torch.onnx.export(head, (example,), out, dynamo=True, dynamic_shapes=({0: batch},),
-                              input_names=["images"], output_names=["features"], external_data=False)
+            torch.export.save(torch.export.export(head, (example,), dynamic_shapes=({0: batch},)), out)
 
 
 def run_exported(fmt, out, x):
@@ -91,11 +106,11 @@ def run_exported(fmt, out, x):
     if fmt == "exported":
         with torch.no_grad():
             return torch.export.load(out).module()(x)
+    if fmt == "openvino":
+        return torch.from_numpy(exporting.openvino_session(out)(x.numpy()))
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    import onnxruntime
-    session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    return torch.from_numpy(exporting.onnxruntime_session(out)(x.numpy()))
 
 
 def sidecar(info, transform, args, feature_dim):
@@ -122,17 +137,19 @@ def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     features.check_args(args, parser)
-    if args.format == "exported" and not args.out.endswith(".pt2"):
-        parser.error(f"--out {args.out}: torch.export.load reads files ending in .pt2; name it e.g. dbn.pt2")
+    if args.format in SUFFIXES:
+        suffix, why, example = SUFFIXES[args.format]
+        if not args.out.endswith(suffix):
+            parser.error(f"--out {args.out}: {why}; name it e.g. {example}")
     check_output(parser, "--out", args.out)
-    if args.format == "onnx" and args.dtype != "float32":
-        parser.error(f"--dtype {args.dtype}: ONNX export is float32 only (ONNX runtimes choose their own "
+    if args.format in PACKAGES and args.dtype != "float32":
+        parser.error(f"--dtype {args.dtype}: {args.format} export is float32 only (its runtimes choose their own "
                      "precision); use --format torchscript or exported for a bfloat16 file")
-    if args.format == "onnx":
-        missing = missing_onnx_packages()
-        if missing:
-            parser.error(f"--format onnx needs the {' and '.join(ONNX_PACKAGES)} packages (missing: "
-                         f"{', '.join(missing)}); install them with: pip install -r requirements-export.txt")
+    missing = missing_packages(args.format)
+    if missing:
+        needed = PACKAGES[args.format]
+        parser.error(f"--format {args.format} needs the {', '.join(needed[:-1])} and {needed[-1]} packages "
+                     f"(missing: {', '.join(missing)}); install them with: pip install -r requirements-export.txt")
     from datasets.transforms import build_transform
     from network import DBN, CheckpointError
     from network.fast import to_inference_dtype
@@ -150,12 +167,15 @@ def main(argv=None):
           f"{', ' + ', '.join(steps) if steps else ''}")
     meta_path = f"{args.out}.json"
     if args.dry_run:
-        print(f"dry run: would write {args.out} ({args.format}) and {meta_path}")
+        extra = f", {exporting.openvino_weights(args.out)}" if args.format == "openvino" else ""
+        print(f"dry run: would write {args.out}{extra} ({args.format}) and {meta_path}")
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     # plain NCHW weights: the exported graph then has no layout conversions (channels_last is a CPU
     # speed-up for eager PyTorch; runtimes choose their own layouts)
     model = model.to(memory_format=torch.contiguous_format)
+    if args.format in PACKAGES:
+        model = exporting.export_form(model, RUNTIME[args.format])
     if args.dtype != "float32":
         model = to_inference_dtype(model, features.DTYPES[args.dtype])
     head = features.FeatureHead(model, args.flip, args.normalize).eval()
@@ -165,7 +185,13 @@ def main(argv=None):
     transform = build_transform(info["transform"], height, width, train=False)
     with open(meta_path, "w") as f:
         json.dump(sidecar(info, transform, args, model.feature_dim), f, indent=2)
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 2 ** 20:.1f} MiB) and {meta_path}")
+    written = [args.out] + ([exporting.openvino_weights(args.out)] if args.format == "openvino" else [])
+    size = sum(os.path.getsize(path) for path in written) / 2 ** 20
+    print(f"wrote {' and '.join(written)} ({size:.1f} MiB) and {meta_path}")
+    if args.format == "onnx":
+        problems = exporting.tensorrt_problems(args.out)
+        print("TensorRT: " + ("; ".join(problems) if problems else f"opset {exporting.ONNX_OPSET}, every operator in "
+                              "the list TensorRT 10's ONNX parser supports (TensorRT itself not run)"))
 
     x = torch.rand(CHECK_BATCH, 3, height, width, generator=generator)
     with torch.no_grad():

@@ -1,5 +1,5 @@
-"""export.py: each format (TorchScript, torch.export, ONNX through onnxruntime) maps a batch of any size
-to the test-time features, the sidecar describes the input, the parity check prints, usage errors."""
+"""export.py: each format (TorchScript, torch.export, ONNX through onnxruntime, OpenVINO) maps a batch of any
+size to the test-time features, the sidecar describes the input, the parity check prints, usage errors."""
 import json
 import os
 import re
@@ -29,6 +29,8 @@ def check_export(capsys, weights, fmt, out, *flags):
     code = export.main(["--weights", weights, "--format", fmt, "--out", out, *flags])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
+    if fmt == "onnx":
+        assert "TensorRT: opset 20, every operator in the list TensorRT 10's ONNX parser supports" in stdout
     assert f"({fmt} vs eager PyTorch, unfused, on a random batch of 3): ok" in stdout
     error = float(stdout.split("parity: max relative error ")[1].split()[0])
     assert error < 1e-4
@@ -80,6 +82,18 @@ def test_onnx_through_onnxruntime(capsys, dbn_checkpoint, batch, expected, tmp_p
     assert np.allclose(got, expected[True, True].numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
+def test_openvino_ir_through_openvino(capsys, dbn_checkpoint, batch, expected, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    out = str(tmp_path / "dbn.xml")
+    meta = check_export(capsys, dbn_checkpoint, "openvino", out)
+    assert meta["format"] == "openvino" and os.path.isfile(tmp_path / "dbn.bin")
+    got = export.exporting.openvino_session(out)(batch.numpy())  # batch 5: exported with 2, checked with 3
+    assert got.shape == (5, 1920) and got.dtype == np.float32
+    assert np.allclose(got, expected[True, True].numpy(), atol=1e-5)
+
+
 def usage_error(capsys, *argv):
     with pytest.raises(SystemExit) as info:
         export.main(list(argv))
@@ -94,6 +108,10 @@ def test_onnx_without_its_packages_says_what_to_install(capsys, dbn_checkpoint, 
     assert "--format onnx needs the onnx and onnxscript packages (missing: onnxscript); install them with: " \
            "pip install -r requirements-export.txt" in err
     assert not os.path.exists(tmp_path / "m.onnx")
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
+    err = usage_error(capsys, "--weights", dbn_checkpoint, "--format", "openvino", "--out", str(tmp_path / "m.xml"))
+    assert "--format openvino needs the onnx, onnxscript and openvino packages (missing: openvino); install them " \
+           "with: pip install -r requirements-export.txt" in err
 
 
 def test_usage_errors_and_dry_run(capsys, dbn_checkpoint, tmp_path):
@@ -101,6 +119,10 @@ def test_usage_errors_and_dry_run(capsys, dbn_checkpoint, tmp_path):
         capsys, "--weights", dbn_checkpoint, "--format", "tflite", "--out", "m")
     assert "--out m.pt: torch.export.load reads files ending in .pt2; name it e.g. dbn.pt2" in usage_error(
         capsys, "--weights", dbn_checkpoint, "--format", "exported", "--out", "m.pt")
+    assert "--out m.onnx: OpenVINO's IR is FILE.xml (the graph) and FILE.bin (the weights); name it e.g. dbn.xml" in \
+        usage_error(capsys, "--weights", dbn_checkpoint, "--format", "openvino", "--out", "m.onnx")
+    assert "--dtype bfloat16: openvino export is float32 only" in usage_error(
+        capsys, "--weights", dbn_checkpoint, "--format", "openvino", "--out", "m.xml", "--dtype", "bfloat16")
     missing = str(tmp_path / "none.pth")
     assert f"--weights {missing}: file not found" in usage_error(
         capsys, "--weights", missing, "--format", "torchscript", "--out", "m.ts")
@@ -115,7 +137,7 @@ def test_usage_errors_and_dry_run(capsys, dbn_checkpoint, tmp_path):
 
 
 def test_bfloat16_usage_errors(capsys, dbn_checkpoint, tmp_path, monkeypatch):
-    assert "--dtype bfloat16: ONNX export is float32 only" in usage_error(
+    assert "--dtype bfloat16: onnx export is float32 only" in usage_error(
         capsys, "--weights", dbn_checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--dtype",
         "bfloat16")
     monkeypatch.setattr(export.features, "cpu_has_native_bfloat16", lambda: False)
@@ -141,7 +163,7 @@ def test_bfloat16_torchscript_export_checks_the_cosine(capsys, dbn_checkpoint, b
 def test_parity_failure_sets_the_exit_status(capsys, dbn_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "run_exported", lambda fmt, out, x: torch.ones(3, 1920))
     assert export.main(["--weights", dbn_checkpoint, "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 1
-    assert ": FAILED (tolerance 0.001)" in capsys.readouterr().out
+    assert ": FAILED (tolerance 0.0001)" in capsys.readouterr().out
 
 
 def test_bare_state_dict_takes_the_size_flags(capsys, tmp_path):
@@ -149,7 +171,7 @@ def test_bare_state_dict_takes_the_size_flags(capsys, tmp_path):
     path = str(tmp_path / "release_ema.pth")
     torch.save(DBN(num_classes=751, net="large", pretrained=None).state_dict(), path)
     argv = ["--weights", path, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--dry-run"]
-    if export.missing_onnx_packages():
+    if export.missing_packages("onnx"):
         pytest.skip("onnx / onnxscript not installed")
     assert export.main([*argv, "--img-height", "384", "--img-width", "128"]) == 0
     out = capsys.readouterr().out
