@@ -2,14 +2,15 @@
 
 `--what model`: parameters and FLOPs, throughput and latency of DBN-S (float32 eager fused,
 bfloat16, compiled) next to torchvision's ResNet-50 and the peers (release-style DBN-S, OSNet x1_0),
-the matrix-multiply peak measured in the same run, training steps (benchmarks/model.py);
+the matrix-multiply peak measured in the same run, training steps eager and compiled with their
+operator counts (benchmarks/model.py);
 `--what eval`: the evaluation benchmark (benchmarks/eval.py); `--what extract`: DBN-S test-time
 feature extraction under glibc's default malloc settings and tuned, each in a fresh process
 (benchmarks/extract.py); `--what loader`: one loader worker's training transforms
 (benchmarks/loader.py); `--what all` (default): model and eval.
 
     python -m benchmarks --what model [--quick] [--batch 32] [--threads 2] [--malloc tuned|default]
-                                       [--device cpu|cuda] [--no-training]
+                                       [--device cpu|cuda] [--no-training] [--no-compiled-training]
 
 `--malloc tuned` (default) makes glibc keep freed memory in the process, so that no model pays
 page faults for fresh memory on every run; with `--malloc default` glibc hands every block above
@@ -36,6 +37,9 @@ def get_args_parser():
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="model: where the networks run (cuda: float32, float16, channels_last, compiled)")
     parser.add_argument("--no-training", action="store_true", help="model: leave out the training steps")
+    parser.add_argument("--no-compiled-training", action="store_true",
+                        help="model: leave out the training table's compiled rows (compiling a training step "
+                             "takes minutes on a CPU)")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                         help="tuned: glibc keeps freed memory, no model pays page faults on every step "
                              "(a fair comparison); default: glibc's settings, under which ResNet-50 does")

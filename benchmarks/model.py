@@ -3,12 +3,16 @@ torchvision's ResNet-50 and the peers of benchmarks/peers.py, with the matrix-mu
 same run; latency (ms per call) at batch 1, 8 and 32 of DBN-S in float32 (eager, fused, with and
 without network.fast's inference form), in bfloat16 and compiled, next to ResNet-50 in the same settings; the
 test-time features of one, two and four crops (images and flips as one batch or two calls);
-training steps (DBN-S and LEViT-S channels_last on the CPU in network.fast's training form).
+training steps as train.py runs them (DBN-S and LEViT-S channels_last on the CPU in network.fast's
+training form; on CUDA under float16 autocast with a GradScaler), eager and, for DBN-S and ResNet-50,
+compiled as train.py --compile compiles them, each with the count of the aten operators it dispatches.
 
 Every table is measured in one process, alternating the models run by run (so a busy machine slows
-them all alike), medians reported. On CUDA (--device cuda) the half precision is float16 and every
-timed call ends with a synchronisation.
+them all alike), medians reported; a compiled model's first call (the compile) is made before the
+timed runs. On CUDA (--device cuda) the half precision is float16 and every timed call ends with a
+synchronisation.
 """
+import argparse
 import os
 import time
 
@@ -16,14 +20,16 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from network import DBN, LEViT, VARIANTS
+import evaluation.features
+from benchmarks import configure_malloc, time_alternating
+from benchmarks.peers import OSNet, release_style
+from evaluation.features import DTYPES, check_dtype, compile_model, dbn_features, prepare_for_inference
+from network import DBN, VARIANTS, LEViT
 from network.fast import kernels, training_form
 from network.fast.cpu import amx_tile
 from network.flops import count_flops, count_params
-from benchmarks import configure_malloc, time_alternating
-from benchmarks.peers import OSNet, release_style
-import evaluation.features
-from evaluation.features import DTYPES, check_dtype, compile_model, dbn_features, prepare_for_inference
+from training.compile import CompiledStep
+from training.flags import amp_settings
 
 PEAK_SIZE = 2048  # the peak is the speed of a PEAK_SIZE^3 matrix product
 LATENCY_BATCHES = (1, 8, 32)
@@ -316,48 +322,145 @@ def cpu_training_form(model, device):
     return training_form(model) if device.type == "cpu" else model
 
 
-def training_runs(batch, device, num_classes=751):
-    """forward + backward + SGD step; cross-entropy on every logit the model returns."""
+# the training table's compiled rows: {compiled row: its eager twin}
+COMPILED_TRAINING = {"DBN-S compiled": "DBN-S channels_last",
+                     "ResNet-50 channels_last compiled": "ResNet-50 channels_last"}
+
+
+def training_precision(device):
+    """train.py's default autocast dtype on `device` (training.flags.amp_settings): float16 on CUDA, None
+    (float32, no autocast) on the CPU."""
+    use_amp, dtype = amp_settings(argparse.Namespace(amp=None, amp_dtype="auto"), device)
+    return dtype if use_amp else None
+
+
+def count_operators(fn):
+    """The top-level aten operators one call of `fn` dispatches, counted by torch.profiler: the events
+    named aten::* with no aten::* event above them (aten::addmm called by aten::linear is part of
+    aten::linear; the backward's operators, under autograd's nodes, and the optimizer's, under its
+    step, are top-level). Other namespaces (the native kernels' levit_kernels::*) and inductor's
+    generated kernels are not aten operators and are not counted."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+
+    def under_aten(event):
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not under_aten(e))
+
+
+def training_runs(batch, device, num_classes=751, compiled=False, amp=None):
+    """{name: (one training step, its GradScaler)}: forward, cross-entropy on every logit the model returns,
+    backward, SGD step, as train.py's step. `amp`: the forward's autocast dtype (None: float32); under
+    float16 a GradScaler scales the loss (train.py's --amp). `compiled`: also the rows of COMPILED_TRAINING,
+    a new model of their eager twin with its forward through training.compile.CompiledStep (mode
+    default), as train.py --compile runs it."""
     torch.manual_seed(0)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    models = {
-        "ResNet-50": (plain(torchvision.models.resnet50(num_classes=num_classes)), False),
-        "ResNet-50 channels_last": (torchvision.models.resnet50(num_classes=num_classes).to(
+    builds = {  # name: a new model and whether its input is channels_last
+        "ResNet-50": lambda: (plain(torchvision.models.resnet50(num_classes=num_classes)), False),
+        "ResNet-50 channels_last": lambda: (torchvision.models.resnet50(num_classes=num_classes).to(
             memory_format=torch.channels_last), True),
-        "LEViT-S unoptimised": (plain(LEViT(num_classes, **VARIANTS["small"])), False),
-        "LEViT-S channels_last": (cpu_training_form(LEViT(num_classes, **VARIANTS["small"]), device), True),
-        "DBN-S unoptimised": (plain(DBN(num_classes, net="small", pretrained=None)), False),
-        "DBN-S channels_last": (cpu_training_form(DBN(num_classes, net="small", pretrained=None), device), True),
+        "LEViT-S unoptimised": lambda: (plain(LEViT(num_classes, **VARIANTS["small"])), False),
+        "LEViT-S channels_last": lambda: (cpu_training_form(LEViT(num_classes, **VARIANTS["small"]), device), True),
+        "DBN-S unoptimised": lambda: (plain(DBN(num_classes, net="small", pretrained=None)), False),
+        "DBN-S channels_last": lambda: (cpu_training_form(DBN(num_classes, net="small", pretrained=None), device),
+                                        True),
     }
+    rows = {name: (name, False) for name in builds}  # name: (its build, compiled)
+    if compiled:
+        rows.update({name: (eager, True) for name, eager in COMPILED_TRAINING.items()})
 
-    def run(model, channels_last):
+    def run(model, channels_last, compiled):
         model.train().to(device)
+        forward = CompiledStep(model, "default", batch, report=False) if compiled else model
         x = torch.rand(batch, 3, *SIZE, device=device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        # as train.py: float16 needs loss scaling, the loss is computed outside autocast
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
         def fn():
-            out = model(x)
+            with autocast:
+                out = forward(x)
             logits = out[0] if isinstance(out, tuple) else [out]
-            loss = sum(F.cross_entropy(z, y) for z in logits) / len(logits)
+            loss = sum(F.cross_entropy(z.float(), y) for z in logits) / len(logits)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             synchronize(device)
-        return fn
-    return {name: run(model, cl) for name, (model, cl) in models.items()}
+        return fn, scaler
+    return {name: run(*builds[build](), compiled) for name, (build, compiled) in rows.items()}
 
 
-def training_table(batch, device, repeats):
+def settle_loss_scale(step, scaler, tries=30):
+    """Runs `step` until its GradScaler (when enabled) takes the SGD step: a float16 step whose gradients
+    overflow is skipped and the scale halved, as in train.py's first steps; the timed steps are the
+    steady state's."""
+    if not scaler.is_enabled():
+        return
+    for _ in range(tries):
+        scale = scaler.get_scale()
+        step()
+        if scaler.get_scale() >= scale:  # not halved: no overflow, the step was taken
+            return
+    raise RuntimeError(f"the loss scale fell {tries} times in a row, to {scaler.get_scale():g}: every float16 "
+                       "step overflows")
+
+
+def training_table(batch, device, repeats, compiled=True, amp=None):
+    """images/s of the training steps of training_runs, their operators (count_operators), the compiled
+    rows against their eager twins and DBN-S against ResNet-50 channels_last in the same setting. The
+    compiled rows' first step (the compile) runs before the timed runs, and under float16 the steps until
+    the loss scale settles (settle_loss_scale). Returns {name: seconds per step}."""
+    if compiled:
+        # dynamo would reuse what an earlier table compiled for these classes, and take a batch size other
+        # than the one it compiled for as dynamic: one static graph for this batch, from cold
+        torch._dynamo.reset()
+    steps = training_runs(batch, device, compiled=compiled, amp=amp)
+    runs = {name: step for name, (step, _) in steps.items()}
+    first = {}
+    for name in COMPILED_TRAINING if compiled else ():
+        start = time.perf_counter()
+        runs[name]()  # compiles the forward and, at its backward, the backward
+        first[name] = time.perf_counter() - start
+    for step, scaler in steps.values():
+        settle_loss_scale(step, scaler)
     faults = {}
-    seconds = time_alternating(training_runs(batch, device), repeats, faults=faults)
+    seconds = time_alternating(runs, repeats, faults=faults)
+    operators = {name: count_operators(fn) for name, fn in runs.items()}
     base, base_cl = seconds["ResNet-50"], seconds["ResNet-50 channels_last"]
-    print(f"\ntraining step: forward + backward + SGD, batch {batch} (median of {repeats} alternating runs)")
-    print(f"{'model':30s} {'images/s':>9s} {'x ResNet-50':>12s} {'x ResNet-50 channels_last':>26s} "
-          f"{'page faults/run':>16s}")
+    precision = "float32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast" + (
+        " with a GradScaler" if amp == torch.float16 else "")
+    print(f"\ntraining step: forward + loss + backward + SGD, batch {batch}, {SIZE[0]}x{SIZE[1]}, {precision} "
+          f"(median of {repeats} alternating runs)")
+    print("operators: the top-level aten operators of one step (torch.profiler, benchmarks.model.count_operators)"
+          + ("; compiled: the forward and its backward through torch.compile, mode default, as train.py "
+             "--compile (training/compile.py); inductor's fused kernels are not aten operators, a compiled "
+             "row counts what its step still dispatches (the operators the graphs call, the loss, the SGD "
+             "step)" if compiled else ""))
+    print(f"{'model':33s} {'images/s':>9s} {'x ResNet-50':>12s} {'x ResNet-50 channels_last':>26s} "
+          f"{'operators':>10s} {'page faults/run':>16s}")
     for name, t in seconds.items():
-        print(f"{name:30s} {batch / t:9.1f} {base / t:11.2f}x {base_cl / t:25.2f}x {faults[name]:16,.0f}")
+        print(f"{name:33s} {batch / t:9.1f} {base / t:11.2f}x {base_cl / t:25.2f}x {operators[name]:10,d} "
+              f"{faults[name]:16,.0f}")
+    dbn = f"DBN-S / ResNet-50 channels_last, images/s: eager {base_cl / seconds['DBN-S channels_last']:.2f}x"
+    if compiled:
+        print("first step, compile included (not timed): "
+              + ", ".join(f"{name} {s:.1f} s" for name, s in first.items()))
+        print("compiled / eager, images/s: " + ", ".join(f"{eager} {seconds[eager] / seconds[name]:.2f}x"
+                                                        for name, eager in COMPILED_TRAINING.items()))
+        dbn += (f", compiled {seconds['ResNet-50 channels_last compiled'] / seconds['DBN-S compiled']:.2f}x "
+                "(against ResNet-50 channels_last compiled)")
+    print(dbn)
+    return seconds
 
 
 def native_kernels_line():
@@ -411,4 +514,4 @@ def bench(args):
     latency_table(device, repeats + 2)
     features_table(device, repeats + 2)
     if not args.no_training:
-        training_table(args.batch, device, repeats)
+        training_table(args.batch, device, repeats, not args.no_compiled_training, training_precision(device))

@@ -11,7 +11,7 @@ from torch import nn
 import benchmarks as bench
 import benchmarks.loader as bench_loader
 import utils.malloc
-from network import DBN, LEViT, VARIANTS
+from network import DBN, VARIANTS, LEViT
 from network.flops import count_flops, count_params
 from network.levit import LocalEnhanceAttention
 
@@ -204,8 +204,8 @@ def test_osnet_x1_0_has_the_published_size():
 
 def test_release_style_dbn_gives_the_same_features():
     """The release-style stand-in (explicit attention, NCHW, BN not folded) computes our network."""
-    from tests.helpers import with_formula_weights
     from benchmarks.peers import ExplicitAttention, release_style
+    from tests.helpers import with_formula_weights
     model = with_formula_weights(DBN(751, net="small", pretrained=None))
     peer = release_style(model)
     assert any(isinstance(m, ExplicitAttention) for m in peer.modules())
@@ -302,3 +302,166 @@ def test_native_kernels_line_says_what_runs(monkeypatch):
     monkeypatch.setattr(kernels, "vector_lanes", lambda: 8)
     monkeypatch.setattr(kernels, "bfloat16_dot", lambda: False)
     assert bench_model.native_kernels_line().startswith("native kernels: built (8 float32 lanes): the grouped")
+
+
+# --- training steps ----------------------------------------------------------------------------
+
+def test_count_operators_counts_the_top_level_aten_operators():
+    """aten::linear calls aten::t and aten::matmul (not counted: they are part of it); a region of
+    record_function is not an operator (what runs in it is top-level); the backward's operators are."""
+    from torch.nn import functional as F
+
+    import benchmarks.model as bench_model
+    x, w = torch.rand(4, 3), torch.rand(2, 3, requires_grad=True)
+
+    def forward():
+        with torch.profiler.record_function("a region"):
+            y = F.linear(x, w)  # aten::linear
+        return torch.relu(y).sum()  # aten::relu, aten::sum
+    assert bench_model.count_operators(forward) == 3
+    # backward: aten::ones_like (the seed gradient) and at least the relu's and the product's backward
+    assert bench_model.count_operators(lambda: forward().backward()) >= 3 + 3
+
+
+def test_settle_loss_scale_runs_until_a_step_is_taken():
+    """A float16 gradient of 1000 x scale overflows (> 65504) from GradScaler's 65536 down to 128: ten
+    steps are skipped (the scale halved each time) and the eleventh, at 64, is taken."""
+    import benchmarks.model as bench_model
+    w = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    calls = []
+
+    def step():
+        calls.append(scaler.get_scale())
+        loss = (w.half() * 1000).float().sum()
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    bench_model.settle_loss_scale(step, scaler)
+    assert calls == [2.0 ** k for k in range(16, 5, -1)]
+    assert scaler.get_scale() == 64 and w.item() == pytest.approx(-1.0)  # one SGD step of lr x 1000
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    bench_model.settle_loss_scale(lambda: calls.append("no"), disabled)
+    assert calls[-1] != "no"  # a float32 step is not run
+
+
+def test_float16_training_steps_scale_the_loss_as_train_py(monkeypatch):
+    """train.py's --amp: float16 autocast with a GradScaler at its default scale (the seeded DBN-S's
+    float16 gradients overflow at it: the first step is skipped); bfloat16 and float32 run unscaled."""
+    import benchmarks.model as bench_model
+    monkeypatch.setattr(bench_model, "SIZE", (32, 16))
+    cpu = torch.device("cpu")
+    step, scaler = bench_model.training_runs(2, cpu, amp=torch.float16)["DBN-S channels_last"]
+    assert scaler.is_enabled() and scaler.get_scale() == 65536
+    step()
+    assert scaler.get_scale() == 32768
+    bench_model.settle_loss_scale(step, scaler)
+    scale = scaler.get_scale()
+    step()
+    assert scaler.get_scale() == scale  # settled: the step was taken
+    for amp in (torch.bfloat16, None):
+        assert not any(s.is_enabled() for _, s in bench_model.training_runs(2, cpu, amp=amp).values())
+    assert bench_model.training_precision(cpu) is None
+    assert bench_model.training_precision(torch.device("cuda")) == torch.float16
+
+
+def training_rows(out):
+    """{name: (images/s, x ResNet-50, x ResNet-50 channels_last, operators)} of the training table in `out`."""
+    lines = out.split("training step:")[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model ")) + 1
+    rows = {}
+    for line in lines[start:]:
+        if line.startswith(("first step", "compiled / eager", "DBN-S / ResNet-50")):
+            break
+        cells = line[33:].split()
+        rows[line[:33].strip()] = (float(cells[0]), float(cells[1][:-1]), float(cells[2][:-1]),
+                                   int(cells[3].replace(",", "")))
+    return rows
+
+
+EAGER_TRAINING_ROWS = ["ResNet-50", "ResNet-50 channels_last", "LEViT-S unoptimised", "LEViT-S channels_last",
+                       "DBN-S unoptimised", "DBN-S channels_last"]
+
+
+def test_training_table_has_operators_and_compiled_rows_compiled_before_the_timed_runs(monkeypatch, capsys):
+    """The training table, small, with CompiledStep replaced by an eager stand-in (the rows, not inductor,
+    are under test): the compiled rows are DBN-S in the CPU training form and ResNet-50 channels_last,
+    built as train.py --compile builds its step and called once before the timed runs; each row has its
+    operator count, and the last lines give compiled / eager and DBN-S / ResNet-50 from the same times."""
+    import benchmarks.model as bench_model
+    from network.fast.training import Group4Conv2d
+    built = []
+
+    class EagerStep:
+        def __init__(self, model, mode, batch, report=True):
+            self.model, self.calls = model, 0
+            built.append((self, type(model).__name__, mode, batch, report))
+
+        def __call__(self, imgs):
+            self.calls += 1
+            return self.model(imgs)
+    timing = bench_model.time_alternating
+
+    def time_alternating(runs, repeats, **kwargs):
+        calls_before.extend(step.calls for step, *_ in built)
+        return timing(runs, repeats, **kwargs)
+    calls_before = []
+    monkeypatch.setattr(bench_model, "SIZE", (32, 16))
+    monkeypatch.setattr(bench_model, "CompiledStep", EagerStep)
+    monkeypatch.setattr(bench_model, "time_alternating", time_alternating)
+    seconds = bench_model.training_table(2, torch.device("cpu"), 1, compiled=True)
+    out = capsys.readouterr().out
+    assert [b[1:] for b in built] == [("DBN", "default", 2, False), ("ResNet", "default", 2, False)]
+    assert any(isinstance(m, Group4Conv2d) for m in built[0][0].model.modules())  # the CPU training form
+    assert calls_before == [1, 1]  # the compile call, untimed
+    assert "batch 2, 32x16, float32 (median of 1 alternating runs)" in out
+    assert "operators: the top-level aten operators of one step" in out
+    rows = training_rows(out)
+    assert list(rows) == list(seconds) == EAGER_TRAINING_ROWS + ["DBN-S compiled", "ResNet-50 channels_last compiled"]
+    for name, (img_s, x_base, x_cl, operators) in rows.items():
+        assert img_s == pytest.approx(2 / seconds[name], abs=0.051)
+        assert x_cl == pytest.approx(seconds["ResNet-50 channels_last"] / seconds[name], abs=0.0051)
+        assert operators > 100, name
+    # the stand-in runs the eager twin's model: the same operators
+    assert rows["DBN-S compiled"][3] == rows["DBN-S channels_last"][3]
+    assert rows["ResNet-50 channels_last compiled"][3] == rows["ResNet-50 channels_last"][3]
+    lines = out.splitlines()
+    assert lines[-3].startswith("first step, compile included (not timed): DBN-S compiled ")
+    assert ", ResNet-50 channels_last compiled " in lines[-3] and lines[-3].endswith(" s")
+    ratio = {name: seconds[eager] / seconds[name] for name, eager in bench_model.COMPILED_TRAINING.items()}
+    assert lines[-2] == (f"compiled / eager, images/s: DBN-S channels_last {ratio['DBN-S compiled']:.2f}x, "
+                         f"ResNet-50 channels_last {ratio['ResNet-50 channels_last compiled']:.2f}x")
+    cl = seconds["ResNet-50 channels_last"]
+    assert lines[-1] == (f"DBN-S / ResNet-50 channels_last, images/s: eager {cl / seconds['DBN-S channels_last']:.2f}x, "
+                         f"compiled {seconds['ResNet-50 channels_last compiled'] / seconds['DBN-S compiled']:.2f}x "
+                         "(against ResNet-50 channels_last compiled)")
+
+
+@pytest.mark.slow
+def test_compiled_training_rows_dispatch_fewer_operators(monkeypatch, capsys):
+    """The training table with the compile (inductor, minutes on 2 cores; 32x16, batch 2): the graphs'
+    fused kernels replace aten operators, so each compiled row dispatches fewer than its eager twin."""
+    import benchmarks.model as bench_model
+    monkeypatch.setattr(bench_model, "SIZE", (32, 16))
+    bench_model.training_table(2, torch.device("cpu"), 1, compiled=True)
+    rows = training_rows(capsys.readouterr().out)
+    for name, eager in bench_model.COMPILED_TRAINING.items():
+        assert 0 < rows[name][3] < rows[eager][3], (name, rows[name], rows[eager])
+
+
+@pytest.mark.parametrize("flags, compiled", [(["--quick"], True), (["--quick", "--no-compiled-training"], False)])
+def test_model_bench_runs_the_training_table_as_train_py_trains(monkeypatch, flags, compiled):
+    """On the CPU: float32 (train.py's default there), compiled rows unless --no-compiled-training."""
+    import benchmarks.__main__ as bench_main
+    import benchmarks.model as bench_model
+    calls = []
+    for name in ("compile_from_cold", "print_flop_table", "inference_table", "latency_table", "features_table"):
+        monkeypatch.setattr(bench_model, name, lambda *args: None)
+    monkeypatch.setattr(bench_model, "configure_malloc", lambda mode: f"malloc: {mode}")
+    monkeypatch.setattr(bench_model, "native_kernels_line", lambda: "native kernels: -")
+    monkeypatch.setattr(bench_model, "matmul_peak", lambda dtype, device, repeats: 1.0)
+    monkeypatch.setattr(bench_model, "training_table", lambda *args: calls.append(args))
+    bench_main.main(["--what", "model", "--threads", str(torch.get_num_threads())] + flags)
+    assert calls == [(32, torch.device("cpu"), 3, compiled, None)]

@@ -1,7 +1,7 @@
 """train.py --compile: the training forward through torch.compile, exact to the eager run's random stream.
 
-    step = CompiledStep(model, "default")   # model: the DBN, or its DistributedDataParallel wrapper
-    logits, embeddings = step(imgs)         # compiled for full batches, eager for a partial one
+    step = CompiledStep(model, "default", batch)   # model: the DBN, or its DistributedDataParallel wrapper
+    logits, embeddings = step(imgs)                # compiled for full batches, eager for a partial one
 
 What stays eager, and why:
 - The augmentations (random erasing, BatchDrop) draw Python numbers from torch's global generator image
@@ -47,14 +47,15 @@ def add_compile_flag(group):
 class CompiledStep:
     """Calls `model` (in train mode) through torch.compile(model, mode=mode) for batches of `batch`
     images (a process's full batch), eagerly for smaller ones. The first step's time (the compile of
-    the forward and, at its first backward, of the backward) is printed when the second step starts."""
+    the forward and, at its first backward, of the backward) is printed when the second step starts,
+    unless `report` is false (benchmarks/model.py times the first step itself)."""
 
-    def __init__(self, model, mode, batch):
+    def __init__(self, model, mode, batch, report=True):
         # the graph's random operators are torch's own, on the global generator, in the eager order
         torch._inductor.config.fallback_random = True
         self.model, self.mode, self.batch = model, mode, batch
         self.compiled = torch.compile(model, mode=mode)
-        self.first = True
+        self.first, self.report = True, report
         self.started = None  # perf_counter() at the first compiled call, until the next call reports it
 
     def train(self):
@@ -70,5 +71,5 @@ class CompiledStep:
         if imgs.shape[0] != self.batch:
             return self.model(imgs)  # a partial batch: eager, see the module's docstring
         if self.first:
-            self.first, self.started = False, time.perf_counter()
+            self.first, self.started = False, time.perf_counter() if self.report else None
         return self.compiled(imgs)
