@@ -4,10 +4,12 @@
 bfloat16, compiled) next to torchvision's ResNet-50 and the peers (release-style DBN-S, OSNet x1_0),
 the matrix-multiply peak measured in the same run, training steps eager and compiled with their
 operator counts (benchmarks/model.py);
-`--what eval`: the evaluation benchmark (benchmarks/eval.py); `--what extract`: DBN-S test-time
+`--what training`: its training table alone; `--what eval`: the evaluation benchmark (benchmarks/eval.py); `--what extract`: DBN-S test-time
 feature extraction under glibc's default malloc settings and tuned, each in a fresh process
 (benchmarks/extract.py); `--what loader`: one loader worker's training transforms
-(benchmarks/loader.py); `--what all` (default): model and eval.
+(benchmarks/loader.py); `--what deploy`: DBN-S exported for ONNX Runtime and OpenVINO against OSNet
+x1_0 exported the same way, batch 1, 8 and 32 (benchmarks/deploy.py; needs requirements-export.txt);
+`--what all` (default): model and eval.
 
     python -m benchmarks --what model [--quick] [--batch 32] [--threads 2] [--malloc tuned|default]
                                        [--device cpu|cuda] [--no-training] [--no-compiled-training]
@@ -28,7 +30,7 @@ from benchmarks import height_by_width
 
 def get_args_parser():
     parser = argparse.ArgumentParser("python -m benchmarks", description=__doc__.split("\n\n")[0], add_help=True)
-    parser.add_argument("--what", choices=("model", "eval", "extract", "loader", "all"), default="all")
+    parser.add_argument("--what", choices=("model", "training", "eval", "extract", "loader", "deploy", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (3)")
     parser.add_argument("--batch", type=int, default=32, help="images per batch")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (training; inference +2)")
@@ -51,16 +53,26 @@ def get_args_parser():
 def main(argv=None):
     parser = get_args_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.what in ("model", "extract", "loader"):
+    if rest and args.what in ("model", "training", "extract", "loader", "deploy"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.what == "deploy":
+        from benchmarks import deploy
+        missing = deploy.missing_packages()
+        if missing:
+            parser.error(f"--what deploy needs the {', '.join(deploy.PACKAGES)} packages (missing: {', '.join(missing)}); "
+                         "install them with: pip install -r requirements-export.txt")
+        return deploy.bench(args)
     if args.worker == "extract":
         from benchmarks import extract
         return extract.worker(args)
     if args.what in ("model", "all"):
         from benchmarks import model
         model.bench(args)
+    if args.what == "training":
+        from benchmarks import model
+        model.bench_training(args)
     if args.what == "extract":
         from benchmarks import extract
         extract.bench(args)

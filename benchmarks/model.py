@@ -486,17 +486,28 @@ def compile_from_cold():
     torch._functorch.config.enable_autograd_cache = False
 
 
-def bench(args):
+def setup(args):
+    """Threads, cold compiles, malloc, the header lines; (device, repeats)."""
     torch.set_num_threads(args.threads)
     compile_from_cold()
     malloc = configure_malloc(args.malloc)  # before any model allocates
     device = torch.device(args.device)
-    repeats = 3 if args.quick else args.repeats
     where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible")
-    half = half_dtype(device)
     print(f"torch {torch.__version__}, {where}; batch {args.batch}, {SIZE[0]}x{SIZE[1]} input")
     print(malloc)
+    return device, 3 if args.quick else args.repeats
+
+
+def bench_training(args):
+    """`--what training`: the training table alone."""
+    device, repeats = setup(args)
+    training_table(args.batch, device, repeats, not args.no_compiled_training, training_precision(device))
+
+
+def bench(args):
+    device, repeats = setup(args)
+    half = half_dtype(device)
     if device.type == "cpu":
         print("bfloat16: " + (f"native ({'AMX' if amx_tile() else 'AVX512-BF16'}), "
                               "benchmarked" if half else "not native on this CPU (it would be emulated, slower "

@@ -1,6 +1,7 @@
 """benchmarks/ and network/flops.py: parameter and FLOP counting, alternating timing, malloc settings,
 the peers (release-style DBN-S, OSNet x1_0), the benchmark tables' shape."""
 import json
+import re
 import subprocess
 import sys
 
@@ -465,3 +466,49 @@ def test_model_bench_runs_the_training_table_as_train_py_trains(monkeypatch, fla
     monkeypatch.setattr(bench_model, "training_table", lambda *args: calls.append(args))
     bench_main.main(["--what", "model", "--threads", str(torch.get_num_threads())] + flags)
     assert calls == [(32, torch.device("cpu"), 3, compiled, None)]
+
+
+def test_training_alone_runs_only_the_training_table(monkeypatch, capsys):
+    import benchmarks.__main__ as bench_main
+    import benchmarks.model as bench_model
+    calls = []
+    monkeypatch.setattr(bench_model, "compile_from_cold", lambda: None)
+    monkeypatch.setattr(bench_model, "configure_malloc", lambda mode: f"malloc: {mode}")
+    monkeypatch.setattr(bench_model, "inference_table", lambda *args: pytest.fail("not the training table"))
+    monkeypatch.setattr(bench_model, "training_table", lambda *args: calls.append(args))
+    bench_main.main(["--what", "training", "--threads", str(torch.get_num_threads()), "--no-compiled-training"])
+    assert calls == [(32, torch.device("cpu"), 5, False, None)]
+    assert "malloc: tuned" in capsys.readouterr().out
+
+
+def test_deploy_bench_without_its_packages_says_what_to_install(monkeypatch, capsys):
+    import benchmarks.__main__ as bench_main
+    import benchmarks.deploy as deploy
+    monkeypatch.setattr(deploy, "missing_packages", lambda: ["openvino"])
+    with pytest.raises(SystemExit) as info:
+        bench_main.main(["--what", "deploy"])
+    assert info.value.code == 2
+    assert ("--what deploy needs the onnx, onnxscript, onnxruntime, openvino packages (missing: openvino); install "
+            "them with: pip install -r requirements-export.txt") in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_deploy_bench_times_both_forms_and_osnet_in_both_runtimes(monkeypatch, capsys):
+    import benchmarks.__main__ as bench_main
+    import benchmarks.deploy as deploy
+    if deploy.missing_packages():
+        pytest.skip(f"needs {', '.join(deploy.missing_packages())}")
+    monkeypatch.setattr(deploy, "SIZE", (64, 32))
+    monkeypatch.setattr(deploy, "BATCHES", (1, 2))
+    monkeypatch.setattr(deploy, "IMAGES_PER_RUN", 2)
+    bench_main.main(["--what", "deploy", "--threads", "1", "--quick"])
+    out = capsys.readouterr().out
+    for runtime in ("onnxruntime", "openvino"):
+        table = out.split(f"\n{runtime}, float32, 1 threads")[1].split("\n\n")[0].splitlines()
+        assert table[1].split() == ["network", "batch", "1", "batch", "2"]
+        rows = {line[:28].strip(): re.findall(r"(\d+\.\d+) \( *(\d+\.\d)/s\) +(\d+\.\d\d)x", line[28:])
+                for line in table[2:]}
+        assert set(rows) == {"DBN-S, onnxruntime form", "DBN-S, openvino form", "OSNet x1_0"}
+        assert all(len(cells) == 2 for cells in rows.values())  # ms per call (images/s) ratio, per batch
+        assert [ratio for _, _, ratio in rows["OSNet x1_0"]] == ["1.00", "1.00"]
+    assert re.search(r"^ONNX Runtime / PyTorch: \d+\.\d\dx$", out, re.M)

@@ -1,6 +1,7 @@
 """train.py --compile (training/compile.py): the flag's checks, a compiled forward against the eager one,
 and a compiled run resumed bit-identically. The compile of LEViT-S takes minutes on 2 cores the first time
 (inductor's cache shortens the later ones): those tests are slow."""
+import copy
 import functools
 import json
 import os
@@ -51,29 +52,37 @@ def test_compile_is_a_run_flag_a_resumed_run_may_change():
     assert "compile" in RUN_FLAGS and "compile" not in RESUME_CHANGES
 
 
-def steps(compiled, count=3):
-    """(losses, first step's gradients by name, generator state after each step) of `count` SGD steps of
-    LEViT-S at 32x16, batch 8, with random erasing and stochastic depth drawing from the global generator."""
+def compiled_against_eager(count=3):
+    """`count` SGD steps of DBN-S at 32x16, batch 8, random erasing and stochastic depth drawing from the global
+    generator, in its CPU training form (the grouped convolutions in the native kernels, which the compiled
+    graph calls too). Each step runs twice from the same weights, input and generator state, compiled and
+    eager; the eager model then takes the SGD step and both start the next one from its weights. Returns
+    per step {"compiled"|"eager": (loss, gradients by name, generator state after the step)}."""
     torch.manual_seed(0)
     model = training_form(DBN(num_classes=4, net="small", pretrained=None, erasing=0.3, drop_path=0.05)).train()
-    forward = CompiledStep(model, "default", batch=8) if compiled else model
+    twin = copy.deepcopy(model)
+    forwards = {"compiled": (twin, CompiledStep(twin, "default", batch=8)), "eager": (model, model)}
     criterion = ReIDLoss(normalize=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     data = torch.Generator().manual_seed(1)
     labels = torch.arange(4).repeat_interleave(2)
-    losses, grads, states = [], None, []
+    results = []
     torch.manual_seed(5)
     for _ in range(count):
-        logits, embeddings = forward(torch.randn(8, 3, 32, 16, generator=data))
-        loss, _ = criterion(logits, embeddings, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        if grads is None:
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        x = torch.randn(8, 3, 32, 16, generator=data)
+        twin.load_state_dict(model.state_dict())  # the BatchNorm statistics too
+        state, step = torch.get_rng_state(), {}
+        for name, (module, forward) in forwards.items():  # eager last: its generator state carries on
+            torch.set_rng_state(state)
+            logits, embeddings = forward(x)
+            loss, _ = criterion(logits, embeddings, labels)
+            module.zero_grad()
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+            step[name] = (loss.item(), grads, torch.get_rng_state())
         optimizer.step()
-        losses.append(loss.item())
-        states.append(torch.get_rng_state())
-    return losses, grads, states
+        results.append(step)
+    return results
 
 
 @pytest.mark.slow
@@ -83,26 +92,27 @@ def test_compiled_steps_match_eager_within_float32_rounding():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        eager_losses, eager_grads, eager_states = steps(compiled=False)
-        losses, grads, states = steps(compiled=True)
+        results = compiled_against_eager()
     finally:
         torch.set_num_threads(threads)
-    # the same random draws (erasing outside the graph, stochastic depth through fallback_random): the
-    # generator is in the same state after every step. The first loss (same weights, same draws) agrees to
-    # float32 rounding: inductor fuses the operators and reorders the sums of the reductions, a few ulp.
-    # Each SGD step (lr 0.05, from scratch) amplifies that rounding in the weights: the third loss differs
-    # by 6e-5 relative. Other draws (the seed 6 for 5) move the first loss by 6e-3 relative
-    assert all(torch.equal(a, b) for a, b in zip(eager_states, states))
-    assert losses[0] == pytest.approx(eager_losses[0], rel=1e-6)
-    assert losses == pytest.approx(eager_losses, rel=2e-4)
-    # gradients: within 1e-4 of the largest gradient entry. The scale is global because the biases of the
-    # convolutions followed by BatchNorm have a gradient of 0 in exact arithmetic (1e-9 of rounding noise),
-    # which no relative tolerance per tensor can compare; a dropped stochastic-depth row or another erased
-    # box would move the gradients by far more
-    assert grads.keys() == eager_grads.keys()
-    scale = max(g.abs().max().item() for g in eager_grads.values())
-    worst = max((grads[n] - g).abs().max().item() for n, g in eager_grads.items())
-    assert worst <= 1e-4 * scale, (worst, scale)
+    for i, step in enumerate(results):
+        (loss, grads, state), (eager_loss, eager_grads, eager_state) = step["compiled"], step["eager"]
+        # the same random draws (erasing outside the graph, stochastic depth through fallback_random)
+        assert torch.equal(state, eager_state)
+        # the loss agrees to float32 rounding: inductor fuses the operators and reorders the sums of the
+        # reductions, a few ulp; other draws (the seed 6 for 5) move it by 6e-3 relative
+        assert loss == pytest.approx(eager_loss, rel=1e-6)
+        # gradients: within 1e-4 of the largest gradient entry at the first step. The scale is global because
+        # the biases of the convolutions followed by BatchNorm have a gradient of 0 in exact arithmetic (1e-9 of
+        # rounding noise), which no relative tolerance per tensor can compare; a dropped stochastic-depth row or
+        # another erased box would move the gradients by far more. The second step's weights (one SGD step from
+        # a random start) amplify rounding into the stem's gradients: 4.4e-4 of the scale, the same whether the
+        # compiled graph runs the grouped convolutions in the kernels or in inductor's own convolutions; 1e-3
+        # there
+        assert grads.keys() == eager_grads.keys()
+        scale = max(g.abs().max().item() for g in eager_grads.values())
+        worst = max((grads[n] - g).abs().max().item() for n, g in eager_grads.items())
+        assert worst <= (1e-4 if i == 0 else 1e-3) * scale, (i, worst, scale)
 
 
 class StopAt(ReIDLoss):

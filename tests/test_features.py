@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from network import DBN, CheckpointError, make_checkpoint
+from network import DBN, CheckpointError
 from network.fast import to_inference_dtype
 from tests.helpers import with_formula_weights
 from evaluation import features

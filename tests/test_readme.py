@@ -283,21 +283,23 @@ def _run_line(line, extra):
 def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypatch, capsys):
     """The bash lines of the README's "Your own data" and "Features, search and export" (feature
     extraction and retrieval, export for deployment), in order, in a fresh folder; the checkpoint the training line would write is a
-    random DBN in train.py's format at 64x32 (train.py runs as --dry-run), and the ONNX line runs
-    when its optional packages are installed. The Python example runs too."""
+    random DBN in train.py's format at 64x32 (train.py runs as --dry-run), and the ONNX and OpenVINO
+    lines and the example that loads their files run when the optional packages are installed. The
+    FeatureExtractor example runs too."""
     import importlib.util
 
     from network import DBN, make_checkpoint
     monkeypatch.chdir(tmp_path)
     fast = ["--num-workers", "0", "--device", "cpu"]
     extra = {"test": fast, "extract.py": fast, "search.py": fast}
-    have_onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+    have_export = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime", "openvino"))
     lines = [line for title in ("Your own data", "Features, search and export")
              for line in readme_lines("", section(title))]
     assert any("--pretrained none" in line for line in lines if line.startswith("python train.py"))
     assert any("--format onnx" in line for line in lines) and "pip install -r requirements-export.txt" in lines
+    assert any("--format openvino" in line for line in lines)
     for line in lines:
-        if line.startswith("pip ") or ("--format onnx" in line and not have_onnx):
+        if line.startswith("pip ") or (re.search("--format (onnx|openvino)", line) and not have_export):
             continue
         _run_line(line, extra)
         if line.startswith("python train.py"):
@@ -310,14 +312,18 @@ def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypat
     gallery = sum(len(files) for _, _, files in os.walk(os.path.join("data", "custom", "gallery")))
     assert gallery >= 64  # the generator's default identities, each with gallery images
     assert f"wrote {gallery} x 1920 features to outputs/gallery.npz" in out and os.listdir(tmp_path / "outputs" / "search")
-    assert out.count("vs eager PyTorch, unfused, on a random batch of 3): ok") == 2 + have_onnx
+    assert out.count("vs eager PyTorch, unfused, on a random batch of 3): ok") == 2 + 2 * have_export
     from PIL import Image
     Image.new("RGB", (64, 128), (90, 30, 200)).save("frame.jpg")
     code = re.findall(r"```python\n(.*?)```", section("Features, search and export"), re.S)
-    assert len(code) == 1
+    assert len(code) == 2
     scope = {}
     exec(compile(code[0], "README.md", "exec"), scope)
     assert scope["feats"].shape == (2, 1920) and scope["feats"].dtype == np.float32
+    if have_export:  # the ONNX Runtime and OpenVINO example, on the files the export lines wrote
+        scope = {}
+        exec(compile(code[1], "README.md", "exec"), scope)
+        assert scope["feats"].shape == (4, 1920) and np.allclose(scope["feats"], scope["feats_ov"], atol=1e-5)
 
 
 def test_docs_say_where_the_released_backbones_come_from():

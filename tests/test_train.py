@@ -17,7 +17,7 @@ from training.run_state import TrainingError, UnreadableImages
 from tests import helpers
 from tests.helpers import ROOT, assert_same_state, load, start, tiny_run
 from utils import files, malloc
-from training import bn_pass, run_files
+from training import bn_pass
 
 # LEViT-S from scratch at 32x16 on 8 ids x 8 images: 2 passes x 4 batches of 2 ids x 4 images per epoch
 IMAGES_PER_ID = 8  # of the training_root fixture (tests/conftest.py)

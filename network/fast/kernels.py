@@ -37,7 +37,6 @@ import warnings
 import torch
 
 from . import cpu
-from .cpu import capturing_graph
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
@@ -319,17 +318,18 @@ class _Group4Conv3x3(torch.autograd.Function):
 def group4_conv_trains(conv, x):
     """True when group4_conv3x3_trainable takes this stride-1 convolution (supports_group4_conv) and
     input, gradients on or off: a channels_last float32 CPU map and float32 weights, no autocast,
-    eager (not while compiling, tracing or exporting: their graphs keep torch's operators)."""
+    eager or under torch.compile (whose graph calls the kernels as operators, forward and backward),
+    not while torch.jit traces or torch.export exports (their files keep torch's operators)."""
     if not (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and tuple(conv.stride) == (1, 1) and not torch.is_autocast_enabled("cpu")):
         return False
-    return not capturing_graph() and supports_group4_conv(conv)
+    return not (torch.jit.is_tracing() or torch.compiler.is_exporting()) and supports_group4_conv(conv)
 
 
 def group4_conv3x3_trainable(x, weight, bias=None):
     """conv2d(x, weight, bias, padding=1, groups=C // 4) through the kernels, forward and backward
     (see group4_conv_trains for the inputs it takes). Returns a channels_last float32 map."""
-    if not available():
+    if not torch.compiler.is_compiling() and not available():
         raise KernelBuildError("the native CPU kernels are not available (see the warning, or LEVIT_KERNELS)")
     return _Group4Conv3x3.apply(x, weight, bias)

@@ -43,7 +43,9 @@ def as_group4_conv(conv):
 def training_form(model):
     """`model` with each 3x3 convolution with groups of 4 channels a Group4Conv2d holding the same
     parameters, in place (state_dict keys and values unchanged); returns `model`. Build the
-    optimizer after it."""
+    optimizer after it. The kernels are built (or loaded) here, so that a torch.compile of the model that
+    follows finds them and calls them from its graph."""
+    kernels.available()
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if is_group4_conv(child):
