@@ -74,3 +74,23 @@ def test_tensorrt_check_names_the_opset_and_the_operators_it_would_refuse(tmp_pa
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "bad.onnx")
     assert exporting.tensorrt_problems(str(tmp_path / "bad.onnx")) == [
         "opset 21 (TensorRT 10 reads 9 to 20)", "operators TensorRT does not list: Bernoulli"]
+
+
+def test_the_multiply_adds_docs_deployment_counts():
+    """docs/deployment.md: 605 M convolution multiply-adds per 256x128 image, 465 M in 1x1 convolutions,
+    264 M of them with 384 input channels."""
+    counts = {"all": 0, "1x1": 0, "1x1 384": 0}
+
+    def count(conv, inputs, output):
+        macs = output.numel() * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        counts["all"] += macs
+        if conv.kernel_size == (1, 1):
+            counts["1x1"] += macs
+            counts["1x1 384"] += macs if conv.in_channels == 384 else 0
+    model = DBN(num_classes=751, net="small", pretrained=None).eval()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 256, 128))
+    assert {k: round(v / 1e6) for k, v in counts.items()} == {"all": 605, "1x1": 465, "1x1 384": 264}

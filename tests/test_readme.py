@@ -433,3 +433,24 @@ def test_readme_example_outputs_go_to_an_ignored_folder():
                                  "utils.features", "network/kernels.py", "network/csrc"])
 def test_docs_name_no_moved_path(old):
     assert old not in ALL_TEXT
+
+
+def test_deployment_doc_commands_run(dbn_checkpoint, tmp_path, monkeypatch, capsys):
+    """docs/deployment.md's export.py lines pass --dry-run on a checkpoint standing for params/ema.pth (when
+    the optional packages are installed), and its benchmark command parses."""
+    import export
+    from benchmarks import __main__ as bench
+    text = DOCS["deployment.md"]
+    lines = readme_lines("python export.py", text)
+    assert {shlex.split(line)[shlex.split(line).index("--format") + 1] for line in lines} == {"onnx", "openvino"}
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        words = shlex.split(line)
+        if export.missing_packages(words[words.index("--format") + 1]):
+            continue
+        argv = [dbn_checkpoint if word == "params/ema.pth" else word for word in words[2:]]
+        assert export.main([*argv, "--dry-run"]) == 0, line
+        assert "dry run: would write outputs/dbn." in capsys.readouterr().out
+    commands = re.findall(r"`python -m benchmarks([^`]*)`", " ".join(text.split()))
+    assert commands and all(bench.get_args_parser().parse_args(shlex.split(args)).what == "deploy"
+                            for args in commands)

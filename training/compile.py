@@ -34,7 +34,8 @@ MODE_HELP = ("compile the training forward with torch.compile (off: eager, the d
              "a resumed run may change it). default: "
              "inductor's fused kernels, one compile of the first batch (minutes on a CPU); reduce-overhead: also "
              "CUDA graphs, which remove the per-kernel launch cost on GPUs at the price of more GPU memory; "
-             "max-autotune: also benchmarks kernel choices, a much longer compile for tuned kernels. The compiled "
+             "max-autotune: also benchmarks kernel choices, a much longer compile for tuned kernels. On a CPU the "
+             "compiled step is slower than the eager one at 256x128: use it on GPUs. The compiled "
              "code is cached across runs (inductor's FX graph cache). Losses equal the eager run's up to float32 "
              "rounding; see docs/performance.md")
 
