@@ -5,6 +5,8 @@ import argparse
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -301,6 +303,12 @@ def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypat
     for line in lines:
         if line.startswith("pip ") or (re.search("--format (onnx|openvino)", line) and not have_export):
             continue
+        if "--format openvino" in line:  # a subprocess: OpenVINO in the test process crashed a later torch.compile
+            words = shlex.split(line)
+            proc = subprocess.run([sys.executable, os.path.join(ROOT, words[1]), *words[2:]], capture_output=True,
+                                  text=True)
+            assert proc.returncode == 0 and "(openvino vs eager PyTorch, unfused" in proc.stdout, proc.stderr
+            continue
         _run_line(line, extra)
         if line.startswith("python train.py"):
             torch.manual_seed(0)
@@ -312,7 +320,7 @@ def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypat
     gallery = sum(len(files) for _, _, files in os.walk(os.path.join("data", "custom", "gallery")))
     assert gallery >= 64  # the generator's default identities, each with gallery images
     assert f"wrote {gallery} x 1920 features to outputs/gallery.npz" in out and os.listdir(tmp_path / "outputs" / "search")
-    assert out.count("vs eager PyTorch, unfused, on a random batch of 3): ok") == 2 + 2 * have_export
+    assert out.count("vs eager PyTorch, unfused, on a random batch of 3): ok") == 2 + have_export
     from PIL import Image
     Image.new("RGB", (64, 128), (90, 30, 200)).save("frame.jpg")
     code = re.findall(r"```python\n(.*?)```", section("Features, search and export"), re.S)
@@ -320,10 +328,9 @@ def test_own_data_feature_and_export_sections_run_end_to_end(tmp_path, monkeypat
     scope = {}
     exec(compile(code[0], "README.md", "exec"), scope)
     assert scope["feats"].shape == (2, 1920) and scope["feats"].dtype == np.float32
-    if have_export:  # the ONNX Runtime and OpenVINO example, on the files the export lines wrote
-        scope = {}
-        exec(compile(code[1], "README.md", "exec"), scope)
-        assert scope["feats"].shape == (4, 1920) and np.allclose(scope["feats"], scope["feats_ov"], atol=1e-5)
+    if have_export:  # the ONNX Runtime and OpenVINO example, on the files the export lines wrote (a subprocess)
+        check = "\nassert feats.shape == (4, 1920) and np.allclose(feats, feats_ov, atol=1e-5)\n"
+        subprocess.run([sys.executable, "-c", code[1] + check], check=True)
 
 
 def test_docs_say_where_the_released_backbones_come_from():
