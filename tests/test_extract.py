@@ -155,7 +155,7 @@ def test_contradicting_flag_is_an_error(query_dir, dbn_checkpoint, capsys, tmp_p
 @pytest.mark.parametrize("tool,words", [
     ("extract", ["--images DIR|GLOB|LIST", "--out", "--weights", "--no-flip", "--dry-run", "--transform"]),
     ("search", ["--query IMG", "--gallery DIR|GLOB|LIST|NPZ", "--topk", "--vis DIR", "--dry-run"]),
-    ("export", ["--format {torchscript,exported,onnx}", "--no-normalize", "--no-flip", "--dry-run"]),
+    ("export", ["--format {torchscript,exported,onnx,openvino}", "--no-normalize", "--no-flip", "--dry-run"]),
 ])
 def test_help(capsys, tool, words):
     import importlib
