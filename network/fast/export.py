@@ -17,7 +17,7 @@ outputs are the model's up to float32 rounding (export.py checks the file agains
   blocked-layout kernels run, where a map has at least DEPTHWISE_MIN_CHANNELS channels.
 - "openvino": the model as it is. OpenVINO fuses the attention's token-major pattern (normalise,
   MatMul, Softmax, MatMul) into its own attention operator and has a fast grouped convolution;
-  either change above makes it slower.
+  the ONNX Runtime form runs slower there (`python -m benchmarks --what deploy` runs both forms).
 
 docs/deployment.md has the measurements behind each choice.
 """
