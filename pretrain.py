@@ -26,7 +26,9 @@ from datasets.image_dataset import ImageDataset, collate_skip
 from datasets.imagefolder import ImageFolderData, ShuffledBatches, train_transform, val_transform
 from datasets.seeded import SeededDataset, seeded_loader
 from network import VARIANTS, LEViT, out_of_range
+from network.fast import training_form
 from training.classification import batch_mix, build_step_scheduler, model_ema, param_groups, scaled_lr, topk_correct
+from training.compile import CompiledStep, add_compile_flag, check_compile
 from training.curves import draw_run_curves
 from training.flags import (add_amp_flags, add_hardware_flags, amp_settings, check_resume_args, json_form,
                             parse_with_defaults)
@@ -76,6 +78,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--mixup", default=0.8, type=float, help="Mixup alpha; 0 = off")
     g.add_argument("--cutmix", default=1.0, type=float, help="CutMix alpha; 0 = off (with both on, one per batch)")
     add_amp_flags(g)
+    add_compile_flag(g)
     g.add_argument("--seed", default=0, type=int, help="seeds weights, data order, augmentation, mixing")
     add_hardware_flags(parser)
 
@@ -118,6 +121,7 @@ def check_args(args, parser):
     if args.gpus and torch.cuda.is_available() and args.device != "cpu":
         for index in args.gpus:
             check_gpu(parser, f"--gpus {','.join(map(str, args.gpus))}", index)
+    check_compile(parser, args, "pretrain.py")
     return args
 
 
@@ -157,10 +161,11 @@ def build_loaders(data, args, dist_info):
 
 # --- training ----------------------------------------------------------------------------------
 
-def train_one_epoch(model, criterion, mix, optimizer, scheduler, scaler, ema, loader, device, epoch, args,
+def train_one_epoch(model, criterion, mix, optimizer, scheduler, scaler, update_ema, loader, device, epoch, args,
                     autocast, totals, stop=None, start_step=0, saved=None):
     """One epoch (0-based) from batch `start_step` on: mix, forward, loss, backward, step, lr step, EMA, log.
-    Returns the batches done; fewer than the epoch has when `stop` was raised (see train.py's)."""
+    `model` is the training module or its CompiledStep (--compile); `update_ema` (or None) is called after
+    each step. Returns the batches done; fewer than the epoch has when `stop` was raised (see train.py's)."""
     model.train()
     steps = start_step + len(loader)
     planned_images = steps * (args.batch_size // distributed.get_world_size())
@@ -183,8 +188,8 @@ def train_one_epoch(model, criterion, mix, optimizer, scheduler, scaler, ema, lo
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model.module if hasattr(model, "module") else model)
+            if update_ema is not None:
+                update_ema()
             lr = optimizer.param_groups[0]["lr"]
             _, stopping = reduce_step(loss, {}, stop, totals, epoch, step, steps, args.lr,
                                       amp_settings(args, device)[0], saved, imgs.shape[0])
@@ -225,6 +230,8 @@ def pretrain(args, device, dist_info, dp_ids):
     data = ImageFolderData(args.data_root)
     seed_everything(args.seed)  # the same initial weights in every process
     model = build_model(args, data.num_classes)
+    if device.type == "cpu":  # the stride-1 grouped 3x3 convolutions train in the native CPU kernels
+        training_form(model)
     train_set, sampler, val_loader = build_loaders(data, args, dist_info)
     if main_rank:
         print(data.summary())
@@ -253,6 +260,10 @@ def pretrain(args, device, dist_info, dp_ids):
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     elif dp_ids:
         model = nn.DataParallel(model, device_ids=dp_ids)
+    # --compile: the forward (of the DDP module under torchrun) through torch.compile (training/compile.py)
+    per_rank = args.batch_size // dist_info.world_size
+    forward = model if args.compile == "off" else CompiledStep(model, args.compile, per_rank)
+    update_ema = None if ema is None else lambda: ema.update_parameters(model_without_ddp)
 
     lr = scaled_lr(args.lr, args.batch_size)
     optimizer = torch.optim.AdamW(param_groups(model_without_ddp, args.weight_decay), lr=lr)
@@ -288,8 +299,8 @@ def pretrain(args, device, dist_info, dp_ids):
             for epoch in range(start_epoch, args.epochs):
                 loader = seeded_loader(train_set, sampler, args.seed, epoch, dist_info.rank, args.num_workers,
                                        pin_memory=device.type == "cuda", skip=start_step)
-                steps = train_one_epoch(model, criterion, mix, optimizer, scheduler, scaler, ema, loader, device,
-                                        epoch, args, autocast, totals, stop, start_step, saved)
+                steps = train_one_epoch(forward, criterion, mix, optimizer, scheduler, scaler, update_ema, loader,
+                                        device, epoch, args, autocast, totals, stop, start_step, saved)
                 if steps < len(sampler):  # interrupted: a mid-epoch checkpoint, exact to resume
                     save_training_state(last_path, model_without_ddp, optimizer, scheduler, scaler, ema, epoch,
                                         steps, totals, args)

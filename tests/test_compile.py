@@ -1,6 +1,6 @@
-"""train.py --compile (training/compile.py): the flag's checks, a compiled forward against the eager one,
-and a compiled run resumed bit-identically. The compile of LEViT-S takes minutes on 2 cores the first time
-(inductor's cache shortens the later ones): those tests are slow."""
+"""train.py and pretrain.py --compile (training/compile.py): the flag's checks, a compiled forward against the
+eager one, and compiled runs resumed bit-identically. The compile of LEViT-S takes minutes on 2 cores the
+first time (inductor's cache shortens the later ones): those tests are slow."""
 import copy
 import functools
 import json
@@ -10,14 +10,16 @@ import signal
 import pytest
 import torch
 
+import pretrain
 import train
+from datasets.shapes import generate_imagefolder
 from losses import ReIDLoss
-from network import DBN
+from network import DBN, VARIANTS, LEViT
 from network.fast import training_form
 from tests.helpers import assert_same_state, load, tiny_run
 from training.compile import CompiledStep
 from training.flags import RESUME_CHANGES, RUN_FLAGS
-from training.run_state import Interrupted
+from training.run_state import Interrupted, reduce_step
 
 IMAGES_PER_ID = 8  # of the training_root fixture (tests/conftest.py)
 # batches of 12 over 64 items: 5 full ones (compiled) and the release's partial one of 4 (eager) per epoch
@@ -150,3 +152,60 @@ def test_compiled_run_resumes_bit_identically_and_saves_plain_keys(training_root
     for state in (load(save)["state_dict"], load(last)["model"]):
         assert not [k for k in state if "_orig_mod" in k]
     DBN(num_classes=8, net="small", pretrained=None).load_state_dict(load(save)["state_dict"])  # strict
+
+
+# --- pretrain.py --compile ------------------------------------------------------------------------------------
+
+def test_pretrain_compile_under_dataparallel_is_refused_naming_the_torchrun_command(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as info:
+        pretrain.parse_args(["--compile", "reduce-overhead", "--gpus", "0,1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--compile with --gpus 0,1: DataParallel" in err
+    assert "torchrun --nproc-per-node 2 pretrain.py <the same flags without --gpus>" in err
+    assert pretrain.parse_args(["--compile"]).compile == "default" and pretrain.parse_args([]).compile == "off"
+
+
+def stop_at(count):
+    """pretrain.py's reduce_step, which sends a SIGINT at its `count`-th call: the run stops after that step."""
+    calls = []
+
+    def reduce(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == count:
+            os.kill(os.getpid(), signal.SIGINT)
+        return reduce_step(*args, **kwargs)
+    return reduce
+
+
+@pytest.mark.slow
+def test_compiled_pretraining_resumes_bit_identically_and_saves_plain_keys(tmp_path, monkeypatch, capsys):
+    # 4 classes x 16 images at 32x32, batches of 16: 4 compiled steps an epoch; Mixup, CutMix, RandAugment,
+    # erasing, stochastic depth and the EMA on
+    root = generate_imagefolder(str(tmp_path / "shapes"), classes=4, train_per_class=16, val_per_class=4, size=32)
+
+    def argv(save):
+        return ["--data-root", root, "--img-size", "32", "--batch-size", "16", "--epochs", "2", "--warmup-epochs",
+                "1", "--lr", "0.1", "--model-ema-decay", "0.9", "--device", "cpu", "--num-workers", "0", "--seed",
+                "1", "--compile", "--save-path", str(save)]
+    reference = tmp_path / "reference" / "backbone.pth"
+    pretrain.main(pretrain.parse_args(argv(reference)))
+    assert "--compile default: the first step, compile included, took" in capsys.readouterr().out
+
+    monkeypatch.setattr(pretrain, "reduce_step", stop_at(6))
+    save = tmp_path / "run" / "backbone.pth"
+    with pytest.raises(Interrupted, match="interrupted in epoch 2 after batch 2"):
+        pretrain.main(pretrain.parse_args(argv(save)))
+    monkeypatch.undo()
+    last = tmp_path / "run" / "backbone_last.pth"
+    assert load(last)["args"]["compile"] == "default"
+    pretrain.main(pretrain.parse_args(["--resume", str(last)]))  # --compile comes from the checkpoint
+
+    for part in ("state_dict", "head"):
+        assert_same_state(load(reference)[part], load(save)[part])
+    assert load(reference)["metrics"] == load(save)["metrics"]
+    for state in (load(save)["state_dict"], load(last)["model"]):
+        assert not [k for k in state if "_orig_mod" in k]
+    saved = load(save)
+    LEViT(num_classes=4, **VARIANTS["small"]).load_state_dict(  # strict
+        {**saved["state_dict"], **{f"head.{k}": v for k, v in saved["head"].items()}})

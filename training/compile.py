@@ -1,4 +1,5 @@
-"""train.py --compile: the training forward through torch.compile, exact to the eager run's random stream.
+"""train.py and pretrain.py --compile: the training forward through torch.compile, exact to the eager run's
+random stream.
 
     step = CompiledStep(model, "default", batch)   # model: the DBN, or its DistributedDataParallel wrapper
     logits, embeddings = step(imgs)                # compiled for full batches, eager for a partial one
@@ -18,6 +19,9 @@ What stays eager, and why:
 - The loss stays eager: under torchrun its batch-hard mining gathers the embeddings of every process
   (a collective that would break the graph), and its cost is small against the network's.
 - The BatchNorm pass after training runs on the averaged copy of the weights, which is not compiled.
+
+The graph's buffers keep the eager run's strides (inductor's layout optimisation is off): the model
+chooses its layouts itself (channels_last maps, attention windows with d innermost).
 
 The modules are not changed: the checkpoint's keys are those of an eager run (no `_orig_mod.`).
 Under torchrun the DistributedDataParallel module is compiled, as PyTorch's DDP notes advise
@@ -45,6 +49,16 @@ def add_compile_flag(group):
                        help=MODE_HELP)
 
 
+def check_compile(parser, args, script):
+    """--compile with several --gpus (DataParallel) outside torchrun: a usage error naming the torchrun command."""
+    if args.compile != "off" and args.gpus and len(args.gpus) > 1 and not distributed.launched_by_torchrun():
+        ids = ",".join(map(str, args.gpus))
+        parser.error(f"--compile with --gpus {ids}: DataParallel replicates the module at every step, and "
+                     "PyTorch compiles DistributedDataParallel instead; run one process per GPU: CUDA_VISIBLE_DEVICES="
+                     f"{ids} torchrun --nproc-per-node {len(args.gpus)} {script} <the same flags without --gpus> "
+                     "(see docs/distributed.md)")
+
+
 class CompiledStep:
     """Calls `model` (in train mode) through torch.compile(model, mode=mode) for batches of `batch`
     images (a process's full batch), eagerly for smaller ones. The first step's time (the compile of
@@ -54,6 +68,11 @@ class CompiledStep:
     def __init__(self, model, mode, batch, report=True):
         # the graph's random operators are torch's own, on the global generator, in the eager order
         torch._inductor.config.fallback_random = True
+        # the buffers keep the eager strides: inductor's layout optimisation would store every 4-d
+        # intermediate channels_last, the attention's (windows, heads, tokens, d) too, with the heads
+        # innermost; its reductions over d then open a parallel region per token (measured: the CPU step
+        # slower than the eager one; docs/performance.md)
+        torch._inductor.config.layout_optimization = False
         self.model, self.mode, self.batch = model, mode, batch
         self.compiled = torch.compile(model, mode=mode)
         self.first, self.report = True, report

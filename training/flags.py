@@ -9,6 +9,7 @@ import torch
 
 from network import (DBN, RELEASED_FILES, VARIANTS, CheckpointError, detect_architecture, out_of_range, read_checkpoint,
                      released_path, unwrap_state_dict)
+from training.compile import check_compile
 from training.resume import last_checkpoint_path, load_training_checkpoint, log_path
 from training.run_state import UsageError
 from training.schedule import averaging_start, lr_factor
@@ -119,12 +120,7 @@ def check_args(args, parser):
     if args.gpus and torch.cuda.is_available() and args.device != "cpu":
         for index in args.gpus:
             check_gpu(parser, f"--gpus {','.join(map(str, args.gpus))}", index)
-    if args.compile != "off" and args.gpus and len(args.gpus) > 1 and not distributed.launched_by_torchrun():
-        ids = ",".join(map(str, args.gpus))
-        parser.error(f"--compile with --gpus {ids}: DataParallel replicates the module at every step, and "
-                     "PyTorch compiles DistributedDataParallel instead; run one process per GPU: CUDA_VISIBLE_DEVICES="
-                     f"{ids} torchrun --nproc-per-node {len(args.gpus)} train.py <the same flags without --gpus> "
-                     "(see docs/distributed.md)")
+    check_compile(parser, args, "train.py")
     words = freeze_words(args.freeze)
     if words:
         with torch.device("meta"):
