@@ -20,8 +20,10 @@ What stays eager, and why:
   (a collective that would break the graph), and its cost is small against the network's.
 - The BatchNorm pass after training runs on the averaged copy of the weights, which is not compiled.
 
-The graph's buffers keep the eager run's strides (inductor's layout optimisation is off): the model
-chooses its layouts itself (channels_last maps, attention windows with d innermost).
+Two inductor settings, for the CPU's sake: the graph's buffers keep the eager run's strides (the layout
+optimisation is off; the model chooses its layouts itself: channels_last maps, attention windows with d
+innermost), and the wrapper does not check the sizes, strides and alignment of its inputs and of its
+kernels' outputs at every call (size_asserts, alignment_asserts).
 
 The modules are not changed: the checkpoint's keys are those of an eager run (no `_orig_mod.`).
 Under torchrun the DistributedDataParallel module is compiled, as PyTorch's DDP notes advise
@@ -73,6 +75,11 @@ class CompiledStep:
         # innermost; its reductions over d then open a parallel region per token (measured: the CPU step
         # slower than the eager one; docs/performance.md)
         torch._inductor.config.layout_optimization = False
+        # no checks of every input's and kernel output's size, stride and alignment at every call: the
+        # graph's inputs are the model's hundreds of parameters and buffers, and on the CPU the checks
+        # cost about a tenth of the step (docs/performance.md)
+        torch._inductor.config.size_asserts = False
+        torch._inductor.config.alignment_asserts = False
         self.model, self.mode, self.batch = model, mode, batch
         self.compiled = torch.compile(model, mode=mode)
         self.first, self.report = True, report

@@ -32,6 +32,8 @@ from torch import nn
 
 from network.levit import MAX_LOGIT_SCALE, NORM_EPS, LocalEnhanceAttention
 
+from .layers import replace_children
+
 RUNTIMES = ("onnxruntime", "openvino")
 ONNX_OPSET = 20  # the newest opset TensorRT 10's ONNX parser reads (9 to 20)
 # Below this many channels (the first stage's 32 at 64x32 for a 256x128 input) the four depthwise
@@ -114,15 +116,6 @@ class GroupedAsDepthwise(nn.Module):
         return out
 
 
-def _replace(model, kind, make):
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, kind):
-                new = make(child)
-                if new is not None:
-                    setattr(module, name, new)
-
-
 def _depthwise(conv):
     grouped = conv.groups > 1 and conv.groups < conv.in_channels and conv.in_channels == conv.out_channels
     return GroupedAsDepthwise(conv) if grouped and conv.in_channels >= DEPTHWISE_MIN_CHANNELS else None
@@ -139,8 +132,8 @@ def export_form(model, runtime):
         model.fuse()
     model = model.to(memory_format=torch.contiguous_format)
     if runtime == "onnxruntime":
-        _replace(model, LocalEnhanceAttention, ChannelMajorAttention)
-        _replace(model, nn.Conv2d, _depthwise)
+        replace_children(model, LocalEnhanceAttention, ChannelMajorAttention)
+        replace_children(model, nn.Conv2d, _depthwise)
     return model
 
 

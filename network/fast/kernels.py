@@ -293,6 +293,9 @@ class _Group4Conv3x3(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
+        # dense channels_last as the kernels read it: a no-op in eager (group4_conv_trains checked it), and
+        # a guarantee under torch.compile, where the input is whatever buffer the graph hands over
+        x = x.contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         b = bias.float().contiguous() if bias is not None else x.new_zeros(weight.shape[0], dtype=torch.float32)

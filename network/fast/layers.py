@@ -172,13 +172,23 @@ class InferenceBlock(nn.Module):
         return self.proj_out(self.local_enhance(self.proj_in(x)), add=self.skip(x))
 
 
+def replace_children(model, kind, make):
+    """In place: every submodule of `model` that is a `kind` becomes make(child), unless that is None.
+    The fast forms (training, inference, export) are built with it."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kind):
+                new = make(child)
+                if new is not None:
+                    setattr(parent, name, new)
+    return model
+
+
 def replace_layers(model):
     """In place: every LocalEnhanceBlock of a fused model an InferenceBlock, every stem unit's
     convolution an InferenceConv with its ReLU."""
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, LocalEnhanceBlock):
-                setattr(parent, name, InferenceBlock(child))
-            elif isinstance(child, ConvNormAct) and isinstance(child.conv, nn.Conv2d):
-                child.conv, child.act = InferenceConv(child.conv, relu=True), nn.Identity()
+    replace_children(model, LocalEnhanceBlock, InferenceBlock)
+    for unit in model.modules():
+        if isinstance(unit, ConvNormAct) and isinstance(unit.conv, nn.Conv2d):
+            unit.conv, unit.act = InferenceConv(unit.conv, relu=True), nn.Identity()
     return model

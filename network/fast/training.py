@@ -1,12 +1,13 @@
 """The CPU training form: LEViT's stride-1 3x3 convolutions with groups of 4 channels run forward and
 backward in the native kernels (network/fast/kernels.py) where they apply, else as nn.Conv2d.
 
-    model = network.fast.training_form(model)   # train.py does this when it trains on the CPU
+    model = network.fast.training_form(model)   # train.py and pretrain.py do this on the CPU
 """
 import torch
 from torch import nn
 
 from . import kernels
+from .layers import replace_children
 
 
 class Group4Conv2d(nn.Conv2d):
@@ -46,8 +47,4 @@ def training_form(model):
     optimizer after it. The kernels are built (or loaded) here, so that a torch.compile of the model that
     follows finds them and calls them from its graph."""
     kernels.available()
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if is_group4_conv(child):
-                setattr(parent, name, as_group4_conv(child))
-    return model
+    return replace_children(model, nn.Conv2d, lambda conv: as_group4_conv(conv) if is_group4_conv(conv) else None)
