@@ -20,10 +20,8 @@ What stays eager, and why:
   (a collective that would break the graph), and its cost is small against the network's.
 - The BatchNorm pass after training runs on the averaged copy of the weights, which is not compiled.
 
-Two inductor settings, for the CPU's sake: the graph's buffers keep the eager run's strides (the layout
-optimisation is off; the model chooses its layouts itself: channels_last maps, attention windows with d
-innermost), and the wrapper does not check the sizes, strides and alignment of its inputs and of its
-kernels' outputs at every call (size_asserts, alignment_asserts).
+The graph's buffers keep the eager run's strides (inductor's layout optimisation is off): the model
+chooses its layouts itself (channels_last maps, attention windows with d innermost).
 
 The modules are not changed: the checkpoint's keys are those of an eager run (no `_orig_mod.`).
 Under torchrun the DistributedDataParallel module is compiled, as PyTorch's DDP notes advise
@@ -41,7 +39,7 @@ MODE_HELP = ("compile the training forward with torch.compile (off: eager, the d
              "inductor's fused kernels, one compile of the first batch (minutes on a CPU); reduce-overhead: also "
              "CUDA graphs, which remove the per-kernel launch cost on GPUs at the price of more GPU memory; "
              "max-autotune: also benchmarks kernel choices, a much longer compile for tuned kernels. On a CPU the "
-             "compiled step is slower than the eager one at 256x128: use it on GPUs. The compiled "
+             "compiled step runs at about the eager one's speed at 256x128: it is for GPUs. The compiled "
              "code is cached across runs (inductor's FX graph cache). Losses equal the eager run's up to float32 "
              "rounding; see docs/performance.md")
 
@@ -75,11 +73,6 @@ class CompiledStep:
         # innermost; its reductions over d then open a parallel region per token (measured: the CPU step
         # slower than the eager one; docs/performance.md)
         torch._inductor.config.layout_optimization = False
-        # no checks of every input's and kernel output's size, stride and alignment at every call: the
-        # graph's inputs are the model's hundreds of parameters and buffers, and on the CPU the checks
-        # cost about a tenth of the step (docs/performance.md)
-        torch._inductor.config.size_asserts = False
-        torch._inductor.config.alignment_asserts = False
         self.model, self.mode, self.batch = model, mode, batch
         self.compiled = torch.compile(model, mode=mode)
         self.first, self.report = True, report
