@@ -69,7 +69,7 @@ def get_args_parser():
 
 def missing_packages(fmt):
     """The optional packages format `fmt` needs and this environment lacks."""
-    return [name for name in PACKAGES.get(fmt, ()) if importlib.util.find_spec(name) is None]
+    return exporting.missing_packages(PACKAGES.get(fmt, ()))
 
 
 def export(head, example, fmt, out):
@@ -147,9 +147,7 @@ def main(argv=None):
                      "precision); use --format torchscript or exported for a bfloat16 file")
     missing = missing_packages(args.format)
     if missing:
-        needed = PACKAGES[args.format]
-        parser.error(f"--format {args.format} needs the {', '.join(needed[:-1])} and {needed[-1]} packages "
-                     f"(missing: {', '.join(missing)}); install them with: pip install -r requirements-export.txt")
+        parser.error(exporting.packages_error(f"--format {args.format}", PACKAGES[args.format], missing))
     from datasets.transforms import build_transform
     from network import DBN, CheckpointError
     from network.fast import to_inference_dtype

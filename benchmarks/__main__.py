@@ -59,10 +59,10 @@ def main(argv=None):
         parser.error("--device cuda: no CUDA device is available")
     if args.what == "deploy":
         from benchmarks import deploy
+        from network.fast.export import packages_error
         missing = deploy.missing_packages()
         if missing:
-            parser.error(f"--what deploy needs the {', '.join(deploy.PACKAGES)} packages (missing: {', '.join(missing)}); "
-                         "install them with: pip install -r requirements-export.txt")
+            parser.error(packages_error("--what deploy", deploy.PACKAGES, missing))
         return deploy.bench(args)
     if args.worker == "extract":
         from benchmarks import extract

@@ -12,7 +12,6 @@ native kernels, what FeatureExtractor runs) at the largest batch.
 In each table the networks alternate call by call (time_alternating), so a busy machine slows them
 alike; ms per call and images/s are medians, the ratio is DBN-S's images/s over OSNet x1_0's.
 """
-import importlib.util
 import os
 import tempfile
 
@@ -33,7 +32,7 @@ IMAGES_PER_RUN = 32  # a timed run calls a network until it has seen this many i
 
 
 def missing_packages():
-    return [name for name in PACKAGES if importlib.util.find_spec(name) is None]
+    return exporting.missing_packages(PACKAGES)
 
 
 def write_files(folder):

@@ -488,8 +488,8 @@ def test_deploy_bench_without_its_packages_says_what_to_install(monkeypatch, cap
     with pytest.raises(SystemExit) as info:
         bench_main.main(["--what", "deploy"])
     assert info.value.code == 2
-    assert ("--what deploy needs the onnx, onnxscript, onnxruntime, openvino packages (missing: openvino); install "
-            "them with: pip install -r requirements-export.txt") in capsys.readouterr().err
+    assert ("--what deploy needs the onnx, onnxscript, onnxruntime and openvino packages (missing: openvino); "
+            "install them with: pip install -r requirements-export.txt") in capsys.readouterr().err
 
 
 # OpenVINO is loaded in a subprocess only: loaded into the test process, it crashed a later torch.compile there

@@ -22,6 +22,7 @@ outputs are the model's up to float32 rounding (export.py checks the file agains
 docs/deployment.md has the measurements behind each choice.
 """
 import copy
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -114,6 +115,17 @@ class GroupedAsDepthwise(nn.Module):
                             self.stride, self.padding, groups=channels)
             out = term if out is None else out + term
         return out
+
+
+def missing_packages(names):
+    """The optional packages among `names` (requirements-export.txt) this environment lacks."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def packages_error(what, names, missing):
+    """The usage message of `what` (a flag and its value) that needs `names` and lacks `missing`."""
+    return (f"{what} needs the {', '.join(names[:-1])} and {names[-1]} packages (missing: {', '.join(missing)}); "
+            "install them with: pip install -r requirements-export.txt")
 
 
 def _depthwise(conv):
